@@ -1,0 +1,35 @@
+"""Engine settings, chosen at startup."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    block_size: int = 16
+    # KV capacity in tokens, shared by all running sequences (rounded down to whole blocks).
+    kv_cache_tokens: int = 65536
+    max_num_seqs: int = 64
+    # Token budget of one step, shared by prefill chunks and decodes.
+    max_num_batched_tokens: int = 256
+    enable_prefix_caching: bool = True
+    # Compute threads of the model step; None: every core but what the HTTP loop needs.
+    num_threads: int | None = None
+
+    @property
+    def num_blocks(self) -> int:
+        return max(1, self.kv_cache_tokens // self.block_size)
+
+    def resolved_num_threads(self) -> int:
+        return self.num_threads or max(1, os.cpu_count() or 1)
+
+    def describe(self) -> str:
+        """The settings that can change outputs or speed, for the system fingerprint."""
+        return (f"device={self.device} dtype={self.dtype} block={self.block_size} "
+                f"kv={self.num_blocks * self.block_size} seqs={self.max_num_seqs} "
+                f"budget={self.max_num_batched_tokens} prefix={self.enable_prefix_caching}")

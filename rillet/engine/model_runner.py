@@ -1,0 +1,74 @@
+"""Turns a scheduled batch into tensors, runs the model over the paged KV cache, and returns
+the logits of the sequences whose computed tokens reach their end (those sample a token)."""
+from __future__ import annotations
+
+import torch
+
+from rillet.engine.scheduler import SchedulerOutput
+from rillet.engine.sequence import Sequence
+from rillet.model.attention_metadata import AttentionMetadata
+
+
+class ModelRunner:
+    def __init__(self, model: torch.nn.Module, num_blocks: int, block_size: int,
+                 kv_dtype: torch.dtype, device: torch.device) -> None:
+        self.model = model
+        self.block_size = block_size
+        self.device = device
+        self.kv_caches: list[torch.Tensor] = model.allocate_kv_cache(num_blocks, block_size, kv_dtype)
+
+    @torch.inference_mode()
+    def run(self, batch: SchedulerOutput) -> tuple[list[Sequence], torch.Tensor | None]:
+        """Returns the sequences that sample this step and their logits, one row each."""
+        self._copy_blocks(batch.block_copies)
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slot_mapping: list[int] = []
+        query_start = [0]
+        context_lens: list[int] = []
+        sampling_rows: list[int] = []
+        sampling_seqs: list[Sequence] = []
+        for seq, num_new in batch.scheduled:
+            start = seq.num_computed_tokens
+            end = start + num_new
+            input_ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            table = seq.block_table
+            bs = self.block_size
+            slot_mapping.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            query_start.append(query_start[-1] + num_new)
+            context_lens.append(end)
+            if end == seq.num_tokens:
+                sampling_rows.append(query_start[-1] - 1)
+                sampling_seqs.append(seq)
+        meta = AttentionMetadata(
+            query_start=query_start,
+            context_lens=context_lens,
+            block_tables=self._block_tables(batch),
+            slot_mapping=torch.tensor(slot_mapping, dtype=torch.long, device=self.device),
+            block_size=self.block_size,
+        )
+        hidden = self.model(
+            torch.tensor(input_ids, dtype=torch.long, device=self.device),
+            torch.tensor(positions, dtype=torch.long, device=self.device),
+            self.kv_caches,
+            meta,
+        )
+        if not sampling_rows:
+            return [], None
+        rows = torch.tensor(sampling_rows, dtype=torch.long, device=self.device)
+        return sampling_seqs, self.model.compute_logits(hidden.index_select(0, rows))
+
+    def _block_tables(self, batch: SchedulerOutput) -> torch.Tensor:
+        width = max(len(seq.block_table) for seq, _ in batch.scheduled)
+        rows = [seq.block_table + [0] * (width - len(seq.block_table)) for seq, _ in batch.scheduled]
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
+
+    def _copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        if not copies:
+            return
+        src = torch.tensor([s for s, _ in copies], dtype=torch.long, device=self.device)
+        dst = torch.tensor([d for _, d in copies], dtype=torch.long, device=self.device)
+        for cache in self.kv_caches:
+            # cache is [2, num_blocks, block_size, kv_heads, head_dim]
+            cache[:, dst] = cache[:, src]

@@ -1,0 +1,24 @@
+"""What the engine hands back to its caller: per-request deltas, one per engine step."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class ChoiceDelta:
+    """New output of one choice (one of the request's n sequences) since its previous delta."""
+
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    # None while the choice runs; "stop" or "length" on its last delta.
+    finish_reason: str | None = None
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    request_id: str
+    num_prompt_tokens: int
+    deltas: list[ChoiceDelta]
+    # True on the request's last output: every choice has finished.
+    finished: bool = False

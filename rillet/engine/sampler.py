@@ -1,0 +1,77 @@
+"""Chooses the next token of every sampling sequence in the batch at once.
+
+Order of transforms, as OpenAI documents them: logit_bias, then presence and frequency
+penalties over the tokens generated so far, then temperature (0 is greedy), then top_p.
+"""
+from __future__ import annotations
+
+import torch
+
+from rillet.engine.sampling_params import SamplingParams
+
+
+class Sampler:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    @torch.inference_mode()
+    def sample(self, logits: torch.Tensor, params: list[SamplingParams], output_token_ids: list[list[int]],
+               generators: list[torch.Generator | None]) -> list[int]:
+        """logits: [N, vocab] float32, one row per sequence; returns one token id per row."""
+        logits = logits.float()
+        self._apply_logit_bias(logits, params)
+        self._apply_penalties(logits, params, output_token_ids)
+        greedy = torch.tensor([p.temperature == 0.0 for p in params], device=logits.device)
+        if bool(greedy.all()):
+            return logits.argmax(dim=-1).tolist()
+        temperature = torch.tensor([p.temperature or 1.0 for p in params], device=logits.device)
+        probs = torch.softmax(logits / temperature.unsqueeze(1), dim=-1)
+        probs = self._apply_top_p(probs, params)
+        sampled = self._draw(probs, generators)
+        chosen = torch.where(greedy, logits.argmax(dim=-1), sampled)
+        return chosen.tolist()
+
+    def _apply_logit_bias(self, logits: torch.Tensor, params: list[SamplingParams]) -> None:
+        for row, p in enumerate(params):
+            if p.logit_bias:
+                ids = torch.tensor(list(p.logit_bias.keys()), dtype=torch.long, device=logits.device)
+                bias = torch.tensor(list(p.logit_bias.values()), dtype=logits.dtype, device=logits.device)
+                logits[row].index_add_(0, ids, bias)
+
+    def _apply_penalties(self, logits: torch.Tensor, params: list[SamplingParams],
+                         output_token_ids: list[list[int]]) -> None:
+        rows = [i for i, p in enumerate(params)
+                if (p.presence_penalty or p.frequency_penalty) and output_token_ids[i]]
+        if not rows:
+            return
+        counts = torch.zeros((len(rows), logits.shape[1]), dtype=logits.dtype, device=logits.device)
+        for k, row in enumerate(rows):
+            ids = torch.tensor(output_token_ids[row], dtype=torch.long, device=logits.device)
+            counts[k].index_add_(0, ids, torch.ones_like(ids, dtype=logits.dtype))
+        frequency = torch.tensor([params[r].frequency_penalty for r in rows], device=logits.device)
+        presence = torch.tensor([params[r].presence_penalty for r in rows], device=logits.device)
+        # OpenAI: logit - count * frequency_penalty - (count > 0) * presence_penalty
+        penalty = counts * frequency.unsqueeze(1) + (counts > 0).to(logits.dtype) * presence.unsqueeze(1)
+        index = torch.tensor(rows, dtype=torch.long, device=logits.device)
+        logits.index_copy_(0, index, logits.index_select(0, index) - penalty)
+
+    def _apply_top_p(self, probs: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+        top_p = torch.tensor([p.top_p for p in params], dtype=probs.dtype, device=probs.device)
+        if bool((top_p >= 1.0).all()):
+            return probs
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it is < top_p.
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        drop = mass_before >= top_p.unsqueeze(1)
+        drop[:, 0] = False  # top_p 0 still keeps the most likely token
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        return torch.zeros_like(probs).scatter_(1, order, sorted_probs)
+
+    def _draw(self, probs: torch.Tensor, generators: list[torch.Generator | None]) -> torch.Tensor:
+        # argmax(p / E) with E ~ Exp(1) draws from p; each seeded row uses its own generator
+        # so its draws do not depend on which other requests share the batch.
+        noise = torch.empty_like(probs).exponential_()
+        for row, generator in enumerate(generators):
+            if generator is not None:
+                noise[row].exponential_(generator=generator)
+        return (probs / noise).argmax(dim=-1)

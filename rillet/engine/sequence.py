@@ -1,0 +1,67 @@
+"""One choice of one request: its tokens, its place in the KV cache and its progress."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from rillet.engine.detokenizer import IncrementalDetokenizer
+from rillet.engine.sampling_params import SamplingParams
+from rillet.engine.stop_checker import StopChecker
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(slots=True, eq=False)
+class Sequence:
+    seq_id: int
+    request_id: str
+    # Which of the request's n choices this is.
+    index: int
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    detokenizer: IncrementalDetokenizer
+    stop_checker: StopChecker
+    # The most tokens this sequence may hold (prompt + output): the model's context or max_tokens.
+    max_total_tokens: int
+    token_ids: list[int] = field(default_factory=list)
+    block_table: list[int] = field(default_factory=list)
+    # Tokens whose K/V are in the cache. Everything past it is still to be computed.
+    num_computed_tokens: int = 0
+    # Prefix-cache hash of each full, computed block of this sequence, in order.
+    block_hashes: list[int] = field(default_factory=list)
+    status: SequenceStatus = SequenceStatus.WAITING
+    finish_reason: str | None = None
+    # Choices that still have to be forked off this one once its prompt is computed (n > 1).
+    pending_forks: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.token_ids:
+            self.token_ids = list(self.prompt_token_ids)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - len(self.prompt_token_ids)
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[len(self.prompt_token_ids):]
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return len(self.token_ids) - self.num_computed_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED

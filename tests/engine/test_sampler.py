@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rillet.engine.sampler import Sampler
+from rillet.engine.sampling_params import SamplingParams
+
+sampler = Sampler(torch.device("cpu"))
+
+
+def sample(logits: list[list[float]], params: list[SamplingParams], outputs=None, generators=None) -> list[int]:
+    outputs = outputs or [[] for _ in params]
+    generators = generators or [None for _ in params]
+    return sampler.sample(torch.tensor(logits), params, outputs, generators)
+
+
+def frequencies(logits: list[float], params: SamplingParams, draws: int = 4000) -> list[float]:
+    rows = [logits] * draws
+    chosen = sample(rows, [params] * draws)
+    return [chosen.count(i) / draws for i in range(len(logits))]
+
+
+def test_temperature_zero_is_argmax():
+    assert sample([[0.1, 3.0, 2.9], [5.0, 1.0, 0.0]], [SamplingParams(temperature=0)] * 2) == [1, 0]
+
+
+def test_temperature_one_follows_softmax():
+    logits = [math.log(0.5), math.log(0.3), math.log(0.2)]
+    freq = frequencies(logits, SamplingParams(temperature=1.0))
+    assert freq == pytest.approx([0.5, 0.3, 0.2], abs=0.04)
+
+
+def test_low_temperature_sharpens():
+    logits = [math.log(0.5), math.log(0.3), math.log(0.2)]
+    freq = frequencies(logits, SamplingParams(temperature=0.2))
+    # p_i ∝ p_i^(1/0.2): 0.5^5 : 0.3^5 : 0.2^5 gives the first token about 92%.
+    assert freq[0] == pytest.approx(0.5**5 / (0.5**5 + 0.3**5 + 0.2**5), abs=0.03)
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    logits = [math.log(0.5), math.log(0.3), math.log(0.15), math.log(0.05)]
+    freq = frequencies(logits, SamplingParams(top_p=0.7))
+    assert freq[2] == 0 and freq[3] == 0
+    assert freq[0] == pytest.approx(0.5 / 0.8, abs=0.04)
+    assert set(sample([logits] * 50, [SamplingParams(top_p=0.0)] * 50)) == {0}
+
+
+def test_logit_bias_bans_and_forces():
+    params = SamplingParams(temperature=0, logit_bias={1: -100.0})
+    assert sample([[0.0, 5.0, 4.0]], [params]) == [2]
+    params = SamplingParams(temperature=1.0, logit_bias={0: 100.0})
+    assert set(sample([[0.0, 5.0, 4.0]] * 100, [params] * 100)) == {0}
+
+
+def test_presence_and_frequency_penalties_follow_openai_formula():
+    # Token 0 appeared 3 times: 3.0 - 3*0.5 - 1*1.0 = 0.5 < token 1's 0.9.
+    params = SamplingParams(temperature=0, frequency_penalty=0.5, presence_penalty=1.0)
+    assert sample([[3.0, 0.9, 0.0]], [params], outputs=[[0, 0, 0]]) == [1]
+    # 3.0 - 3*0.5 - 1*0.4 = 1.1 > 0.9
+    params = SamplingParams(temperature=0, frequency_penalty=0.5, presence_penalty=0.4)
+    assert sample([[3.0, 0.9, 0.0]], [params], outputs=[[0, 0, 0]]) == [0]
+    # Negative penalties encourage repetition.
+    params = SamplingParams(temperature=0, presence_penalty=-2.0)
+    assert sample([[1.0, 2.0, 0.0]], [params], outputs=[[0]]) == [0]
+
+
+def test_seeded_rows_do_not_depend_on_batch_neighbours():
+    logits = [[0.0] * 50]
+    params = SamplingParams(temperature=1.0, seed=1234)
+
+    def seeded() -> torch.Generator:
+        return torch.Generator().manual_seed(1234)
+
+    alone = [sample(logits, [params], generators=[g])[0] for g in [seeded()] for _ in range(5)]
+    generator = seeded()
+    with_others = []
+    for _ in range(5):
+        rows = sample(logits * 3, [SamplingParams(), params, SamplingParams()], generators=[None, generator, None])
+        with_others.append(rows[1])
+    assert alone == with_others
