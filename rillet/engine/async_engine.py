@@ -16,6 +16,7 @@ import torch
 from rillet.engine.llm_engine import LLMEngine
 from rillet.engine.outputs import RequestOutput
 from rillet.engine.sampling_params import SamplingParams
+from rillet.engine.stats import EngineStats
 
 log = logging.getLogger("rillet.engine")
 
@@ -38,6 +39,9 @@ class AsyncEngine:
     @property
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self._dead_error is None
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
 
     def start(self) -> None:
         """Starts the loop thread; call from inside the event loop that will consume outputs."""

@@ -15,6 +15,7 @@ from rillet.engine.sampler import Sampler
 from rillet.engine.sampling_params import SamplingParams
 from rillet.engine.scheduler import Scheduler
 from rillet.engine.sequence import Sequence
+from rillet.engine.stats import EngineStats
 from rillet.engine.stop_checker import StopChecker
 
 
@@ -50,6 +51,20 @@ class LLMEngine:
     @property
     def has_work(self) -> bool:
         return self.scheduler.has_work
+
+    def stats(self) -> EngineStats:
+        blocks = self.block_manager
+        return EngineStats(
+            num_running_seqs=len(self.scheduler.running),
+            num_waiting_seqs=len(self.scheduler.waiting),
+            num_kv_blocks=blocks.num_blocks,
+            num_free_kv_blocks=blocks.num_free_blocks,
+            num_computed_prompt_tokens=self.num_computed_prompt_tokens,
+            num_generated_tokens=self.num_generated_tokens,
+            prefix_cache_queried_tokens=blocks.prefix_cache_queries * blocks.block_size,
+            prefix_cache_hit_tokens=blocks.prefix_cache_hits * blocks.block_size,
+            num_preemptions=self.scheduler.num_preemptions,
+        )
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         if not prompt_token_ids or len(prompt_token_ids) >= self.max_model_len:
