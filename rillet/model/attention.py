@@ -1,0 +1,59 @@
+"""Attention over a paged KV cache for a flat batch of sequences."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rillet.model.attention_metadata import AttentionMetadata
+
+
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: torch.Tensor,
+                    meta: AttentionMetadata) -> torch.Tensor:
+    """q: [T, heads, dim]; k, v: [T, kv_heads, dim]; cache: [2, blocks, block_size, kv_heads, dim].
+
+    Writes the new keys and values into their slots, then lets each new token attend to its
+    sequence's cached tokens up to and including itself. Returns [T, heads * dim].
+    """
+    num_kv_heads, head_dim = cache.shape[-2], cache.shape[-1]
+    slots = cache.view(2, -1, num_kv_heads, head_dim)
+    slots[0].index_copy_(0, meta.slot_mapping, k.to(cache.dtype))
+    slots[1].index_copy_(0, meta.slot_mapping, v.to(cache.dtype))
+    if meta.is_decode_only:
+        out = _decode_attention(q, cache, meta)
+    else:
+        out = torch.cat([_sequence_attention(q, cache, meta, i) for i in range(meta.num_seqs)])
+    return out.reshape(q.shape[0], -1)
+
+
+def _gather(cache: torch.Tensor, block_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values of the blocks in block_table ([..., blocks]) as [..., kv_heads, tokens, dim]."""
+    keys = cache[0][block_table]  # [..., blocks, block_size, kv_heads, dim]
+    values = cache[1][block_table]
+    shape = (*block_table.shape[:-1], -1, *cache.shape[-2:])
+    return keys.reshape(shape).transpose(-3, -2), values.reshape(shape).transpose(-3, -2)
+
+
+def _decode_attention(q: torch.Tensor, cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    keys, values = _gather(cache, meta.block_tables)  # [S, kv_heads, L, dim]
+    context_lens = torch.tensor(meta.context_lens, device=q.device)
+    visible = torch.arange(keys.shape[2], device=q.device).unsqueeze(0) < context_lens.unsqueeze(1)
+    out = F.scaled_dot_product_attention(
+        q.unsqueeze(2).to(keys.dtype), keys, values, attn_mask=visible[:, None, None, :], enable_gqa=True)
+    return out.squeeze(2).to(q.dtype)  # [S, heads, dim]
+
+
+def _sequence_attention(q: torch.Tensor, cache: torch.Tensor, meta: AttentionMetadata, i: int) -> torch.Tensor:
+    start, end = meta.query_start[i], meta.query_start[i + 1]
+    num_new, context_len = end - start, meta.context_lens[i]
+    num_blocks = -(-context_len // meta.block_size)
+    keys, values = _gather(cache, meta.block_tables[i, :num_blocks])
+    keys, values = keys[:, :context_len], values[:, :context_len]
+    query = q[start:end].transpose(0, 1).to(keys.dtype)  # [heads, new, dim]
+    if num_new == context_len:
+        out = F.scaled_dot_product_attention(query, keys, values, is_causal=True, enable_gqa=True)
+    else:
+        # New token j sits at position context_len - num_new + j and sees every key up to it.
+        positions = torch.arange(context_len - num_new, context_len, device=q.device)
+        visible = torch.arange(context_len, device=q.device).unsqueeze(0) <= positions.unsqueeze(1)
+        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=visible, enable_gqa=True)
+    return out.transpose(0, 1).to(q.dtype)  # [new, heads, dim]

@@ -1,0 +1,84 @@
+"""The Llama-family forward (RMSNorm, RoPE, grouped-query attention, SwiGLU) over a flat
+batch of tokens from many sequences, with keys and values in a paged cache."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rillet.model.attention import paged_attention
+from rillet.model.attention_metadata import AttentionMetadata
+from rillet.model.config import ModelConfig
+
+
+class LlamaLayer(torch.nn.Module):
+    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], prefix: str) -> None:
+        super().__init__()
+        self.config = config
+        self.attn_norm = weights[f"{prefix}.input_layernorm.weight"]
+        self.mlp_norm = weights[f"{prefix}.post_attention_layernorm.weight"]
+        # One matmul for q, k and v, and one for gate and up.
+        self.qkv_proj = torch.cat([weights[f"{prefix}.self_attn.{p}_proj.weight"] for p in "qkv"])
+        self.o_proj = weights[f"{prefix}.self_attn.o_proj.weight"]
+        self.gate_up_proj = torch.cat([weights[f"{prefix}.mlp.gate_proj.weight"], weights[f"{prefix}.mlp.up_proj.weight"]])
+        self.down_proj = weights[f"{prefix}.mlp.down_proj.weight"]
+
+    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        c = self.config
+        x = rms_norm(hidden, self.attn_norm, c.rms_norm_eps)
+        q_size, kv_size = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        q, k, v = F.linear(x, self.qkv_proj).split([q_size, kv_size, kv_size], dim=-1)
+        q = apply_rope(q.view(-1, c.num_heads, c.head_dim), cos, sin)
+        k = apply_rope(k.view(-1, c.num_kv_heads, c.head_dim), cos, sin)
+        attn = paged_attention(q, k, v.view(-1, c.num_kv_heads, c.head_dim), cache, meta)
+        hidden = hidden + F.linear(attn, self.o_proj)
+        gate, up = F.linear(rms_norm(hidden, self.mlp_norm, c.rms_norm_eps), self.gate_up_proj).chunk(2, dim=-1)
+        return hidden + F.linear(F.silu(gate) * up, self.down_proj)
+
+
+class LlamaModel(torch.nn.Module):
+    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = weights["model.embed_tokens.weight"]
+        self.layers = torch.nn.ModuleList(
+            LlamaLayer(config, weights, f"model.layers.{i}") for i in range(config.num_layers))
+        self.norm = weights["model.norm.weight"]
+        self.lm_head = weights.get("lm_head.weight", self.embed_tokens)
+        self.rope_cos, self.rope_sin = rope_tables(config, self.embed_tokens.device)
+
+    def allocate_kv_cache(self, num_blocks: int, block_size: int, dtype: torch.dtype) -> list[torch.Tensor]:
+        c = self.config
+        shape = (2, num_blocks, block_size, c.num_kv_heads, c.head_dim)
+        return [torch.zeros(shape, dtype=dtype, device=self.embed_tokens.device) for _ in range(c.num_layers)]
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor],
+                meta: AttentionMetadata) -> torch.Tensor:
+        hidden = self.embed_tokens[input_ids]
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        for layer, cache in zip(self.layers, kv_caches):
+            hidden = layer(hidden, cos, sin, cache, meta)
+        return rms_norm(hidden, self.norm, self.config.rms_norm_eps)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.lm_head).float()
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x32 = x.float()
+    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
+
+
+def rope_tables(config: ModelConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    half = torch.arange(0, config.head_dim, 2, dtype=torch.float64, device=device) / config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** half)
+    angles = torch.outer(torch.arange(config.max_context_len, dtype=torch.float64, device=device), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [T, heads, dim]; cos, sin: [T, dim]. Rotates the two halves of each head (HF layout)."""
+    first, second = x.chunk(2, dim=-1)
+    rotated = torch.cat([-second, first], dim=-1)
+    return (x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)).to(x.dtype)
