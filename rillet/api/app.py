@@ -1,0 +1,40 @@
+"""The FastAPI application: routes, error handlers, and the objects they share."""
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from rillet.api.chat import router as chat_router
+from rillet.api.errors import APIError, ErrorKind, install_error_handlers
+from rillet.api.metrics import metrics_router
+from rillet.api.served_model import ServedModel
+
+
+def create_app(engine, served: ServedModel) -> FastAPI:
+    app = FastAPI(title="rillet", description="OpenAI-compatible chat completions", docs_url=None, redoc_url=None)
+    app.state.engine = engine
+    app.state.served = served
+    install_error_handlers(app)
+    app.include_router(chat_router)
+    app.include_router(metrics_router(engine.stats))
+
+    def model_card() -> dict:
+        return {"id": served.name, "object": "model", "created": served.created, "owned_by": "rillet"}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str) -> dict:
+        if model_id != served.name:
+            raise APIError(ErrorKind.MODEL_NOT_FOUND, f"the model {model_id!r} does not exist", "model")
+        return model_card()
+
+    @app.get("/health")
+    async def health(request: Request) -> JSONResponse:
+        if engine.is_alive:
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "unavailable"}, status_code=503)
+
+    return app

@@ -1,0 +1,106 @@
+"""Every error the API returns, as data: one table maps a kind to its status, type and code,
+and the handlers here turn any failure into OpenAI's envelope."""
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("rillet.api")
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorSpec:
+    status: int
+    type: str
+    code: str | None
+
+
+class ErrorKind(enum.Enum):
+    INVALID_REQUEST = ErrorSpec(422, "invalid_request_error", None)
+    UNSUPPORTED_PARAMETER = ErrorSpec(422, "invalid_request_error", "unsupported_parameter")
+    CONTEXT_LENGTH_EXCEEDED = ErrorSpec(400, "invalid_request_error", "context_length_exceeded")
+    INVALID_API_KEY = ErrorSpec(401, "invalid_request_error", "invalid_api_key")
+    MODEL_NOT_ALLOWED = ErrorSpec(403, "invalid_request_error", "model_not_allowed")
+    MODEL_NOT_FOUND = ErrorSpec(404, "invalid_request_error", "model_not_found")
+    ROUTE_NOT_FOUND = ErrorSpec(404, "invalid_request_error", "not_found")
+    METHOD_NOT_ALLOWED = ErrorSpec(405, "invalid_request_error", "method_not_allowed")
+    RATE_LIMIT_EXCEEDED = ErrorSpec(429, "rate_limit_error", "rate_limit_exceeded")
+    INTERNAL = ErrorSpec(500, "server_error", "internal_error")
+    OVERLOADED = ErrorSpec(503, "server_error", "overloaded")
+    ENGINE_UNAVAILABLE = ErrorSpec(503, "server_error", "engine_unavailable")
+
+
+class APIError(Exception):
+    def __init__(self, kind: ErrorKind, message: str, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        spec = self.kind.value
+        return {"error": {"message": self.message, "type": spec.type, "param": self.param, "code": spec.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.kind.value.status, headers=self.headers)
+
+
+def validation_error(exc: RequestValidationError) -> APIError:
+    """The first pydantic error, with `param` the dotted path of the field in the body."""
+    first = exc.errors()[0]
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    if first.get("type") == "json_invalid":
+        return APIError(ErrorKind.INVALID_REQUEST, f"the body is not valid JSON: {first.get('msg')}")
+    # Pydantic names union members in the path (e.g. "str", "list[...]"); they are not fields.
+    location = [part for part in location if not (part[:1].islower() and ("[" in part or part in _TYPE_NAMES))]
+    param = ".".join(location) or None
+    message = first.get("msg", "invalid value")
+    if first.get("type") == "extra_forbidden":
+        message = "unrecognized request argument"
+    return APIError(ErrorKind.INVALID_REQUEST, f"{param}: {message}" if param else message, param)
+
+
+_TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "function-after", "literal"}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def on_api_error(request: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_error(exc).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            error = APIError(ErrorKind.ROUTE_NOT_FOUND, f"no route {request.method} {request.url.path}")
+        elif exc.status_code == 405:
+            error = APIError(ErrorKind.METHOD_NOT_ALLOWED, f"method {request.method} not allowed on {request.url.path}")
+        else:
+            error = APIError(ErrorKind.INVALID_REQUEST, str(exc.detail))
+        return error.response()
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return internal_error(request_id_of(request), exc).response()
+
+
+def internal_error(request_id: str, exc: BaseException) -> APIError:
+    """Logs the traceback; the client only learns the request id."""
+    log.error("internal error in request %s", request_id, exc_info=exc)
+    return APIError(ErrorKind.INTERNAL, f"internal server error (request id {request_id})")
+
+
+def request_id_of(request: Request) -> str:
+    return getattr(request.state, "request_id", None) or "unknown"
+
