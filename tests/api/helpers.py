@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from tests.conftest import MODEL_NAME
+
+
+# SmolLM2's end-of-text and end-of-turn tokens: banning them makes a choice run to max_tokens.
+NO_END = {"0": -100, "2": -100}
+
+
+def chat_body(content: str = "Name three colors.", **overrides) -> dict:
+    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": content}], "max_tokens": 12,
+            "temperature": 0}
+    body.update(overrides)
+    return body
+
+
+def stream_events(http: httpx.Client, body: dict) -> tuple[list[str], list[dict]]:
+    """The raw SSE lines of a streamed completion, and the decoded chunks."""
+    lines: list[str] = []
+    with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in response.iter_lines() if line]
+    chunks = [json.loads(line[len("data: "):]) for line in lines if line != "data: [DONE]"]
+    return lines, chunks
+
+
+def stream_text(chunks: list[dict], index: int = 0) -> str:
+    return "".join(c["delta"].get("content") or "" for chunk in chunks for c in chunk["choices"]
+                   if c["index"] == index)

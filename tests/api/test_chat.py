@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import concurrent.futures
+
+from rillet.model import default_model_path, load_model
+from tests.api.helpers import NO_END, chat_body
+from tests.conftest import MODEL_NAME
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def rendered_prompt_tokens():
+    """Counts tokens of a rendered conversation with the server's own template and tokenizer."""
+    loaded = load_model(default_model_path())
+
+    def count(messages: list[dict]) -> int:
+        return len(loaded.tokenizer.encode(loaded.chat_template.render(messages)))
+
+    return count
+
+
+def test_non_stream_answers_with_sensible_text_and_real_usage(client, rendered_prompt_tokens):
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=24, temperature=0)
+    assert reply.id.startswith("chatcmpl-") and len(reply.id) > len("chatcmpl-") + 8
+    assert reply.object == "chat.completion"
+    assert reply.model == MODEL_NAME
+    assert reply.system_fingerprint.startswith("fp_")
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant"
+    assert "Paris" in choice.message.content
+    assert choice.finish_reason == "stop"
+    assert reply.usage.prompt_tokens == rendered_prompt_tokens(messages)
+    assert 0 < reply.usage.completion_tokens < 24
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+def test_max_tokens_cuts_with_finish_reason_length(client):
+    reply = client.chat.completions.create(**chat_body("Write a long story about a dragon.", max_tokens=5))
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage.completion_tokens == 5
+    assert reply.choices[0].message.content
+
+
+def test_max_completion_tokens_wins_over_max_tokens(client):
+    reply = client.chat.completions.create(**chat_body("Write a long story.", max_tokens=20, max_completion_tokens=3))
+    assert reply.usage.completion_tokens == 3
+
+
+def test_n_gives_n_choices_and_counts_all_their_tokens(client):
+    reply = client.chat.completions.create(**chat_body("Tell me a joke.", n=3, temperature=1.0, max_tokens=6, logit_bias=NO_END))
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert reply.usage.completion_tokens == 3 * 6
+    assert all(c.finish_reason == "length" for c in reply.choices)
+
+
+def test_temperature_zero_is_repeatable(client):
+    first = client.chat.completions.create(**chat_body("Describe the sea.", max_tokens=16))
+    second = client.chat.completions.create(**chat_body("Describe the sea.", max_tokens=16))
+    assert first.choices[0].message.content == second.choices[0].message.content
+
+
+def test_fingerprint_is_stable_and_created_is_recent(client):
+    import time
+
+    a = client.chat.completions.create(**chat_body(max_tokens=1))
+    b = client.chat.completions.create(**chat_body(max_tokens=1))
+    assert a.system_fingerprint == b.system_fingerprint
+    assert a.id != b.id
+    assert abs(a.created - time.time()) < 120
+
+
+def test_top_p_and_temperature_are_honoured(client):
+    # top_p near 0 keeps only the most likely token: the same as greedy whatever the temperature.
+    greedy = client.chat.completions.create(**chat_body("Count from one to five.", max_tokens=12))
+    nucleus = client.chat.completions.create(**chat_body("Count from one to five.", max_tokens=12,
+                                                         temperature=1.5, top_p=1e-6))
+    assert nucleus.choices[0].message.content == greedy.choices[0].message.content
+
+
+def test_system_and_multi_turn_conversation(client):
+    reply = client.chat.completions.create(model=MODEL_NAME, temperature=0, max_tokens=16, messages=[
+        {"role": "system", "content": "You answer in one word."},
+        {"role": "user", "content": "What color is the sky?"},
+        {"role": "assistant", "content": "Blue."},
+        {"role": "user", "content": [{"type": "text", "text": "And grass?"}]},
+    ])
+    assert reply.choices[0].message.content
+
+
+def test_many_concurrent_clients_get_the_same_greedy_answers(client):
+    prompts = [f"Give me a fact about the number {i}." for i in range(8)]
+    alone = [client.chat.completions.create(**chat_body(p, max_tokens=12)).choices[0].message.content
+             for p in prompts]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(
+            lambda p: client.chat.completions.create(**chat_body(p, max_tokens=12)).choices[0].message.content,
+            prompts))
+    assert together == alone
