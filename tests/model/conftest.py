@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rillet.model import default_model_path, load_model
+
+
+@pytest.fixture(scope="session")
+def gguf_path() -> Path:
+    return Path(default_model_path())
+
+
+@pytest.fixture(scope="session")
+def ours(gguf_path):
+    return load_model(str(gguf_path))
+
+
+@pytest.fixture(scope="session")
+def reference_tokenizer(gguf_path):
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+
+
+@pytest.fixture(scope="session")
+def reference_model(gguf_path):
+    """The same GGUF, dequantized and run by Hugging Face transformers: an independent implementation."""
+    transformers = pytest.importorskip("transformers")
+    model = transformers.AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
+                                                              dtype=torch.float32)
+    return model.eval()

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import pytest
+
+from rillet.model.chat_template import ChatTemplate
+from rillet.model.errors import ChatTemplateError
+
+CONVERSATION = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Hi!"},
+    {"role": "assistant", "content": "Hello."},
+    {"role": "user", "content": "How are you?"},
+]
+
+
+def test_render_matches_transformers(ours, reference_tokenizer):
+    expected = reference_tokenizer.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
+    assert ours.chat_template.render(CONVERSATION) == expected
+    assert ours.chat_template.render(CONVERSATION).endswith("<|im_start|>assistant\n")
+
+
+def test_default_system_prompt_of_the_template(ours):
+    rendered = ours.chat_template.render([{"role": "user", "content": "Hi"}])
+    assert rendered.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+
+
+def test_template_runs_sandboxed():
+    template = ChatTemplate("{{ messages.__class__.__mro__[1].__subclasses__() }}")
+    with pytest.raises(ChatTemplateError):
+        template.render([{"role": "user", "content": "x"}])
+
+
+def test_raise_exception_in_template_is_a_template_error():
+    template = ChatTemplate("{{ raise_exception('roles must alternate') }}")
+    with pytest.raises(ChatTemplateError, match="alternate"):
+        template.render([{"role": "user", "content": "x"}])
