@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import concurrent.futures
-
 from rillet.model import default_model_path, load_model
 from tests.api.helpers import NO_END, chat_body
 from tests.conftest import MODEL_NAME
@@ -87,14 +85,3 @@ def test_system_and_multi_turn_conversation(client):
         {"role": "user", "content": [{"type": "text", "text": "And grass?"}]},
     ])
     assert reply.choices[0].message.content
-
-
-def test_many_concurrent_clients_get_the_same_greedy_answers(client):
-    prompts = [f"Give me a fact about the number {i}." for i in range(8)]
-    alone = [client.chat.completions.create(**chat_body(p, max_tokens=12)).choices[0].message.content
-             for p in prompts]
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        together = list(pool.map(
-            lambda p: client.chat.completions.create(**chat_body(p, max_tokens=12)).choices[0].message.content,
-            prompts))
-    assert together == alone
