@@ -1,4 +1,4 @@
-"""Hyperparameters of a Llama-family model, read from GGUF metadata."""
+"""Hyperparameters of a Llama-family model, read from GGUF metadata or a Hugging Face config."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,3 +20,5 @@ class ModelConfig:
     rms_norm_eps: float
     max_context_len: int
     tie_word_embeddings: bool
+    # Linear RoPE scaling: positions are divided by this factor before rotation.
+    rope_scaling_factor: float = 1.0

@@ -1,8 +1,11 @@
-"""Reads a GGUF file: its config, and its tensors dequantized into Hugging Face llama naming."""
+"""Reads a GGUF file with the gguf package: its metadata, its config, and its tensors
+dequantized into Hugging Face llama naming."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -23,52 +26,83 @@ _LAYER_NAMES = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
-_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+# rope_freqs (Llama 3.1 style per-frequency scaling) has no Hugging Face tensor; it keeps a rillet name.
+_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",
+                 "rope_freqs": "rope_freq_factors"}
 
 
-def open_gguf(path: str | Path) -> gguf.GGUFReader:
+@dataclass(slots=True)
+class GGUFTensor:
+    name: str
+    tensor_type: gguf.GGMLQuantizationType
+    shape: tuple[int, ...]  # torch order: GGUF lists dimensions innermost first
+    data: np.ndarray  # as stored: typed for F32/F16, else rows of quantized blocks as uint8
+
+
+@dataclass(slots=True)
+class GGUFFile:
+    path: Path
+    metadata: dict[str, Any]
+    tensors: list[GGUFTensor]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.metadata.get(key, default)
+
+
+def open_gguf(path: str | Path) -> GGUFFile:
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}")
     try:
-        return gguf.GGUFReader(path)
-    except Exception as error:  # the gguf package raises many kinds for a bad file
-        raise ModelLoadError(f"{path} is not a readable GGUF file ({type(error).__name__}: {error})") from None
+        reader = gguf.GGUFReader(path)
+        metadata = {key: entry.contents() for key, entry in reader.fields.items()}
+        tensors = [_tensor(t) for t in reader.tensors]
+    except ModelLoadError:
+        raise
+    except Exception as error:  # the gguf package raises many kinds for a bad or truncated file
+        raise ModelLoadError(f"{path} is not a readable GGUF file ({' '.join(str(error).split())})") from None
+    return GGUFFile(path, metadata, tensors)
 
 
-def field(reader: gguf.GGUFReader, key: str, default=None):
-    entry = reader.fields.get(key)
-    return default if entry is None else entry.contents()
+def _tensor(tensor: gguf.ReaderTensor) -> GGUFTensor:
+    try:
+        kind = gguf.GGMLQuantizationType(tensor.tensor_type)
+    except ValueError:
+        raise ModelLoadError(f"tensor {tensor.name} has unknown GGML type id {tensor.tensor_type}") from None
+    shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
+    return GGUFTensor(tensor.name, kind, shape, tensor.data)
 
 
-def read_config(reader: gguf.GGUFReader) -> ModelConfig:
-    arch = field(reader, "general.architecture")
+def read_config(file: GGUFFile) -> ModelConfig:
+    arch = file.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ModelLoadError(f"unsupported model architecture {arch!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
 
-    def required(name: str):
-        value = field(reader, f"{arch}.{name}")
+    def required(name: str) -> Any:
+        value = file.get(f"{arch}.{name}")
         if value is None:
             raise ModelLoadError(f"GGUF metadata lacks {arch}.{name}")
         return value
 
     hidden = int(required("embedding_length"))
     num_heads = int(required("attention.head_count"))
-    tensor_names = {t.name for t in reader.tensors}
-    vocab = field(reader, f"{arch}.vocab_size") or len(field(reader, "tokenizer.ggml.tokens", []))
+    scaling = file.get(f"{arch}.rope.scaling.type", "none")
+    if scaling not in ("none", "linear"):
+        raise ModelLoadError(f"unsupported rope scaling {scaling!r} (supported: none, linear)")
     return ModelConfig(
         architecture=arch,
-        vocab_size=int(vocab),
+        vocab_size=int(file.get(f"{arch}.vocab_size") or len(file.get("tokenizer.ggml.tokens", []))),
         hidden_size=hidden,
         intermediate_size=int(required("feed_forward_length")),
         num_layers=int(required("block_count")),
         num_heads=num_heads,
-        num_kv_heads=int(field(reader, f"{arch}.attention.head_count_kv", num_heads)),
-        head_dim=int(field(reader, f"{arch}.attention.key_length", hidden // num_heads)),
-        rope_theta=float(field(reader, f"{arch}.rope.freq_base", 10000.0)),
-        rms_norm_eps=float(field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+        num_kv_heads=int(file.get(f"{arch}.attention.head_count_kv", num_heads)),
+        head_dim=int(file.get(f"{arch}.attention.key_length", hidden // num_heads)),
+        rope_theta=float(file.get(f"{arch}.rope.freq_base", 10000.0)),
+        rms_norm_eps=float(file.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
         max_context_len=int(required("context_length")),
-        tie_word_embeddings="output.weight" not in tensor_names,
+        tie_word_embeddings=not any(t.name == "output.weight" for t in file.tensors),
+        rope_scaling_factor=float(file.get(f"{arch}.rope.scaling.factor", 1.0)) if scaling == "linear" else 1.0,
     )
 
 
@@ -82,26 +116,33 @@ def hf_name(gguf_name: str) -> str | None:
 
 
 def unpermute_rope_rows(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """llama.cpp's converter interleaves the two rotary halves of each head's q/k rows;
-    this restores Hugging Face's order, so the forward can rotate halves."""
+    """llama.cpp's converter interleaves the two rotary halves of each head's q/k rows (its rope
+    rotates adjacent pairs); this restores Hugging Face's order, so the forward can rotate halves."""
     rows = weight.shape[0]
     return weight.reshape(num_heads, rows // num_heads // 2, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
 
 
-def read_tensors(reader: gguf.GGUFReader, config: ModelConfig, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def dequantize(tensor: GGUFTensor) -> torch.Tensor:
+    """The tensor as float32 in torch order."""
+    try:
+        array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    except NotImplementedError:
+        raise ModelLoadError(f"tensor {tensor.name} has unsupported type {tensor.tensor_type.name}") from None
+    if array.dtype != np.float32 or not array.flags.writeable:
+        array = np.array(array, dtype=np.float32)  # torch wants its own writable float32 memory
+    return torch.from_numpy(array.reshape(tensor.shape))
+
+
+def read_tensors(file: GGUFFile, config: ModelConfig, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
-    for tensor in tqdm(reader.tensors, desc="loading weights", unit="tensor", leave=False):
+    for tensor in tqdm(file.tensors, desc="loading weights", unit="tensor", leave=False):
         name = hf_name(tensor.name)
         if name is None:
             continue
-        try:
-            array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-        except NotImplementedError:
-            raise ModelLoadError(f"tensor {tensor.name} has unsupported type {tensor.tensor_type.name}") from None
-        weight = torch.from_numpy(np.array(array, dtype=np.float32))  # a writable copy
+        weight = dequantize(tensor)
         if name.endswith("q_proj.weight"):
             weight = unpermute_rope_rows(weight, config.num_heads)
         elif name.endswith("k_proj.weight"):
             weight = unpermute_rope_rows(weight, config.num_kv_heads)
-        tensors[name] = weight.to(dtype)
+        tensors[name] = weight if name == "rope_freq_factors.weight" else weight.to(dtype)
     return tensors

@@ -45,7 +45,8 @@ class LlamaModel(torch.nn.Module):
             LlamaLayer(config, weights, f"model.layers.{i}") for i in range(config.num_layers))
         self.norm = weights["model.norm.weight"]
         self.lm_head = weights.get("lm_head.weight", self.embed_tokens)
-        self.rope_cos, self.rope_sin = rope_tables(config, self.embed_tokens.device)
+        self.rope_cos, self.rope_sin = rope_tables(config, self.embed_tokens.device,
+                                                   weights.get("rope_freq_factors.weight"))
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int, dtype: torch.dtype) -> list[torch.Tensor]:
         c = self.config
@@ -69,10 +70,16 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
 
 
-def rope_tables(config: ModelConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(config: ModelConfig, device: torch.device,
+                freq_factors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of every position's rotation angles, [max_context_len, head_dim] float32.
+    freq_factors (Llama 3.1 style files) divide the frequencies one by one."""
     half = torch.arange(0, config.head_dim, 2, dtype=torch.float64, device=device) / config.head_dim
     inv_freq = 1.0 / (config.rope_theta ** half)
-    angles = torch.outer(torch.arange(config.max_context_len, dtype=torch.float64, device=device), inv_freq)
+    if freq_factors is not None:
+        inv_freq = inv_freq / freq_factors.to(device, torch.float64)
+    positions = torch.arange(config.max_context_len, dtype=torch.float64, device=device) / config.rope_scaling_factor
+    angles = torch.outer(positions, inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos().float(), angles.sin().float()
 

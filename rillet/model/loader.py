@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from rillet.model.chat_template import ChatTemplate
-from rillet.model.config import ModelConfig
+from rillet.model.config import SUPPORTED_ARCHITECTURES, ModelConfig
 from rillet.model.errors import ModelLoadError
-from rillet.model.gguf_loader import field, open_gguf, read_config, read_tensors
+from rillet.model.gguf_loader import open_gguf, read_config, read_tensors
 from rillet.model.llama import LlamaModel
 from rillet.model.tokenizer import Tokenizer
 
@@ -29,7 +32,7 @@ class LoadedModel:
     model: LlamaModel
     tokenizer: Tokenizer
     chat_template: ChatTemplate
-    # Identifies the file's contents cheaply: a hash of its size and first 16 MiB.
+    # Identifies the file's contents cheaply: sha256 of its size and first 16 MiB.
     file_fingerprint: str
 
 
@@ -44,12 +47,16 @@ def default_model_path() -> str:
 
 
 def load_model(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> LoadedModel:
-    reader = open_gguf(path)
-    config = read_config(reader)
-    tokenizer = Tokenizer.from_gguf(reader)
-    template = ChatTemplate(field(reader, "tokenizer.chat_template") or CHATML_TEMPLATE,
-                            tokenizer.bos_token, tokenizer.eos_token)
-    weights = read_tensors(reader, config, dtype)
+    """A GGUF file, or a Hugging Face llama folder (config.json, *.safetensors, tokenizer.json)."""
+    if Path(path).is_dir():
+        config, weights, tokenizer, template_source = _read_hf_folder(Path(path), dtype)
+    else:
+        file = open_gguf(path)
+        config = read_config(file)
+        tokenizer = Tokenizer.from_gguf(file)
+        template_source = file.get("tokenizer.chat_template")
+        weights = read_tensors(file, config, dtype)
+    template = ChatTemplate(template_source or CHATML_TEMPLATE, tokenizer.bos_token, tokenizer.eos_token)
     try:
         with torch.device(device):
             weights = {name: w.to(device) for name, w in weights.items()}
@@ -59,8 +66,64 @@ def load_model(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu
     return LoadedModel(str(path), config, model, tokenizer, template, file_fingerprint(path))
 
 
+def _read_hf_folder(folder: Path, dtype: torch.dtype) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer, str | None]:
+    from safetensors.torch import load_file
+
+    settings = _read_json(folder / "config.json")
+    config = hf_config(settings, folder)
+    shards = sorted(folder.glob("*.safetensors"))
+    if not shards:
+        raise ModelLoadError(f"{folder} has no *.safetensors weights")
+    weights = {name: w.to(dtype) for shard in tqdm(shards, desc="loading weights", unit="file", leave=False)
+               for name, w in load_file(shard).items()}
+    template = _read_json(folder / "tokenizer_config.json").get("chat_template")
+    if template is None and (folder / "chat_template.jinja").is_file():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    return config, weights, Tokenizer.from_hf_folder(folder), template
+
+
+def hf_config(settings: dict[str, Any], folder: Path) -> ModelConfig:
+    if settings.get("model_type") not in SUPPORTED_ARCHITECTURES:
+        raise ModelLoadError(f"unsupported model_type {settings.get('model_type')!r} in {folder / 'config.json'}")
+    # transformers 5 moved rope_theta and rope_scaling into rope_parameters.
+    rope = {**(settings.get("rope_scaling") or {}), **(settings.get("rope_parameters") or {})}
+    scaling = rope.get("rope_type", rope.get("type", "default"))
+    if scaling not in ("default", "linear"):
+        raise ModelLoadError(f"unsupported rope scaling {scaling!r} (supported: default, linear)")
+    hidden, num_heads = int(settings["hidden_size"]), int(settings["num_attention_heads"])
+    return ModelConfig(
+        architecture=settings["model_type"],
+        vocab_size=int(settings["vocab_size"]),
+        hidden_size=hidden,
+        intermediate_size=int(settings["intermediate_size"]),
+        num_layers=int(settings["num_hidden_layers"]),
+        num_heads=num_heads,
+        num_kv_heads=int(settings.get("num_key_value_heads") or num_heads),
+        head_dim=int(settings.get("head_dim") or hidden // num_heads),
+        rope_theta=float(settings.get("rope_theta", rope.get("rope_theta", 10000.0))),
+        rms_norm_eps=float(settings.get("rms_norm_eps", 1e-6)),
+        max_context_len=int(settings.get("max_position_embeddings", 2048)),
+        tie_word_embeddings=bool(settings.get("tie_word_embeddings", False)),
+        rope_scaling_factor=float(rope.get("factor", 1.0)) if scaling == "linear" else 1.0,
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelLoadError(f"{path} not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot read {path}: {' '.join(str(error).split())}") from None
+
+
 def file_fingerprint(path: str) -> str:
+    """sha256 of the size and first 16 MiB of a file, or of every file's name and size in a folder."""
     digest = hashlib.sha256()
+    if Path(path).is_dir():
+        for item in sorted(Path(path).iterdir()):
+            digest.update(f"{item.name}:{item.stat().st_size};".encode())
+        return digest.hexdigest()
     with open(path, "rb") as f:
         digest.update(str(Path(path).stat().st_size).encode())
         digest.update(f.read(16 << 20))

@@ -1,30 +1,81 @@
 """A tokenizer built from the GGUF's own vocabulary and merges with the `tokenizers` library."""
 from __future__ import annotations
 
-import gguf
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 from rillet.model.errors import ModelLoadError
-from rillet.model.gguf_loader import field
+from rillet.model.gguf_loader import GGUFFile
 
-# The regex of Llama 3 style byte-level BPE pre-tokenizers (llama.cpp's "llama-bpe" and kin).
+# The split regex of Llama 3 style byte-level BPE (llama.cpp's "llama-bpe" and kin).
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# llama.cpp pre-tokenizer names that split every digit apart before GPT-2's byte-level split.
+_DIGIT_SPLIT_PRES = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b")
+_LLAMA3_PRES = ("llama3", "llama-bpe", "llama-v3", "dbrx", "smaug-bpe", "falcon3", "pixtral")
 _END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
-_CONTROL, _USER_DEFINED = 3, 4
+_NORMAL, _CONTROL, _USER_DEFINED, _BYTE = 1, 3, 4, 6
+_SPACE = "\u2581"  # SentencePiece's visible space
 
 
-def _pre_tokenizer(pre: str | None) -> pre_tokenizers.PreTokenizer:
+def _byte_level_pre_tokenizer(pre: str | None) -> pre_tokenizers.PreTokenizer:
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if pre in ("smollm", "starcoder", "refact"):
+    if pre in _DIGIT_SPLIT_PRES:
         return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    if pre in ("llama3", "llama-bpe", "llama-v3", "dbrx", "smaug-bpe"):
+    if pre in _LLAMA3_PRES:
         return pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ])
+    if pre not in (None, "default", "gpt2", "gpt-2"):
+        raise ModelLoadError(f"unsupported byte-level pre-tokenizer {pre!r}")
     return byte_level
+
+
+def _byte_level_backend(file: GGUFFile, tokens: list[str]) -> HFTokenizer:
+    merges = [tuple(m.split(" ", 1)) for m in file.get("tokenizer.ggml.merges", [])]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    backend = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    backend.pre_tokenizer = _byte_level_pre_tokenizer(file.get("tokenizer.ggml.pre"))
+    backend.decoder = decoders.ByteLevel()
+    return backend
+
+
+def _merges_from_scores(tokens: list[str], scores: list[float], types: list[int]) -> list[tuple[str, str]]:
+    """SentencePiece BPE merges the pair whose joined piece scores highest; as ranked merges
+    that is every split of a normal piece into two known pieces, ordered by the piece's score."""
+    vocab = {token: i for i, token in enumerate(tokens)}
+    ranked = []
+    for i, piece in enumerate(tokens):
+        if types[i] != _NORMAL or len(piece) < 2:
+            continue
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in vocab and right in vocab:
+                ranked.append((-scores[i], vocab[left], vocab[right], left, right))
+    return [(left, right) for *_, left, right in sorted(ranked)]
+
+
+def _sentencepiece_backend(file: GGUFFile, tokens: list[str], types: list[int]) -> HFTokenizer:
+    scores = file.get("tokenizer.ggml.scores", [0.0] * len(tokens))
+    unk_id = file.get("tokenizer.ggml.unknown_token_id")
+    vocab = {token: i for i, token in enumerate(tokens)}
+    bpe = models.BPE(vocab=vocab, merges=_merges_from_scores(tokens, scores, types),
+                     unk_token=None if unk_id is None else tokens[unk_id], fuse_unk=True, byte_fallback=True)
+    backend = HFTokenizer(bpe)
+    # llama.cpp puts a space before the text and after each special token ("always").
+    prepend = "always" if file.get("tokenizer.ggml.add_space_prefix", True) else "never"
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement=_SPACE, prepend_scheme=prepend, split=False)
+    steps = [decoders.Replace(_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    if prepend == "always":
+        steps.append(decoders.Strip(" ", 1, 0))
+    backend.decoder = decoders.Sequence(steps)
+    return backend
 
 
 class Tokenizer:
@@ -41,31 +92,48 @@ class Tokenizer:
         self.stop_token_ids = stop_token_ids
 
     @classmethod
-    def from_gguf(cls, reader: gguf.GGUFReader) -> Tokenizer:
-        kind = field(reader, "tokenizer.ggml.model")
-        if kind != "gpt2":
-            raise ModelLoadError(f"unsupported tokenizer model {kind!r} (supported: byte-level BPE, 'gpt2')")
-        tokens: list[str] = field(reader, "tokenizer.ggml.tokens")
-        token_types: list[int] = field(reader, "tokenizer.ggml.token_type", [1] * len(tokens))
-        merges = [tuple(m.split(" ", 1)) for m in field(reader, "tokenizer.ggml.merges", [])]
-        vocab = {token: i for i, token in enumerate(tokens)}
-        backend = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
-        backend.pre_tokenizer = _pre_tokenizer(field(reader, "tokenizer.ggml.pre"))
-        backend.decoder = decoders.ByteLevel()
-        backend.add_special_tokens([
-            AddedToken(tokens[i], special=True, normalized=False)
-            for i, kind in enumerate(token_types) if kind in (_CONTROL, _USER_DEFINED)
-        ])
-        bos = field(reader, "tokenizer.ggml.bos_token_id")
-        eos = field(reader, "tokenizer.ggml.eos_token_id")
-        stops = {int(eos)} if eos is not None else set()
-        eot = field(reader, "tokenizer.ggml.eot_token_id")
-        if eot is not None:
-            stops.add(int(eot))
-        # Chat models end a turn with their end-of-turn token even where the file names only eos.
-        stops.update(vocab[t] for t in _END_OF_TURN_TOKENS if t in vocab and token_types[vocab[t]] == _CONTROL)
-        return cls(backend, tokens, None if bos is None else int(bos), None if eos is None else int(eos),
-                   bool(field(reader, "tokenizer.ggml.add_bos_token", False)), frozenset(stops))
+    def from_gguf(cls, file: GGUFFile) -> Tokenizer:
+        kind = file.get("tokenizer.ggml.model")
+        tokens: list[str] = file.get("tokenizer.ggml.tokens") or []
+        if not tokens:
+            raise ModelLoadError("the GGUF file has no tokenizer vocabulary (tokenizer.ggml.tokens)")
+        types: list[int] = file.get("tokenizer.ggml.token_type", [_NORMAL] * len(tokens))
+        if kind == "gpt2":
+            backend = _byte_level_backend(file, tokens)
+        elif kind == "llama":
+            backend = _sentencepiece_backend(file, tokens, types)
+        else:
+            raise ModelLoadError(f"unsupported tokenizer model {kind!r} (supported: 'gpt2' byte-level BPE, 'llama')")
+        # Both kinds encode as one piece wherever they appear; only control tokens are left out of
+        # decoded text (llama.cpp prints user-defined ones).
+        backend.add_tokens([AddedToken(tokens[i], special=kind == _CONTROL, normalized=False)
+                            for i, kind in enumerate(types) if kind in (_CONTROL, _USER_DEFINED)])
+        bos, eos = file.get("tokenizer.ggml.bos_token_id"), file.get("tokenizer.ggml.eos_token_id")
+        return cls(backend, tokens, bos, eos, bool(file.get("tokenizer.ggml.add_bos_token", kind == "llama")),
+                   _stop_token_ids(file, tokens, types))
+
+    @classmethod
+    def from_hf_folder(cls, folder: Path) -> Tokenizer:
+        """tokenizer.json as is; special tokens and add_bos_token from tokenizer_config.json."""
+        if not (folder / "tokenizer.json").is_file():
+            raise ModelLoadError(f"{folder} has no tokenizer.json")
+        backend = HFTokenizer.from_file(str(folder / "tokenizer.json"))
+        settings = _read_json(folder / "tokenizer_config.json")
+        tokens = [backend.id_to_token(i) or "" for i in range(backend.get_vocab_size(with_added_tokens=True))]
+
+        def token_id(key: str) -> int | None:
+            token = settings.get(key)
+            token = token.get("content") if isinstance(token, dict) else token
+            return None if token is None else backend.token_to_id(token)
+
+        bos, eos = token_id("bos_token"), token_id("eos_token")
+        eos_ids = _read_json(folder / "generation_config.json").get("eos_token_id", [])
+        stops = {eos, *(eos_ids if isinstance(eos_ids, list) else [eos_ids])} - {None}
+        specials = {t.content for t in backend.get_added_tokens_decoder().values() if t.special}
+        stops.update(backend.token_to_id(t) for t in _END_OF_TURN_TOKENS if t in specials)
+        # Without add_bos_token in the config, the tokenizer.json post-processor says whether bos leads.
+        add_bos = settings.get("add_bos_token", bos is not None and backend.encode("").ids[:1] == [bos])
+        return cls(backend, tokens, bos, eos, bool(add_bos), frozenset(stops))
 
     def encode(self, text: str) -> list[int]:
         ids = self._backend.encode(text, add_special_tokens=False).ids
@@ -73,8 +141,24 @@ class Tokenizer:
             ids = [self.bos_token_id, *ids]
         return ids
 
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return self._backend.decode(ids, skip_special_tokens=skip_special_tokens)
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        return self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+    def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
         return [self._tokens[i] for i in ids]
+
+
+def _stop_token_ids(file: GGUFFile, tokens: list[str], types: list[int]) -> frozenset[int]:
+    stops = {int(file.get(key)) for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")
+             if file.get(key) is not None}
+    # Chat models end a turn with their end-of-turn token even where the file names only eos.
+    ids = {token: i for i, token in enumerate(tokens) if types[i] == _CONTROL}
+    stops.update(ids[t] for t in _END_OF_TURN_TOKENS if t in ids)
+    return frozenset(stops)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot read {path}: {' '.join(str(error).split())}") from None

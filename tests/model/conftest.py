@@ -19,9 +19,17 @@ def ours(gguf_path):
 
 
 @pytest.fixture(scope="session")
-def reference_tokenizer(gguf_path):
+def reference_tokenizer(gguf_path, ours, request):
+    """transformers' own conversion of the file's tokenizer, kept in pytest's cache between runs
+    (converting it from the GGUF takes ~10 s)."""
     transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    key = f"rillet-reference-tokenizer-{ours.file_fingerprint[:16]}-{transformers.__version__}"
+    cached = Path(request.config.cache.mkdir(key))
+    if (cached / "tokenizer.json").is_file():
+        return transformers.AutoTokenizer.from_pretrained(cached)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    tokenizer.save_pretrained(cached)
+    return tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -34,3 +34,30 @@ def test_raise_exception_in_template_is_a_template_error():
     template = ChatTemplate("{{ raise_exception('roles must alternate') }}")
     with pytest.raises(ChatTemplateError, match="alternate"):
         template.render([{"role": "user", "content": "x"}])
+
+
+def test_function_call_with_no_content_renders_as_empty(ours):
+    messages = [{"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": None, "function_call": {"name": "weather", "arguments": "{}"}},
+                {"role": "function", "name": "weather", "content": "sunny"}]
+    assert "<|im_start|>assistant\n<|im_end|>" in ours.chat_template.render(messages)
+
+
+def test_without_generation_prompt(ours, reference_tokenizer):
+    expected = reference_tokenizer.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=False)
+    assert ours.chat_template.render(CONVERSATION, add_generation_prompt=False) == expected
+    assert not expected.endswith("<|im_start|>assistant\n")
+
+
+def test_transformers_template_extensions():
+    template = ChatTemplate("{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}"
+                            "{% generation %}{{ m | tojson(indent=None, sort_keys=True) }}{% endgeneration %}"
+                            "{% endfor %}{{ strftime_now('%Y')[:2] }}")
+    assert template.render([{"role": "user", "content": "é"}, {"role": "user", "content": "x"}]) == \
+        '{"content": "é", "role": "user"}20'
+
+
+def test_a_template_that_does_not_parse_is_a_one_line_error():
+    with pytest.raises(ChatTemplateError) as caught:
+        ChatTemplate("{% for m in messages %}\n{{ m }")
+    assert "\n" not in str(caught.value)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from rillet.model import ModelLoadError, load_model
-from rillet.model.gguf_loader import unpermute_rope_rows
+from rillet.model.gguf_loader import dequantize, open_gguf, read_config, unpermute_rope_rows
+from tests.model.tiny_gguf import Q, write_gguf
 
 
 def test_missing_file_is_a_one_line_error(tmp_path):
@@ -23,28 +24,49 @@ def test_a_file_that_is_not_gguf_is_a_one_line_error(tmp_path):
     assert "GGUF" in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_a_truncated_file_is_a_one_line_error(tmp_path):
+    path = write_gguf(tmp_path / "m.gguf", tensors={"token_embd.weight": (np.ones((5, 64), np.float32), Q.Q8_0)})
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(ModelLoadError) as caught:
+        open_gguf(path)
+    assert "truncated" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_unsupported_architecture(tmp_path):
+    path = write_gguf(tmp_path / "m.gguf", arch="mamba")
+    with pytest.raises(ModelLoadError, match="unsupported model architecture 'mamba'"):
+        read_config(open_gguf(path))
+
+
+def test_metadata_and_config_read_like_gguf_reader(tmp_path):
+    path = write_gguf(tmp_path / "m.gguf")
+    ours, reference = open_gguf(path), gguf.GGUFReader(path)
+    for key, field in reference.fields.items():
+        if not key.startswith("GGUF."):  # the reader's own pseudo-fields for the header
+            assert ours.get(key) == pytest.approx(field.contents()), key
+    config = read_config(ours)
+    assert (config.num_heads, config.num_kv_heads, config.head_dim, config.vocab_size) == (2, 1, 4, 5)
+    assert config.rope_theta == 500000.0 and config.tie_word_embeddings
+
+
 @pytest.mark.parametrize("qtype, tolerance", [
-    (gguf.GGMLQuantizationType.F16, 1e-3),
-    (gguf.GGMLQuantizationType.BF16, 1e-2),
-    (gguf.GGMLQuantizationType.Q8_0, 2e-2),
-    (gguf.GGMLQuantizationType.Q4_0, 0.4),
-    (gguf.GGMLQuantizationType.Q4_1, 0.4),
+    (Q.F32, 0.0), (Q.F16, 1e-3), (Q.BF16, 1e-2), (Q.Q8_0, 2e-2), (Q.Q4_0, 0.4), (Q.Q4_1, 0.4),
 ])
-def test_dequantize_round_trip(qtype, tolerance):
-    rng = np.random.default_rng(0)
-    values = rng.standard_normal((8, 256)).astype(np.float32)
+def test_quantized_tensors_load_in_torch_order(tmp_path, qtype, tolerance):
+    values = np.random.default_rng(0).standard_normal((6, 64)).astype(np.float32)
     try:
-        packed = gguf.quants.quantize(values, qtype)
+        path = write_gguf(tmp_path / "m.gguf", tensors={"blk.0.ffn_up.weight": (values, qtype)})
     except NotImplementedError:
         pytest.skip(f"gguf cannot quantize {qtype.name}")
-    restored = gguf.quants.dequantize(packed, qtype)
-    assert restored.shape == values.shape
-    assert np.abs(restored - values).max() < tolerance
+    (tensor,) = open_gguf(path).tensors
+    restored = dequantize(tensor)
+    assert restored.shape == (6, 64) and restored.dtype == torch.float32
+    assert (restored - torch.from_numpy(values)).abs().max().item() <= tolerance
 
 
-@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
-def test_k_quant_types_are_supported_by_dequantize(qtype):
-    assert gguf.GGMLQuantizationType[qtype] in gguf.quants._type_traits
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q5_K", "Q5_0"])
+def test_k_quant_types_can_be_dequantized(qtype):
+    assert Q[qtype] in gguf.quants._type_traits
 
 
 def test_unpermute_restores_half_rotation_order():
@@ -57,3 +79,5 @@ def test_config_of_the_default_model(ours):
     c = ours.config
     assert (c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim) == (30, 576, 9, 3, 64)
     assert c.rope_theta == 100000.0 and c.tie_word_embeddings and c.max_context_len == 8192
+    assert c.rms_norm_eps == pytest.approx(1e-5) and c.vocab_size == 49152
+    assert len(ours.file_fingerprint) == 64
