@@ -141,6 +141,7 @@ async def _respond_whole(completion: Completion, outputs: AsyncIterator[RequestO
         watch.cancel()
         if not gather.done():
             gather.cancel()  # the client went away: closing the iterator aborts the request
+            await asyncio.wait({gather})  # cancel() only asks; the task ends on its next turn
     if gather.cancelled():
         return JSONResponse({}, status_code=499)
     error = gather.exception()

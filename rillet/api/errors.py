@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import uuid
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
@@ -54,18 +55,30 @@ class APIError(Exception):
 
 
 def validation_error(exc: RequestValidationError) -> APIError:
-    """The first pydantic error, with `param` the dotted path of the field in the body."""
-    first = exc.errors()[0]
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    """One pydantic error, with `param` the dotted path of the field in the body."""
+    errors = exc.errors()
+    first = errors[0]
     if first.get("type") == "json_invalid":
         return APIError(ErrorKind.INVALID_REQUEST, f"the body is not valid JSON: {first.get('msg')}")
+    if not _field_path(first):
+        return APIError(ErrorKind.INVALID_REQUEST, "the request body must be a JSON object")
+    error = _most_specific(errors, _field_path(first))
+    param = ".".join(_field_path(error))
+    message = "unrecognized request argument" if error.get("type") == "extra_forbidden" else error.get("msg")
+    return APIError(ErrorKind.INVALID_REQUEST, f"{param}: {message or 'invalid value'}", param)
+
+
+def _field_path(error: dict) -> list[str]:
+    location = [str(part) for part in error.get("loc", ()) if part != "body"]
     # Pydantic names union members in the path (e.g. "str", "list[...]"); they are not fields.
-    location = [part for part in location if not (part[:1].islower() and ("[" in part or part in _TYPE_NAMES))]
-    param = ".".join(location) or None
-    message = first.get("msg", "invalid value")
-    if first.get("type") == "extra_forbidden":
-        message = "unrecognized request argument"
-    return APIError(ErrorKind.INVALID_REQUEST, f"{param}: {message}" if param else message, param)
+    return [part for part in location if not (part[:1].islower() and ("[" in part or part in _TYPE_NAMES))]
+
+
+def _most_specific(errors: list[dict], field_path: list[str]) -> dict:
+    """Of the errors under the first one's field, the deepest: for a union such as a message's
+    content, the member that got furthest says more than "should be a valid string"."""
+    under = [e for e in errors if _field_path(e)[:len(field_path)] == field_path]
+    return max(under, key=lambda e: len(_field_path(e)))
 
 
 _TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "function-after", "literal"}
@@ -95,12 +108,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return internal_error(request_id_of(request), exc).response()
 
 
-def internal_error(request_id: str, exc: BaseException) -> APIError:
-    """Logs the traceback; the client only learns the request id."""
+def internal_error(request_id: str | None, exc: BaseException) -> APIError:
+    """Logs the traceback; the client only learns the request id, which finds it in the log."""
+    request_id = request_id or f"req_{uuid.uuid4().hex}"
     log.error("internal error in request %s", request_id, exc_info=exc)
     return APIError(ErrorKind.INTERNAL, f"internal server error (request id {request_id})")
 
 
-def request_id_of(request: Request) -> str:
-    return getattr(request.state, "request_id", None) or "unknown"
+def request_id_of(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
 

@@ -1,40 +1,43 @@
 """From a validated request to what the engine takes: template messages and SamplingParams."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from rillet.api.errors import APIError, ErrorKind
 from rillet.api.schemas import ChatCompletionRequest
 from rillet.engine.sampling_params import SamplingParams
 
-# Documented fields rillet does not implement yet, with the values that mean "not used".
+# Documented fields rillet does not implement yet, each with a test of "left at its default".
 # A request that sets one to anything else gets a 422 naming it; none is ignored silently.
-UNSUPPORTED_PARAMETERS: dict[str, tuple[Any, ...]] = {
-    "logprobs": (None, False),
-    "top_logprobs": (None,),
-    "tools": (None, []),
-    "tool_choice": (None, "none", "auto"),
-    "parallel_tool_calls": (None, True, False),
-    "functions": (None, []),
-    "function_call": (None, "none", "auto"),
-    "service_tier": (None, "auto", "default"),
-    "store": (None, False),
-    "metadata": (None, {}),
-    "modalities": (None, ["text"]),
-    "audio": (None,),
-    "prediction": (None,),
-    "reasoning_effort": (None,),
-    "web_search_options": (None,),
+# Implementing a field means deleting its row here and passing it on in sampling_params().
+UNSUPPORTED_PARAMETERS: dict[str, Callable[[Any], bool]] = {
+    "logprobs": lambda value: value in (None, False),
+    "top_logprobs": lambda value: value is None,
+    "tools": lambda value: value in (None, []),
+    "tool_choice": lambda value: value in (None, "none", "auto"),
+    "parallel_tool_calls": lambda value: True,  # meaningless without tools, which are refused
+    "functions": lambda value: value in (None, []),
+    "function_call": lambda value: value in (None, "none", "auto"),
+    "response_format": lambda value: value is None or value.type == "text",
+    "service_tier": lambda value: value in (None, "auto", "default"),
+    "store": lambda value: value in (None, False),
+    "metadata": lambda value: value in (None, {}),
+    "modalities": lambda value: value in (None, ["text"]),
+    "audio": lambda value: value is None,
+    "prediction": lambda value: value is None,
+    "reasoning_effort": lambda value: value is None,
+    "web_search_options": lambda value: value is None,
 }
 
 
 def check_supported(request: ChatCompletionRequest) -> None:
-    for name, defaults in UNSUPPORTED_PARAMETERS.items():
-        if getattr(request, name) not in defaults:
+    for name, is_default in UNSUPPORTED_PARAMETERS.items():
+        if not is_default(getattr(request, name)):
             raise APIError(ErrorKind.UNSUPPORTED_PARAMETER, f"{name} is not supported by this server yet", name)
-    if request.response_format is not None and request.response_format.type != "text":
-        raise APIError(ErrorKind.UNSUPPORTED_PARAMETER,
-                       f"response_format {request.response_format.type!r} is not supported yet", "response_format")
+    if request.stream_options is not None and not request.stream:
+        raise APIError(ErrorKind.INVALID_REQUEST, "stream_options is only allowed when stream is true",
+                       "stream_options")
 
 
 def template_messages(request: ChatCompletionRequest) -> list[dict]:

@@ -15,6 +15,7 @@ class TextPart(BaseModel):
 
 
 class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     name: str
     arguments: str
 

@@ -85,3 +85,19 @@ def test_system_and_multi_turn_conversation(client):
         {"role": "user", "content": [{"type": "text", "text": "And grass?"}]},
     ])
     assert reply.choices[0].message.content
+
+
+def test_stop_string_ends_the_text_before_it(client):
+    body = chat_body("Count from one to ten, in words.", max_tokens=24)
+    full = client.chat.completions.create(**body).choices[0].message.content
+    stop = full.split()[2]
+    stopped = client.chat.completions.create(**body, stop=[stop, "zzzz"]).choices[0]
+    assert stopped.message.content == full[:full.index(stop)]
+    assert stopped.finish_reason == "stop"
+
+
+def test_same_seed_gives_the_same_sampled_text(client):
+    body = chat_body("Invent a name for a cat.", temperature=1.0, max_tokens=12, seed=1234)
+    first = client.chat.completions.create(**body).choices[0].message.content
+    second = client.chat.completions.create(**body).choices[0].message.content
+    assert first == second

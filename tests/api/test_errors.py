@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import time
+
+import httpx
 import openai
 import pytest
 
@@ -39,6 +42,10 @@ def assert_envelope(response, status: int, param: str | None = None, code: str |
     ({"logprobs": True}, "logprobs"),
     ({"response_format": {"type": "json_object"}}, "response_format"),
     ({"no_such_field": 1}, "no_such_field"),
+    ({"messages": [{"role": "user", "content": "hi", "mood": "sad"}]}, "messages.0.mood"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages.0.content.0.type"),
+    ({"stream_options": {"include_usage": True}}, "stream_options"),
+    ({"metadata": {"k": "v"}}, "metadata"),
 ])
 def test_malformed_body_is_422_naming_the_param(http, override, param):
     assert_envelope(http.post("/v1/chat/completions", json=chat_body(**override)), 422, param=param)
@@ -85,11 +92,21 @@ def test_prompt_plus_max_tokens_beyond_context_is_400(http):
     assert_envelope(response, 400, code="context_length_exceeded")
 
 
+def test_body_that_is_not_an_object_is_422(http):
+    assert_envelope(http.post("/v1/chat/completions", json=["model"]), 422)
+
+
 def test_typed_exceptions_of_the_official_client(client):
     with pytest.raises(openai.UnprocessableEntityError):
         client.chat.completions.create(**chat_body(temperature=5))
     with pytest.raises(openai.UnprocessableEntityError):
         client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user"}])
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "wizard", "content": "hi"}])
+    assert caught.value.param == "messages.0.role"
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        client.chat.completions.create(**chat_body(tools=[{"type": "function", "function": {"name": "f"}}]))
+    assert caught.value.param == "tools" and caught.value.code == "unsupported_parameter"
 
 
 def test_unknown_route_and_method(http):
@@ -103,3 +120,12 @@ def test_server_keeps_serving_after_errors(http, client):
     http.post("/v1/chat/completions", json=chat_body("x " * 20000))
     reply = client.chat.completions.create(**chat_body(max_tokens=3))
     assert reply.usage.completion_tokens == 3
+
+
+def test_client_leaving_a_non_stream_request_logs_no_internal_error(server, client):
+    body = chat_body("Write a long essay about mountains.", max_tokens=24)
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=0.3)
+    time.sleep(0.5)
+    assert client.chat.completions.create(**chat_body(max_tokens=2)).usage.completion_tokens == 2
+    assert "internal error" not in server.output() and "Traceback" not in server.output()

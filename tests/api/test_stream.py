@@ -54,3 +54,13 @@ def test_openai_client_stream(client):
             reasons.append(choice.finish_reason)
     assert "".join(pieces)
     assert reasons[-1] in ("stop", "length")
+
+
+def test_stream_with_stop_string_equals_non_stream(http):
+    body = chat_body("List five fruits.", max_tokens=24)
+    full = http.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+    body["stop"] = full.split()[3]
+    whole = http.post("/v1/chat/completions", json=body).json()["choices"][0]
+    _, chunks = stream_events(http, body)
+    assert stream_text(chunks) == whole["message"]["content"] == full[:full.index(body["stop"])]
+    assert chunks[-1]["choices"][0]["finish_reason"] == whole["finish_reason"] == "stop"
