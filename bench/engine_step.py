@@ -42,8 +42,12 @@ def time_prefill(loaded, args) -> dict:
 def time_decode(loaded, args, batch: int) -> dict:
     engine = make_engine(loaded, args)
     for i in range(batch):
-        prompt = loaded.tokenizer.encode(f"Request {i}: tell me a long story about the number {i}.")
-        engine.add_request(f"d{i}", prompt, SamplingParams(temperature=0, max_tokens=args.decode_tokens + 1))
+        messages = [{"role": "user", "content": f"Tell me a long story about the number {i}."}]
+        prompt = loaded.tokenizer.encode(loaded.chat_template.render(messages))
+        # End-of-turn tokens are banned so every sequence decodes to the end and the batch stays whole.
+        no_end = {t: -100.0 for t in loaded.tokenizer.stop_token_ids}
+        engine.add_request(f"d{i}", prompt, SamplingParams(temperature=0, max_tokens=args.decode_tokens + 1,
+                                                           logit_bias=no_end))
     engine.step()  # prefill everything first
     while any(s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.running + list(engine.scheduler.waiting)):
         engine.step()
