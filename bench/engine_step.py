@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--kv-cache-tokens", type=int, default=65536)
+    parser.add_argument("--kv-cache-tokens", type=int, default=16384)
     parser.add_argument("--max-num-batched-tokens", type=int, default=256)
     args = parser.parse_args()
     if args.threads:

@@ -15,14 +15,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rillet", description="OpenAI-compatible chat completions server")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a model over the OpenAI Chat Completions API")
-    serve.add_argument("--model", help="a GGUF file (default: the embedded SmolLM2-135M-Instruct Q4_1)")
+    serve.add_argument("--model", help="a GGUF file or a Hugging Face llama model folder "
+                       "(default: the embedded SmolLM2-135M-Instruct Q4_1)")
     serve.add_argument("--served-model-name", help="the model name clients ask for "
                        f"(default: {DEFAULT_MODEL_NAME} for the embedded model, else the file name)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     serve.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    serve.add_argument("--kv-cache-tokens", type=int, default=65536,
-                       help="KV cache capacity in tokens, shared by all sequences (default: 65536)")
+    serve.add_argument("--kv-cache-tokens", type=int, default=16384,
+                       help="KV cache capacity in tokens, shared by all sequences (default: 16384; "
+                       "the default model needs 46 KiB a token)")
     serve.add_argument("--max-num-seqs", type=int, default=64,
                        help="sequences decoded at once (default: 64)")
     serve.add_argument("--max-num-batched-tokens", type=int, default=256,

@@ -68,7 +68,7 @@ class RunningServer:
 @pytest.fixture(scope="session")
 def server():
     # Small KV pool and prefill chunk, so the tests also exercise chunking and the pool's limits.
-    running = RunningServer(["--kv-cache-tokens", "16384", "--max-num-batched-tokens", "256"])
+    running = RunningServer(["--kv-cache-tokens", "8192", "--max-num-batched-tokens", "256"])
     yield running
     running.stop()
 

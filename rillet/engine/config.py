@@ -13,7 +13,7 @@ class EngineConfig:
     dtype: torch.dtype = torch.float32
     block_size: int = 16
     # KV capacity in tokens, shared by all running sequences (rounded down to whole blocks).
-    kv_cache_tokens: int = 65536
+    kv_cache_tokens: int = 16384
     max_num_seqs: int = 64
     # Token budget of one step, shared by prefill chunks and decodes.
     max_num_batched_tokens: int = 256
