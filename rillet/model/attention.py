@@ -36,10 +36,12 @@ def _gather(cache: torch.Tensor, block_table: torch.Tensor) -> tuple[torch.Tenso
 
 def _decode_attention(q: torch.Tensor, cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
     keys, values = _gather(cache, meta.block_tables)  # [S, kv_heads, L, dim]
-    context_lens = torch.tensor(meta.context_lens, device=q.device)
-    visible = torch.arange(keys.shape[2], device=q.device).unsqueeze(0) < context_lens.unsqueeze(1)
+    if meta.decode_mask is None:  # the same for every layer: built by the first, kept for the rest
+        context_lens = torch.tensor(meta.context_lens, device=q.device)
+        visible = torch.arange(keys.shape[2], device=q.device).unsqueeze(0) < context_lens.unsqueeze(1)
+        meta.decode_mask = visible[:, None, None, :]
     out = F.scaled_dot_product_attention(
-        q.unsqueeze(2).to(keys.dtype), keys, values, attn_mask=visible[:, None, None, :], enable_gqa=True)
+        q.unsqueeze(2).to(keys.dtype), keys, values, attn_mask=meta.decode_mask, enable_gqa=True)
     return out.squeeze(2).to(q.dtype)  # [S, heads, dim]
 
 

@@ -19,6 +19,8 @@ class AttentionMetadata:
     # [T] int64: flat slot (block_id * block_size + offset) where each new token's K/V is written.
     slot_mapping: torch.Tensor
     block_size: int
+    # [S, 1, 1, max_context] bool: which padded key slots each sequence sees in a decode-only step.
+    decode_mask: torch.Tensor | None = None
 
     @property
     def num_seqs(self) -> int:
