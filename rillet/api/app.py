@@ -6,6 +6,7 @@ from fastapi.responses import JSONResponse
 
 from rillet.api.chat import router as chat_router
 from rillet.api.errors import APIError, ErrorKind, install_error_handlers
+from rillet.api.logprobs import LogprobFormatter
 from rillet.api.metrics import metrics_router
 from rillet.api.served_model import ServedModel
 
@@ -14,6 +15,7 @@ def create_app(engine, served: ServedModel) -> FastAPI:
     app = FastAPI(title="rillet", description="OpenAI-compatible chat completions", docs_url=None, redoc_url=None)
     app.state.engine = engine
     app.state.served = served
+    app.state.logprob_formatter = LogprobFormatter(served.tokenizer)
     install_error_handlers(app)
     app.include_router(chat_router)
     app.include_router(metrics_router(engine.stats))

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from rillet.api import sse
 from rillet.api.errors import APIError, ErrorKind, internal_error
+from rillet.api.logprobs import LogprobFormatter
 from rillet.api.sampling import check_supported, sampling_params, template_messages
 from rillet.api.schemas import ChatCompletionRequest
 from rillet.api.served_model import ServedModel
@@ -38,6 +39,9 @@ class Completion:
     num_completion_tokens: int = 0
     texts: list[list[str]] = field(default_factory=list)
     finish_reasons: list[str | None] = field(default_factory=list)
+    # Set when the request asked for logprobs: each choice's entries so far.
+    logprob_formatter: LogprobFormatter | None = None
+    logprobs: list[list[dict]] = field(default_factory=list)
 
     def usage(self) -> dict:
         return {"prompt_tokens": self.num_prompt_tokens, "completion_tokens": self.num_completion_tokens,
@@ -69,6 +73,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
         fingerprint=served.fingerprint, n=params.n, num_prompt_tokens=len(prompt),
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
         texts=[[] for _ in range(params.n)], finish_reasons=[None] * params.n,
+        logprob_formatter=request.app.state.logprob_formatter if params.logprobs is not None else None,
+        logprobs=[[] for _ in range(params.n)],
     )
     request.state.request_id = completion.request_id
     if body.user:
@@ -101,9 +107,14 @@ def _apply(completion: Completion, output: RequestOutput) -> list[dict]:
     choices = []
     for delta in output.deltas:
         completion.num_completion_tokens += len(delta.token_ids)
-        if delta.text:
+        logprobs = None
+        if delta.logprobs and completion.logprob_formatter is not None:
+            entries = [completion.logprob_formatter.entry(lp) for lp in delta.logprobs]
+            completion.logprobs[delta.index].extend(entries)
+            logprobs = {"content": entries, "refusal": None}
+        if delta.text or logprobs:
             completion.texts[delta.index].append(delta.text)
-            choices.append({"index": delta.index, "delta": {"content": delta.text}, "logprobs": None,
+            choices.append({"index": delta.index, "delta": {"content": delta.text}, "logprobs": logprobs,
                             "finish_reason": None})
         if delta.finish_reason is not None:
             completion.finish_reasons[delta.index] = delta.finish_reason
@@ -148,7 +159,8 @@ async def _respond_whole(completion: Completion, outputs: AsyncIterator[RequestO
     if error is not None:
         raise _engine_error(completion.request_id, error)
     choices = [{"index": i, "message": {"role": "assistant", "content": "".join(completion.texts[i])},
-                "logprobs": None, "finish_reason": completion.finish_reasons[i]} for i in range(completion.n)]
+                "logprobs": {"content": completion.logprobs[i], "refusal": None} if completion.logprob_formatter
+                else None, "finish_reason": completion.finish_reasons[i]} for i in range(completion.n)]
     return JSONResponse({
         "id": completion.request_id, "object": "chat.completion", "created": completion.created,
         "model": completion.model, "system_fingerprint": completion.fingerprint,

@@ -12,8 +12,6 @@ from rillet.engine.sampling_params import SamplingParams
 # A request that sets one to anything else gets a 422 naming it; none is ignored silently.
 # Implementing a field means deleting its row here and passing it on in sampling_params().
 UNSUPPORTED_PARAMETERS: dict[str, Callable[[Any], bool]] = {
-    "logprobs": lambda value: value in (None, False),
-    "top_logprobs": lambda value: value is None,
     "tools": lambda value: value in (None, []),
     "tool_choice": lambda value: value in (None, "none", "auto"),
     "parallel_tool_calls": lambda value: True,  # meaningless without tools, which are refused
@@ -35,6 +33,8 @@ def check_supported(request: ChatCompletionRequest) -> None:
     for name, is_default in UNSUPPORTED_PARAMETERS.items():
         if not is_default(getattr(request, name)):
             raise APIError(ErrorKind.UNSUPPORTED_PARAMETER, f"{name} is not supported by this server yet", name)
+    if request.top_logprobs is not None and not request.logprobs:
+        raise APIError(ErrorKind.INVALID_REQUEST, "top_logprobs needs logprobs set to true", "top_logprobs")
     if request.stream_options is not None and not request.stream:
         raise APIError(ErrorKind.INVALID_REQUEST, "stream_options is only allowed when stream is true",
                        "stream_options")
@@ -73,6 +73,7 @@ def sampling_params(request: ChatCompletionRequest, vocab_size: int) -> Sampling
         frequency_penalty=request.frequency_penalty or 0.0,
         logit_bias=_logit_bias(request.logit_bias or {}, vocab_size),
         seed=request.seed,
+        logprobs=(request.top_logprobs or 0) if request.logprobs else None,
     )
 
 

@@ -10,7 +10,7 @@ from rillet.engine.block_manager import BlockManager
 from rillet.engine.config import EngineConfig
 from rillet.engine.detokenizer import IncrementalDetokenizer
 from rillet.engine.model_runner import ModelRunner
-from rillet.engine.outputs import ChoiceDelta, RequestOutput
+from rillet.engine.outputs import ChoiceDelta, RequestOutput, TokenLogprob
 from rillet.engine.sampler import Sampler
 from rillet.engine.sampling_params import SamplingParams
 from rillet.engine.scheduler import Scheduler
@@ -97,14 +97,23 @@ class LLMEngine:
             return []
         sampling_seqs, rows = self._fork_choices(sampling_seqs)
         logits = logits.index_select(0, torch.tensor(rows, dtype=torch.long, device=logits.device))
+        wanted = [i for i, s in enumerate(sampling_seqs) if s.params.logprobs is not None]
+        # A copy taken before sampling, which transforms its logits in place.
+        model_logits = logits.index_select(0, torch.tensor(wanted, dtype=torch.long, device=logits.device))
         tokens = self.sampler.sample(
             logits,
             [s.params for s in sampling_seqs],
             [s.output_token_ids for s in sampling_seqs],
             [self._generators.get(s.seq_id) for s in sampling_seqs],
         )
+        logprobs: list[TokenLogprob | None] = [None] * len(tokens)
+        if wanted:
+            entries = self.sampler.logprobs(model_logits, [tokens[i] for i in wanted],
+                                            [sampling_seqs[i].params.logprobs for i in wanted])
+            for i, entry in zip(wanted, entries):
+                logprobs[i] = entry
         self.num_generated_tokens += len(tokens)
-        return self._collect_outputs(sampling_seqs, tokens)
+        return self._collect_outputs(sampling_seqs, tokens, logprobs)
 
     def _fork_choices(self, sampling_seqs: list[Sequence]) -> tuple[list[Sequence], list[int]]:
         """A request with n > 1 computes its prompt once; then its other choices fork off it."""
@@ -123,10 +132,11 @@ class LLMEngine:
             seq.pending_forks = 0
         return seqs, rows
 
-    def _collect_outputs(self, seqs: list[Sequence], tokens: list[int]) -> list[RequestOutput]:
+    def _collect_outputs(self, seqs: list[Sequence], tokens: list[int],
+                         logprobs: list[TokenLogprob | None]) -> list[RequestOutput]:
         by_request: dict[str, RequestOutput] = {}
-        for seq, token in zip(seqs, tokens):
-            delta = self._append_token(seq, token)
+        for seq, token, logprob in zip(seqs, tokens, logprobs):
+            delta = self._append_token(seq, token, logprob)
             request = self._requests[seq.request_id]
             out = by_request.get(seq.request_id)
             if out is None:
@@ -141,7 +151,7 @@ class LLMEngine:
                     del self._requests[seq.request_id]
         return list(by_request.values())
 
-    def _append_token(self, seq: Sequence, token: int) -> ChoiceDelta:
+    def _append_token(self, seq: Sequence, token: int, logprob: TokenLogprob | None) -> ChoiceDelta:
         seq.token_ids.append(token)
         finish_reason = None
         if token in self._stop_token_ids:
@@ -156,7 +166,11 @@ class LLMEngine:
                 text += seq.stop_checker.feed(seq.detokenizer.flush())
         if finish_reason is not None and not seq.stop_checker.stopped:
             text += seq.stop_checker.flush()
-        return ChoiceDelta(seq.index, text, [token], finish_reason)
+        entries = None
+        if logprob is not None:
+            # The end-of-turn token adds no text, so it gets no logprobs entry either.
+            entries = [] if token in self._stop_token_ids else [logprob]
+        return ChoiceDelta(seq.index, text, [token], finish_reason, entries)
 
     def _new_sequence(self, request_id: str, index: int, prompt: list[int], params: SamplingParams,
                       max_total_tokens: int) -> Sequence:

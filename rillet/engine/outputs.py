@@ -5,6 +5,15 @@ from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
+class TokenLogprob:
+    """Log probability of a generated token under the model, and of its top alternatives."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class ChoiceDelta:
     """New output of one choice (one of the request's n sequences) since its previous delta."""
 
@@ -13,6 +22,8 @@ class ChoiceDelta:
     token_ids: list[int] = field(default_factory=list)
     # None while the choice runs; "stop" or "length" on its last delta.
     finish_reason: str | None = None
+    # One entry per new token, when the request asked for logprobs.
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(slots=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from rillet.engine.outputs import TokenLogprob
 from rillet.engine.sampling_params import SamplingParams
 
 
@@ -30,6 +31,19 @@ class Sampler:
         sampled = self._draw(probs, generators)
         chosen = torch.where(greedy, logits.argmax(dim=-1), sampled)
         return chosen.tolist()
+
+    @torch.inference_mode()
+    def logprobs(self, model_logits: torch.Tensor, tokens: list[int], num_top: list[int]) -> list[TokenLogprob]:
+        """Log probabilities under the model's own distribution (before bias, penalties and
+        temperature) of each row's chosen token and of its num_top most likely tokens."""
+        logprobs = torch.log_softmax(model_logits.float(), dim=-1)
+        chosen = torch.tensor(tokens, dtype=torch.long, device=logprobs.device).unsqueeze(1)
+        chosen_values = logprobs.gather(1, chosen).squeeze(1).tolist()
+        k = max(num_top, default=0)
+        top_values, top_ids = logprobs.topk(k, dim=-1) if k else (logprobs[:, :0], chosen[:, :0])
+        top_values, top_ids = top_values.tolist(), top_ids.tolist()
+        return [TokenLogprob(token, value, list(zip(top_ids[row][:num_top[row]], top_values[row][:num_top[row]])))
+                for row, (token, value) in enumerate(zip(tokens, chosen_values))]
 
     def _apply_logit_bias(self, logits: torch.Tensor, params: list[SamplingParams]) -> None:
         for row, p in enumerate(params):

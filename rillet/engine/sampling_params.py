@@ -16,6 +16,8 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)
     seed: int | None = None
+    # None: no log probabilities; k: the chosen token's, plus the k most likely alternatives.
+    logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:

@@ -90,6 +90,8 @@ class Tokenizer:
         self.eos_token = tokens[eos_token_id] if eos_token_id is not None else ""
         self.add_bos_token = add_bos_token
         self.stop_token_ids = stop_token_ids
+        # Byte-level BPE spells each byte as one printable character; this maps them back.
+        self._byte_of_char: dict[str, int] | None = None
 
     @classmethod
     def from_gguf(cls, file: GGUFFile) -> Tokenizer:
@@ -109,8 +111,11 @@ class Tokenizer:
         backend.add_tokens([AddedToken(tokens[i], special=kind == _CONTROL, normalized=False)
                             for i, kind in enumerate(types) if kind in (_CONTROL, _USER_DEFINED)])
         bos, eos = file.get("tokenizer.ggml.bos_token_id"), file.get("tokenizer.ggml.eos_token_id")
-        return cls(backend, tokens, bos, eos, bool(file.get("tokenizer.ggml.add_bos_token", kind == "llama")),
-                   _stop_token_ids(file, tokens, types))
+        tokenizer = cls(backend, tokens, bos, eos, bool(file.get("tokenizer.ggml.add_bos_token", kind == "llama")),
+                        _stop_token_ids(file, tokens, types))
+        if kind == "gpt2":
+            tokenizer._byte_of_char = {char: byte for byte, char in _byte_level_alphabet().items()}
+        return tokenizer
 
     @classmethod
     def from_hf_folder(cls, folder: Path) -> Tokenizer:
@@ -146,6 +151,23 @@ class Tokenizer:
 
     def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
         return [self._tokens[i] for i in ids]
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for; a multi-byte character may span several tokens."""
+        token = self._tokens[token_id]
+        if self._byte_of_char is not None and all(char in self._byte_of_char for char in token):
+            return bytes(self._byte_of_char[char] for char in token)
+        return self.decode([token_id], skip_special_tokens=False).encode()
+
+
+def _byte_level_alphabet() -> dict[int, str]:
+    """GPT-2's byte-to-character table: printable bytes stand for themselves, the rest are
+    shifted past 255 so that no byte is whitespace or a control character in the vocabulary."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {byte: chr(byte) for byte in printable}
+    shifted = (byte for byte in range(256) if byte not in table)
+    table.update((byte, chr(256 + n)) for n, byte in enumerate(shifted))
+    return table
 
 
 def _stop_token_ids(file: GGUFFile, tokens: list[str], types: list[int]) -> frozenset[int]:

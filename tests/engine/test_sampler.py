@@ -81,3 +81,13 @@ def test_seeded_rows_do_not_depend_on_batch_neighbours():
         rows = sample(logits * 3, [SamplingParams(), params, SamplingParams()], generators=[None, generator, None])
         with_others.append(rows[1])
     assert alone == with_others
+
+
+def test_logprobs_are_the_models_distribution_with_top_alternatives():
+    logits = torch.tensor([[math.log(0.5), math.log(0.3), math.log(0.2)]])
+    [entry] = sampler.logprobs(logits, [1], [2])
+    assert entry.token_id == 1 and entry.logprob == pytest.approx(math.log(0.3))
+    assert [token for token, _ in entry.top] == [0, 1]
+    assert [value for _, value in entry.top] == pytest.approx([math.log(0.5), math.log(0.3)])
+    [bare] = sampler.logprobs(logits, [2], [0])
+    assert bare.top == [] and bare.logprob == pytest.approx(math.log(0.2))
