@@ -101,3 +101,8 @@ def test_same_seed_gives_the_same_sampled_text(client):
     first = client.chat.completions.create(**body).choices[0].message.content
     second = client.chat.completions.create(**body).choices[0].message.content
     assert first == second
+
+
+def test_user_is_accepted_and_logged(client, server):
+    client.chat.completions.create(**chat_body(max_tokens=1), user="tester-4711")
+    assert "tester-4711" in server.output()
