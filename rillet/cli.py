@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import hashlib
 import logging
+import os
 import sys
 import time
 
@@ -33,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-prefix-caching", action="store_true", help="turn prefix caching off")
     serve.add_argument("--threads", type=int, default=None,
                        help="compute threads of the model step (default: one per core)")
+    serve.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                       help="require this API key on /v1/* (repeatable; also RILLET_API_KEYS, comma-separated)")
+    serve.add_argument("--api-keys-file", metavar="PATH",
+                       help="a TOML file of [[keys]] with key (or key_sha256), optional id and models")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -48,9 +53,18 @@ def main(argv: list[str] | None = None) -> int:
 def serve(args: argparse.Namespace) -> int:
     import torch
 
+    from rillet.api.auth import KeyConfigError, KeyStore
     from rillet.engine.config import EngineConfig
     from rillet.model import ModelLoadError, default_model_path, load_model
 
+    try:
+        env_keys = os.environ.get("RILLET_API_KEYS", "").split(",")
+        keys = KeyStore.from_settings([*args.api_key, *env_keys], args.api_keys_file)
+    except KeyConfigError as error:
+        print(f"rillet: error: {error}", file=sys.stderr)
+        return 1
+    if keys.is_open:
+        print("rillet: no API key configured: the server is open to anyone who can reach it", file=sys.stderr)
     try:
         path = args.model or default_model_path()
         started = time.perf_counter()
@@ -66,10 +80,10 @@ def serve(args: argparse.Namespace) -> int:
         max_num_batched_tokens=args.max_num_batched_tokens,
         enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
     )
-    return asyncio.run(_serve(loaded, name, config, args.host, args.port))
+    return asyncio.run(_serve(loaded, name, config, keys, args.host, args.port))
 
 
-async def _serve(loaded, name: str, config, host: str, port: int) -> int:
+async def _serve(loaded, name: str, config, keys, host: str, port: int) -> int:
     import uvicorn
 
     from rillet.api.app import create_app
@@ -83,7 +97,7 @@ async def _serve(loaded, name: str, config, host: str, port: int) -> int:
         f"{loaded.file_fingerprint} {config.describe()}".encode()).hexdigest()[:12]
     served = ServedModel(name=name, tokenizer=loaded.tokenizer, chat_template=loaded.chat_template,
                          max_context_len=engine.max_model_len, fingerprint=fingerprint, created=int(time.time()))
-    app = create_app(async_engine, served)
+    app = create_app(async_engine, served, keys)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
     async_engine.start()
     serving = asyncio.create_task(server.serve())

@@ -22,11 +22,12 @@ def free_port() -> int:
 
 
 class RunningServer:
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="rillet-server-", suffix=".log", delete=False)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # API keys come only from the test's own settings, never from the caller's environment.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "RILLET_API_KEYS": "", **(env or {})}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "rillet", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args],
             stdout=self.log, stderr=subprocess.STDOUT, env=env)

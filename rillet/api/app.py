@@ -4,6 +4,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from rillet.api.auth import AuthMiddleware, KeyStore, api_key_of, check_model_allowed
 from rillet.api.chat import router as chat_router
 from rillet.api.errors import APIError, ErrorKind, install_error_handlers
 from rillet.api.logprobs import LogprobFormatter
@@ -11,10 +12,11 @@ from rillet.api.metrics import metrics_router
 from rillet.api.served_model import ServedModel
 
 
-def create_app(engine, served: ServedModel) -> FastAPI:
+def create_app(engine, served: ServedModel, keys: KeyStore | None = None) -> FastAPI:
     app = FastAPI(title="rillet", description="OpenAI-compatible chat completions", docs_url=None, redoc_url=None)
     app.state.engine = engine
     app.state.served = served
+    app.add_middleware(AuthMiddleware, store=keys or KeyStore([]))
     app.state.logprob_formatter = LogprobFormatter(served.tokenizer)
     install_error_handlers(app)
     app.include_router(chat_router)
@@ -24,11 +26,14 @@ def create_app(engine, served: ServedModel) -> FastAPI:
         return {"id": served.name, "object": "model", "created": served.created, "owned_by": "rillet"}
 
     @app.get("/v1/models")
-    async def list_models() -> dict:
-        return {"object": "list", "data": [model_card()]}
+    async def list_models(request: Request) -> dict:
+        key = api_key_of(request)
+        visible = key is None or key.may_use(served.name)
+        return {"object": "list", "data": [model_card()] if visible else []}
 
     @app.get("/v1/models/{model_id:path}")
-    async def get_model(model_id: str) -> dict:
+    async def get_model(model_id: str, request: Request) -> dict:
+        check_model_allowed(api_key_of(request), model_id)
         if model_id != served.name:
             raise APIError(ErrorKind.MODEL_NOT_FOUND, f"the model {model_id!r} does not exist", "model")
         return model_card()

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from rillet.api import sse
+from rillet.api.auth import api_key_of, check_model_allowed
 from rillet.api.errors import APIError, ErrorKind, internal_error
 from rillet.api.logprobs import LogprobFormatter
 from rillet.api.sampling import check_supported, sampling_params, template_messages
@@ -60,6 +61,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     served: ServedModel = request.app.state.served
     engine = request.app.state.engine
     check_supported(body)
+    check_model_allowed(api_key_of(request), body.model)
     if body.model != served.name:
         raise APIError(ErrorKind.MODEL_NOT_FOUND, f"the model {body.model!r} does not exist", "model")
     messages = template_messages(body)

@@ -1,0 +1,91 @@
+"""API keys against a second real server started with keys from a flag, the environment and a file."""
+from __future__ import annotations
+
+import hashlib
+
+import httpx
+import openai
+import pytest
+
+from rillet.api.auth import KeyConfigError, KeyStore
+from tests.api.helpers import chat_body
+from tests.conftest import MODEL_NAME, RunningServer
+
+LIMITED_KEY = "sk-limited-to-another-model"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory):
+    keys_file = tmp_path_factory.mktemp("keys") / "keys.toml"
+    keys_file.write_text(f'''
+[[keys]]
+id = "limited"
+key = "{LIMITED_KEY}"
+models = ["some-other-model"]
+
+[[keys]]
+id = "hashed"
+key_sha256 = "{hashlib.sha256(b"sk-from-hash").hexdigest()}"
+''')
+    running = RunningServer(["--api-key", "sk-from-flag", "--api-keys-file", str(keys_file),
+                             "--kv-cache-tokens", "2048"], env={"RILLET_API_KEYS": "sk-from-env, sk-second-env"})
+    yield running
+    running.stop()
+
+
+def keyed_client(server, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
+
+
+@pytest.mark.parametrize("key", ["sk-from-flag", "sk-from-env", "sk-second-env", "sk-from-hash"])
+def test_each_configured_key_is_accepted(keyed_server, key):
+    reply = keyed_client(keyed_server, key).chat.completions.create(**chat_body(max_tokens=1))
+    assert reply.usage.completion_tokens == 1
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": "sk-from-flag"}])
+def test_missing_or_wrong_key_is_401(keyed_server, headers):
+    response = httpx.post(f"{keyed_server.base_url}/v1/chat/completions", json=chat_body(), headers=headers)
+    assert response.status_code == 401
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_api_key"
+    # 401 comes before anything reads the body, even a malformed one.
+    bad_body = httpx.post(f"{keyed_server.base_url}/v1/chat/completions", content=b"{", headers=headers)
+    assert bad_body.status_code == 401
+
+
+def test_official_client_raises_authentication_error(keyed_server):
+    with pytest.raises(openai.AuthenticationError):
+        keyed_client(keyed_server, "sk-wrong").models.list()
+
+
+def test_key_limited_to_other_models_gets_403_and_sees_no_models(keyed_server):
+    client = keyed_client(keyed_server, LIMITED_KEY)
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        client.chat.completions.create(**chat_body(max_tokens=1))
+    assert caught.value.code == "model_not_allowed"
+    assert "some-other-model" not in str(caught.value.body) and "sk-" not in str(caught.value.body)
+    assert [m.id for m in client.models.list()] == []
+    assert [m.id for m in keyed_client(keyed_server, "sk-from-flag").models.list()] == [MODEL_NAME]
+
+
+def test_health_stays_open(keyed_server):
+    assert httpx.get(f"{keyed_server.base_url}/health").status_code == 200
+
+
+def test_open_server_needs_no_key(http):
+    assert http.get("/v1/models").status_code == 200
+
+
+def test_key_store_parsing(tmp_path):
+    store = KeyStore.from_settings(["a", " ", "b "], None)
+    assert [k.key_id for k in store.keys] == ["key-1", "key-2"]
+    assert store.find("b").key_id == "key-2" and store.find("c") is None
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[keys]]\nkey = "x"\nrate_limit_rpm = 5\n')
+    with pytest.raises(KeyConfigError, match="unsupported settings"):
+        KeyStore.from_settings([], str(bad))
+    both = tmp_path / "both.toml"
+    both.write_text('[[keys]]\nkey = "x"\nkey_sha256 = "00"\n')
+    with pytest.raises(KeyConfigError, match="exactly one"):
+        KeyStore.from_settings([], str(both))
