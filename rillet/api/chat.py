@@ -19,6 +19,7 @@ from rillet.api.logprobs import LogprobFormatter
 from rillet.api.sampling import check_supported, sampling_params, template_messages
 from rillet.api.schemas import ChatCompletionRequest
 from rillet.api.served_model import ServedModel
+from rillet.engine.async_engine import EngineDeadError
 from rillet.engine.outputs import RequestOutput
 from rillet.engine.sampling_params import SamplingParams
 from rillet.model.errors import ChatTemplateError
@@ -182,8 +183,6 @@ async def _wait_for_disconnect(request: Request) -> None:
 
 
 def _engine_error(request_id: str, error: BaseException) -> APIError:
-    from rillet.engine.async_engine import EngineDeadError
-
     if isinstance(error, APIError):
         return error
     if isinstance(error, EngineDeadError):

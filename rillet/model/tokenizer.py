@@ -108,8 +108,8 @@ class Tokenizer:
             raise ModelLoadError(f"unsupported tokenizer model {kind!r} (supported: 'gpt2' byte-level BPE, 'llama')")
         # Both kinds encode as one piece wherever they appear; only control tokens are left out of
         # decoded text (llama.cpp prints user-defined ones).
-        backend.add_tokens([AddedToken(tokens[i], special=kind == _CONTROL, normalized=False)
-                            for i, kind in enumerate(types) if kind in (_CONTROL, _USER_DEFINED)])
+        backend.add_tokens([AddedToken(tokens[i], special=token_type == _CONTROL, normalized=False)
+                            for i, token_type in enumerate(types) if token_type in (_CONTROL, _USER_DEFINED)])
         bos, eos = file.get("tokenizer.ggml.bos_token_id"), file.get("tokenizer.ggml.eos_token_id")
         tokenizer = cls(backend, tokens, bos, eos, bool(file.get("tokenizer.ggml.add_bos_token", kind == "llama")),
                         _stop_token_ids(file, tokens, types))
