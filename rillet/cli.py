@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
+import signal
 import sys
 import time
+
+from rillet.api import admission
+from rillet.api.access_log import configure_access_log
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 
@@ -38,13 +43,40 @@ def build_parser() -> argparse.ArgumentParser:
                        help="require this API key on /v1/* (repeatable; also RILLET_API_KEYS, comma-separated)")
     serve.add_argument("--api-keys-file", metavar="PATH",
                        help="a TOML file of [[keys]] with key (or key_sha256), optional id and models")
+    limits = serve.add_argument_group("limits and admission")
+    limits.add_argument("--rate-limit-rpm", type=_positive_int, default=None, metavar="N",
+                        help="requests per minute per key, a token bucket (default: unlimited; "
+                        "a keys file's rpm overrides it per key; an open server shares one bucket)")
+    limits.add_argument("--rate-limit-tpm", type=_positive_int, default=None, metavar="N",
+                        help="tokens per minute per key: prompt plus max_tokens reserved up front, the "
+                        "unused part given back at the end (default: unlimited; a keys file's tpm overrides it)")
+    limits.add_argument("--max-queued-requests", type=_positive_int, default=admission.DEFAULT_MAX_QUEUED_REQUESTS,
+                        metavar="N", help="requests that may wait for their first token; more get a 503 "
+                        f"overloaded (default: {admission.DEFAULT_MAX_QUEUED_REQUESTS})")
+    limits.add_argument("--max-queued-tokens", type=_positive_int, default=admission.DEFAULT_MAX_QUEUED_TOKENS,
+                        metavar="N", help="prompt tokens that may wait for their first token; more get a 503 "
+                        f"overloaded (default: {admission.DEFAULT_MAX_QUEUED_TOKENS})")
+    limits.add_argument("--queue-timeout", type=float, default=admission.DEFAULT_QUEUE_TIMEOUT, metavar="SECONDS",
+                        help="a request still without its first token after this long is aborted with a 503 "
+                        f"overloaded (default: {admission.DEFAULT_QUEUE_TIMEOUT:g})")
+    serve.add_argument("--shutdown-grace", type=float, default=30, metavar="SECONDS",
+                       help="on SIGTERM or SIGINT, stop accepting connections and give in-flight requests "
+                       "this long to finish before cancelling them; then exit 0 (default: 30)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_access_log(args.log_level.upper())
     if args.command == "serve":
         return serve(args)
     return 2
@@ -80,13 +112,14 @@ def serve(args: argparse.Namespace) -> int:
         max_num_batched_tokens=args.max_num_batched_tokens,
         enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
     )
-    return asyncio.run(_serve(loaded, name, config, keys, args.host, args.port))
+    return asyncio.run(_serve(loaded, name, config, keys, args))
 
 
-async def _serve(loaded, name: str, config, keys, host: str, port: int) -> int:
+async def _serve(loaded, name: str, config, keys, args: argparse.Namespace) -> int:
     import uvicorn
 
     from rillet.api.app import create_app
+    from rillet.api.rate_limit import RateLimiter
     from rillet.api.served_model import ServedModel
     from rillet.engine.async_engine import AsyncEngine
     from rillet.engine.llm_engine import LLMEngine
@@ -94,20 +127,50 @@ async def _serve(loaded, name: str, config, keys, host: str, port: int) -> int:
     engine = LLMEngine(loaded.model, loaded.tokenizer, loaded.config.max_context_len, config)
     async_engine = AsyncEngine(engine, config.resolved_num_threads())
     fingerprint = "fp_" + hashlib.sha256(
-        f"{loaded.file_fingerprint} {config.describe()}".encode()).hexdigest()[:12]
+        f"{loaded.file_fingerprint} weights={loaded.model.weight_format} {config.describe()}".encode()).hexdigest()[:12]
     served = ServedModel(name=name, tokenizer=loaded.tokenizer, chat_template=loaded.chat_template,
                          max_context_len=engine.max_model_len, fingerprint=fingerprint, created=int(time.time()))
-    app = create_app(async_engine, served, keys)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    app = create_app(async_engine, served, keys, RateLimiter(args.rate_limit_rpm, args.rate_limit_tpm),
+                     admission.AdmissionLimits(args.max_queued_requests, args.max_queued_tokens, args.queue_timeout))
+    server = _graceful_server_class()(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                            access_log=False, timeout_graceful_shutdown=args.shutdown_grace))
     async_engine.start()
     serving = asyncio.create_task(server.serve())
     while not server.started and not serving.done():
         await asyncio.sleep(0.05)
     if server.started:
-        print(f"rillet: serving {name} on http://{host}:{port}/v1", file=sys.stderr, flush=True)
+        print(f"rillet: serving {name} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
     await serving
     async_engine.shutdown()
     return 0 if server.started else 1
+
+
+def _graceful_server_class():
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        """uvicorn's own shutdown (stop listening, let in-flight requests finish within
+        timeout_graceful_shutdown, cancel the rest), without re-raising the signal afterwards,
+        so that a SIGTERM ends the process with status 0."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.handle_exit, sig, None)
+            try:
+                yield
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+
+        def handle_exit(self, sig: int, frame) -> None:
+            if not self.should_exit:
+                print(f"rillet: {signal.Signals(sig).name}: no new connections; finishing the requests in "
+                      f"flight within {self.config.timeout_graceful_shutdown:g} s", file=sys.stderr, flush=True)
+            super().handle_exit(sig, frame)
+
+    return GracefulServer
 
 
 def _name_from_path(path: str) -> str:

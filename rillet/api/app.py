@@ -3,24 +3,39 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
 
+from rillet.api.access_log import AccessLogMiddleware
+from rillet.api.admission import Admission, AdmissionLimits
 from rillet.api.auth import AuthMiddleware, KeyStore, api_key_of, check_model_allowed
 from rillet.api.chat import router as chat_router
 from rillet.api.errors import APIError, ErrorKind, install_error_handlers
 from rillet.api.logprobs import LogprobFormatter
-from rillet.api.metrics import metrics_router
+from rillet.api.metrics import ApiMetrics, EngineCollector, metrics_router
+from rillet.api.rate_limit import RateLimiter, RateLimitHeadersMiddleware
 from rillet.api.served_model import ServedModel
 
 
-def create_app(engine, served: ServedModel, keys: KeyStore | None = None) -> FastAPI:
+def create_app(engine, served: ServedModel, keys: KeyStore | None = None, rate_limiter: RateLimiter | None = None,
+               admission_limits: AdmissionLimits | None = None) -> FastAPI:
     app = FastAPI(title="rillet", description="OpenAI-compatible chat completions", docs_url=None, redoc_url=None)
     app.state.engine = engine
     app.state.served = served
+    app.state.rate_limiter = rate_limiter or RateLimiter()
+    app.state.admission = admission = Admission(admission_limits)
+    registry = CollectorRegistry()
+    registry.register(EngineCollector(engine.stats))
+    app.state.metrics = metrics = ApiMetrics(registry)
+    metrics.queued_requests.set_function(lambda: admission.num_waiting_requests)
+    metrics.queued_prompt_tokens.set_function(lambda: admission.num_waiting_tokens)
+    # The last added runs first: request id and access log, then the key, then its rate-limit headers.
+    app.add_middleware(RateLimitHeadersMiddleware, limiter=app.state.rate_limiter)
     app.add_middleware(AuthMiddleware, store=keys or KeyStore([]))
+    app.add_middleware(AccessLogMiddleware, metrics=metrics)
     app.state.logprob_formatter = LogprobFormatter(served.tokenizer)
     install_error_handlers(app)
     app.include_router(chat_router)
-    app.include_router(metrics_router(engine.stats))
+    app.include_router(metrics_router(registry))
 
     def model_card() -> dict:
         return {"id": served.name, "object": "model", "created": served.created, "owned_by": "rillet"}

@@ -22,6 +22,9 @@ class ApiKey:
     key_sha256: bytes
     # None: every served model.
     models: frozenset[str] | None = None
+    # Requests and tokens per minute; None: the server's defaults, 0: no limit for this key.
+    rpm: int | None = None
+    tpm: int | None = None
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -67,7 +70,7 @@ def _read_keys_file(path: Path) -> list[ApiKey]:
         raise KeyConfigError(f"cannot read the keys file {path}: {error}") from None
     keys = []
     for i, entry in enumerate(entries):
-        unknown = set(entry) - {"id", "key", "key_sha256", "models"}
+        unknown = set(entry) - {"id", "key", "key_sha256", "models", "rpm", "tpm"}
         if unknown:
             raise KeyConfigError(f"{path}: keys[{i}] has unsupported settings {sorted(unknown)}")
         if ("key" in entry) == ("key_sha256" in entry):
@@ -75,8 +78,16 @@ def _read_keys_file(path: Path) -> list[ApiKey]:
         digest = hash_key(entry["key"]) if "key" in entry else bytes.fromhex(entry["key_sha256"])
         models = entry.get("models")
         keys.append(ApiKey(str(entry.get("id", f"file-key-{i + 1}")), digest,
-                           None if models is None else frozenset(models)))
+                           None if models is None else frozenset(models),
+                           _limit(entry, "rpm", path, i), _limit(entry, "tpm", path, i)))
     return keys
+
+
+def _limit(entry: dict, name: str, path: Path, index: int) -> int | None:
+    value = entry.get(name)
+    if value is not None and (type(value) is not int or value < 0):
+        raise KeyConfigError(f"{path}: keys[{index}].{name} must be a whole number, 0 for no limit")
+    return value
 
 
 class AuthMiddleware:

@@ -3,19 +3,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from rillet.api import sse
+from rillet.api.access_log import RequestRecord, record_of
 from rillet.api.auth import api_key_of, check_model_allowed
 from rillet.api.errors import APIError, ErrorKind, internal_error
 from rillet.api.logprobs import LogprobFormatter
+from rillet.api.metrics import ApiMetrics
+from rillet.api.rate_limit import Reservation
 from rillet.api.sampling import check_supported, sampling_params, template_messages
 from rillet.api.schemas import ChatCompletionRequest
 from rillet.api.served_model import ServedModel
@@ -24,8 +27,8 @@ from rillet.engine.outputs import RequestOutput
 from rillet.engine.sampling_params import SamplingParams
 from rillet.model.errors import ChatTemplateError
 
-log = logging.getLogger("rillet.api")
 router = APIRouter()
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -61,8 +64,11 @@ class Completion:
 async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     served: ServedModel = request.app.state.served
     engine = request.app.state.engine
+    record = record_of(request)
+    record.model, record.user = body.model, body.user
     check_supported(body)
-    check_model_allowed(api_key_of(request), body.model)
+    key = api_key_of(request)
+    check_model_allowed(key, body.model)
     if body.model != served.name:
         raise APIError(ErrorKind.MODEL_NOT_FOUND, f"the model {body.model!r} does not exist", "model")
     messages = template_messages(body)
@@ -79,14 +85,41 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
         logprob_formatter=request.app.state.logprob_formatter if params.logprobs is not None else None,
         logprobs=[[] for _ in range(params.n)],
     )
-    request.state.request_id = completion.request_id
-    if body.user:
-        log.info("request %s from user %r", completion.request_id, body.user)
+    record.completion_id, record.prompt_tokens = completion.request_id, len(prompt)
+    reservation = request.app.state.rate_limiter.reserve(
+        key, _tokens_to_reserve(len(prompt), params, served.max_context_len))
     outputs = engine.generate(completion.request_id, prompt, params)
+    first = await _admit(request, outputs, len(prompt), reservation, record)
+    if first is _DISCONNECTED:
+        return JSONResponse({}, status_code=499)
+    outputs = _observed(first, outputs, completion, record, request.app.state.metrics, reservation)
     if body.stream:
-        return StreamingResponse(_stream(completion, outputs), media_type="text/event-stream",
+        return StreamingResponse(_stream(completion, outputs, record), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return await _respond_whole(completion, outputs, request)
+    return await _respond_whole(completion, outputs, request, record)
+
+
+async def _admit(request: Request, outputs: AsyncIterator[RequestOutput], num_prompt_tokens: int,
+                 reservation: Reservation, record: RequestRecord) -> RequestOutput | object:
+    """Waits in the admission queue for the first output. A request that never gets one keeps
+    nothing of its rate-limit reservation."""
+    try:
+        first = await _unless_disconnected(request, request.app.state.admission.first_output(outputs, num_prompt_tokens))
+    except BaseException as error:
+        reservation.settle(0)
+        if isinstance(error, Exception):
+            raise _engine_error(record.request_id, error) from None
+        raise
+    if first is _DISCONNECTED:
+        reservation.settle(0)
+    else:
+        record.on_output(request.app.state.metrics)
+    return first
+
+
+def _tokens_to_reserve(num_prompt_tokens: int, params: SamplingParams, max_context_len: int) -> int:
+    """The most a request can use: its prompt, and for each choice max_tokens or else the rest of the context."""
+    return num_prompt_tokens + params.n * (params.max_tokens or max_context_len - num_prompt_tokens)
 
 
 def _encode_prompt(served: ServedModel, messages: list[dict]) -> list[int]:
@@ -126,7 +159,28 @@ def _apply(completion: Completion, output: RequestOutput) -> list[dict]:
     return choices
 
 
-async def _stream(completion: Completion, outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[str]:
+async def _observed(first: RequestOutput, outputs: AsyncIterator[RequestOutput], completion: Completion,
+                    record: RequestRecord, metrics: ApiMetrics, reservation: Reservation) -> AsyncIterator[RequestOutput]:
+    """The request's outputs, first one included; times each, and settles the rate limit at the end."""
+    finished = first.finished
+    try:
+        async with contextlib.aclosing(outputs):
+            yield first
+            async for output in outputs:
+                record.on_output(metrics)
+                finished = output.finished
+                yield output
+    except (GeneratorExit, asyncio.CancelledError):
+        record.cancelled = not finished
+        raise
+    finally:
+        record.completion_tokens = completion.num_completion_tokens
+        record.finish_reasons = completion.finish_reasons
+        reservation.settle(completion.num_prompt_tokens + completion.num_completion_tokens)
+
+
+async def _stream(completion: Completion, outputs: AsyncIterator[RequestOutput],
+                  record: RequestRecord) -> AsyncIterator[str]:
     async with contextlib.aclosing(outputs):
         try:
             roles = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
@@ -139,28 +193,21 @@ async def _stream(completion: Completion, outputs: AsyncIterator[RequestOutput])
                 if output.finished and completion.include_usage:
                     events.append(completion.chunk([], completion.usage()))
                 yield "".join(sse.event(e) for e in events)
-        except APIError as error:
-            yield sse.error_event(error)
         except Exception as error:  # the headers are gone: report in-band, never a traceback
-            yield sse.error_event(_engine_error(completion.request_id, error))
+            api_error = _engine_error(record.request_id, error)
+            record.stream_error = api_error.kind.value.code
+            yield sse.error_event(api_error)
         yield sse.DONE
 
 
-async def _respond_whole(completion: Completion, outputs: AsyncIterator[RequestOutput], request: Request):
-    gather = asyncio.ensure_future(_gather(completion, outputs))
-    watch = asyncio.ensure_future(_wait_for_disconnect(request))
+async def _respond_whole(completion: Completion, outputs: AsyncIterator[RequestOutput], request: Request,
+                         record: RequestRecord):
     try:
-        await asyncio.wait({gather, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watch.cancel()
-        if not gather.done():
-            gather.cancel()  # the client went away: closing the iterator aborts the request
-            await asyncio.wait({gather})  # cancel() only asks; the task ends on its next turn
-    if gather.cancelled():
+        gathered = await _unless_disconnected(request, _gather(completion, outputs))
+    except Exception as error:
+        raise _engine_error(record.request_id, error) from None
+    if gathered is _DISCONNECTED:
         return JSONResponse({}, status_code=499)
-    error = gather.exception()
-    if error is not None:
-        raise _engine_error(completion.request_id, error)
     choices = [{"index": i, "message": {"role": "assistant", "content": "".join(completion.texts[i])},
                 "logprobs": {"content": completion.logprobs[i], "refusal": None} if completion.logprob_formatter
                 else None, "finish_reason": completion.finish_reasons[i]} for i in range(completion.n)]
@@ -175,6 +222,24 @@ async def _gather(completion: Completion, outputs: AsyncIterator[RequestOutput])
     async with contextlib.aclosing(outputs):
         async for output in outputs:
             _apply(completion, output)
+
+
+_DISCONNECTED = object()
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | object:
+    """Runs `work` until it ends or the client goes away; then it is cancelled (which aborts
+    the request in the engine) and _DISCONNECTED returned."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})  # cancel() only asks; the task ends on its next turn
+    return _DISCONNECTED if task.cancelled() else task.result()
 
 
 async def _wait_for_disconnect(request: Request) -> None:

@@ -31,7 +31,9 @@ class ErrorKind(enum.Enum):
     MODEL_NOT_FOUND = ErrorSpec(404, "invalid_request_error", "model_not_found")
     ROUTE_NOT_FOUND = ErrorSpec(404, "invalid_request_error", "not_found")
     METHOD_NOT_ALLOWED = ErrorSpec(405, "invalid_request_error", "method_not_allowed")
-    RATE_LIMIT_EXCEEDED = ErrorSpec(429, "rate_limit_error", "rate_limit_exceeded")
+    # OpenAI names the exhausted limit in `type`.
+    RATE_LIMIT_REQUESTS = ErrorSpec(429, "requests", "rate_limit_exceeded")
+    RATE_LIMIT_TOKENS = ErrorSpec(429, "tokens", "rate_limit_exceeded")
     INTERNAL = ErrorSpec(500, "server_error", "internal_error")
     OVERLOADED = ErrorSpec(503, "server_error", "overloaded")
     ENGINE_UNAVAILABLE = ErrorSpec(503, "server_error", "engine_unavailable")

@@ -1,10 +1,11 @@
-"""Prometheus `/metrics`: the engine's counters and gauges, read at scrape time."""
+"""Prometheus `/metrics`: the engine's counters and gauges, read at scrape time, and the API's
+own: requests by status, latency histograms, the admission queue."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from rillet.engine.stats import EngineStats
@@ -30,11 +31,35 @@ class EngineCollector:
                                   value=s.prefix_cache_hit_tokens)
         yield CounterMetricFamily("rillet_preemptions", "Sequences preempted for lack of KV blocks",
                                   value=s.num_preemptions)
+        hit_rate = s.prefix_cache_hit_tokens / s.prefix_cache_queried_tokens if s.prefix_cache_queried_tokens else 0.0
+        yield GaugeMetricFamily("rillet_prefix_cache_hit_rate", "Share of prompt tokens found in the prefix cache, "
+                                "since start", value=hit_rate)
 
 
-def metrics_router(read_stats: Callable[[], EngineStats]) -> APIRouter:
-    registry = CollectorRegistry()
-    registry.register(EngineCollector(read_stats))
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class ApiMetrics:
+    """What the API layer measures itself; registered on the registry /metrics serves."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("rillet_requests", "Requests to /v1 by HTTP status", ["status"], registry=registry)
+        self.time_to_first_token = Histogram(
+            "rillet_time_to_first_token_seconds", "From a chat completion's arrival to its first output",
+            buckets=_LATENCY_BUCKETS, registry=registry)
+        self.inter_token_latency = Histogram(
+            "rillet_inter_token_latency_seconds", "Between successive outputs of a chat completion",
+            buckets=_LATENCY_BUCKETS, registry=registry)
+        self.request_latency = Histogram(
+            "rillet_request_latency_seconds", "From a chat completion's arrival to its last byte",
+            buckets=_LATENCY_BUCKETS, registry=registry)
+        self.queued_requests = Gauge("rillet_queued_requests", "Requests waiting for their first output",
+                                     registry=registry)
+        self.queued_prompt_tokens = Gauge("rillet_queued_prompt_tokens", "Prompt tokens of the waiting requests",
+                                          registry=registry)
+
+
+def metrics_router(registry: CollectorRegistry) -> APIRouter:
     router = APIRouter()
 
     @router.get("/metrics", include_in_schema=False)

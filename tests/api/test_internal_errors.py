@@ -4,67 +4,21 @@ stub engine, so these check only the API layer: envelopes, in-band SSE errors, n
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
+import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from rillet.api.app import create_app
-from rillet.api.served_model import ServedModel
 from rillet.engine.async_engine import EngineDeadError
-from rillet.engine.outputs import ChoiceDelta, RequestOutput
-from rillet.engine.sampling_params import SamplingParams
-from rillet.engine.stats import EngineStats
+from tests.api.stub_app import SECRET, StubEngine, WordTokenizer, serving, stub_app
 
-SECRET = "secret detail of the failure"
 BODY = {"model": "stub", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 3}
-
-
-class WordTokenizer:
-    vocab_size = 100
-
-    def __init__(self) -> None:
-        self.broken = False
-
-    def encode(self, text: str) -> list[int]:
-        if self.broken:
-            raise RuntimeError(SECRET)
-        return list(range(len(text.split())))
-
-
-class JoiningTemplate:
-    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        return " ".join(m["content"] or "" for m in messages)
-
-
-class StubEngine:
-    """Yields one word per step; raises `failure` at step `fail_at_step` when set."""
-
-    def __init__(self) -> None:
-        self.is_alive = True
-        self.failure: BaseException | None = None
-        self.fail_at_step = 0
-
-    def stats(self) -> EngineStats:
-        return EngineStats(0, 0, 0, 0, 0, 0, 0, 0, 0)
-
-    async def generate(self, request_id: str, prompt_token_ids: list[int],
-                       params: SamplingParams) -> AsyncIterator[RequestOutput]:
-        steps = params.max_tokens or 3
-        for step in range(steps):
-            if self.failure is not None and step == self.fail_at_step:
-                raise self.failure
-            last = step == steps - 1
-            deltas = [ChoiceDelta(i, f"w{step} ", [step], "length" if last else None) for i in range(params.n)]
-            yield RequestOutput(request_id, len(prompt_token_ids), deltas, finished=last)
 
 
 @pytest.fixture
 def stub():
     engine, tokenizer = StubEngine(), WordTokenizer()
-    app = create_app(engine, ServedModel(name="stub", tokenizer=tokenizer, chat_template=JoiningTemplate(),
-                                         max_context_len=64, fingerprint="fp_stub", created=1))
-    with TestClient(app, raise_server_exceptions=False) as http:
+    with TestClient(stub_app(engine, tokenizer), raise_server_exceptions=False) as http:
         yield engine, tokenizer, http
 
 
@@ -85,22 +39,25 @@ def test_stub_pipeline_works(stub):
     assert reply["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
 
 
-def test_engine_failure_before_any_output_is_500_with_request_id(stub):
+@pytest.mark.parametrize("stream", [False, True])
+def test_engine_failure_before_any_output_is_500_with_request_id(stub, stream):
+    """Before the first output nothing has been sent, so even a stream gets a real status."""
     engine, _, http = stub
     engine.failure = RuntimeError(SECRET)
-    response = http.post("/v1/chat/completions", json=BODY)
+    response = http.post("/v1/chat/completions", json={**BODY, "stream": stream})
     assert response.status_code == 500
     error = response.json()["error"]
     assert error["type"] == "server_error" and error["code"] == "internal_error"
-    assert "chatcmpl-" in error["message"]
+    assert response.headers["x-request-id"] in error["message"]
     assert_hidden(response.text)
 
 
-def test_failure_before_the_request_has_an_id_still_names_one(stub):
+def test_failure_in_the_route_names_the_client_request_id(stub):
     _, tokenizer, http = stub
     tokenizer.broken = True
-    response = http.post("/v1/chat/completions", json=BODY)
-    assert response.status_code == 500 and "req_" in response.json()["error"]["message"]
+    response = http.post("/v1/chat/completions", json=BODY, headers={"x-request-id": "client-id-7"})
+    assert response.status_code == 500 and "client-id-7" in response.json()["error"]["message"]
+    assert response.headers["x-request-id"] == "client-id-7"
     assert_hidden(response.text)
 
 
@@ -120,8 +77,10 @@ def test_engine_failure_mid_stream_is_an_sse_error_event_then_done(stub):
 def test_engine_death_is_503(stub):
     engine, _, http = stub
     engine.failure = EngineDeadError("the engine stopped")
-    response = http.post("/v1/chat/completions", json=BODY)
-    assert response.status_code == 503 and response.json()["error"]["code"] == "engine_unavailable"
+    for stream in (False, True):
+        response = http.post("/v1/chat/completions", json={**BODY, "stream": stream})
+        assert response.status_code == 503 and response.json()["error"]["code"] == "engine_unavailable"
+    engine.fail_at_step = 1
     lines = sse_lines(http, BODY)
     assert json.loads(lines[-2][len("data: "):])["error"]["code"] == "engine_unavailable"
 
@@ -132,3 +91,16 @@ def test_dead_engine_fails_health_and_refuses_requests(stub):
     assert http.get("/health").status_code == 503
     response = http.post("/v1/chat/completions", json=BODY)
     assert response.status_code == 503 and response.json()["error"]["code"] == "engine_unavailable"
+
+
+def test_official_client_raises_api_error_on_a_mid_stream_failure_over_real_http():
+    engine = StubEngine()
+    engine.failure, engine.fail_at_step = RuntimeError(SECRET), 2
+    with serving(stub_app(engine)) as base_url:
+        client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0)
+        received = []
+        with pytest.raises(openai.APIError) as caught:
+            for chunk in client.chat.completions.create(**BODY, stream=True):
+                received.extend(c.delta.content for c in chunk.choices if c.delta.content)
+    assert received == ["w0 ", "w1 "]
+    assert caught.value.code == "internal_error" and SECRET not in caught.value.message

@@ -1,0 +1,117 @@
+"""Admission against a real server that runs one sequence at a time and lets one request wait:
+a full queue is a fast 503, a request that waits past the queue timeout is a 503 and is aborted
+in the engine; the bounds' arithmetic in-process."""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+
+import httpx
+import openai
+import pytest
+
+from rillet.api.admission import Admission, AdmissionLimits
+from rillet.api.errors import APIError
+from tests.api.helpers import NO_END, chat_body
+from tests.conftest import RunningServer
+
+QUEUE_TIMEOUT = 3
+
+
+@pytest.fixture(scope="module")
+def one_at_a_time():
+    running = RunningServer(["--max-num-seqs", "1", "--max-queued-requests", "1",
+                             "--queue-timeout", str(QUEUE_TIMEOUT), "--kv-cache-tokens", "4096"])
+    yield running
+    running.stop()
+
+
+def wait_until(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def assert_overloaded(response: httpx.Response, message: str) -> None:
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("server_error", "overloaded") and message in error["message"]
+    assert int(response.headers["retry-after"]) >= 1
+
+
+def hold_the_only_sequence(server):
+    """A stream that keeps the engine's one sequence busy until it is closed."""
+    stream = httpx.stream("POST", f"{server.base_url}/v1/chat/completions",
+                          json=chat_body(max_tokens=2000, stream=True, logit_bias=NO_END), timeout=120)
+    response = stream.__enter__()
+    lines = response.iter_lines()  # kept: a dropped line iterator closes the connection
+    next(lines)
+    return stream, lines
+
+
+def test_full_queue_is_fast_503_and_a_long_wait_is_503_then_aborted(one_at_a_time):
+    server = one_at_a_time
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=120)
+    stream, _lines = hold_the_only_sequence(server)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(client.chat.completions.create, **chat_body(max_tokens=4))
+            wait_until(lambda: server.metric("rillet_queued_requests") == 1)
+            # The one place in the queue is taken: the next request is refused at once.
+            assert_overloaded(httpx.post(f"{server.base_url}/v1/chat/completions", json=chat_body(), timeout=120),
+                              "already waiting")
+            with pytest.raises(openai.InternalServerError) as caught:
+                waiting.result()
+        assert caught.value.status_code == 503 and caught.value.code == "overloaded"
+        assert "queue timeout" in caught.value.message
+        # The timed-out request left the engine too, while the held stream runs on.
+        wait_until(lambda: server.metric("rillet_waiting_sequences") == 0)
+        assert server.metric("rillet_running_sequences") == 1 and server.metric("rillet_queued_requests") == 0
+        # A stream that waits too long gets the 503 as its status: nothing had been sent yet.
+        assert_overloaded(httpx.post(f"{server.base_url}/v1/chat/completions", json=chat_body(stream=True),
+                                     timeout=120), "queue timeout")
+    finally:
+        stream.__exit__(None, None, None)
+    wait_until(lambda: server.metric("rillet_kv_blocks_free") == server.metric("rillet_kv_blocks_total"))
+    reply = client.chat.completions.create(**chat_body(max_tokens=2))
+    assert reply.usage.completion_tokens == 2
+    assert server.metric('rillet_requests_total{status="503"}') == 3
+
+
+# -- in-process: the bounds ------------------------------------------------------------
+
+
+def test_queue_bounds_in_requests_and_prompt_tokens():
+    admission = Admission(AdmissionLimits(max_queued_requests=3, max_queued_tokens=100, queue_timeout=1))
+    with admission.waiting(60), admission.waiting(40):
+        with pytest.raises(APIError, match="prompt tokens"):
+            with admission.waiting(1):
+                pass
+        assert (admission.num_waiting_requests, admission.num_waiting_tokens) == (2, 100)
+    with admission.waiting(1), admission.waiting(1), admission.waiting(1):
+        with pytest.raises(APIError, match="requests"):
+            with admission.waiting(1):
+                pass
+    # Alone, a prompt larger than the whole token bound still gets in.
+    with admission.waiting(500):
+        assert admission.num_waiting_tokens == 500
+    assert (admission.num_waiting_requests, admission.num_waiting_tokens) == (0, 0)
+
+
+def test_a_request_that_waits_too_long_is_closed_and_refused():
+    closed = []
+
+    async def never_starts():
+        try:
+            await asyncio.sleep(3600)
+            yield None
+        finally:
+            closed.append(True)
+
+    admission = Admission(AdmissionLimits(queue_timeout=0.05))
+    with pytest.raises(APIError, match="queue timeout") as caught:
+        asyncio.run(admission.first_output(never_starts(), 10))
+    assert caught.value.kind.value.status == 503 and closed == [True]
+    assert admission.num_waiting_requests == 0
