@@ -70,15 +70,16 @@ def main() -> None:
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--weights", default="float16", choices=["float16", "float32"])
     parser.add_argument("--kv-cache-tokens", type=int, default=16384)
     parser.add_argument("--max-num-batched-tokens", type=int, default=256)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    loaded = load_model(args.model or default_model_path())
+    loaded = load_model(args.model or default_model_path(), weight_format=args.weights)
     print(json.dumps({"measure": "load", "seconds": round(time.perf_counter() - started, 2),
-                      "threads": torch.get_num_threads()}), flush=True)
+                      "threads": torch.get_num_threads(), "weights": args.weights}), flush=True)
     print(json.dumps(time_prefill(loaded, args)), flush=True)
     for batch in args.batch:
         print(json.dumps(time_decode(loaded, args, batch)), flush=True)

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-num-batched-tokens", type=int, default=256,
                        help="tokens computed per step: the prefill chunk size (default: 256)")
     serve.add_argument("--block-size", type=int, default=16, help="tokens per KV block (default: 16)")
+    serve.add_argument("--weights", default="float16", choices=["float16", "float32"],
+                       help="how the linear layers hold their weights: float16 (fast, greedy outputs equal "
+                       "float32's on the test prompts) or float32 (exact dequantized file) (default: float16)")
     serve.add_argument("--no-prefix-caching", action="store_true", help="turn prefix caching off")
     serve.add_argument("--threads", type=int, default=None,
                        help="compute threads of the model step (default: one per core)")
@@ -100,7 +103,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         path = args.model or default_model_path()
         started = time.perf_counter()
-        loaded = load_model(path, dtype=torch.float32, device=args.device)
+        loaded = load_model(path, dtype=torch.float32, device=args.device, weight_format=args.weights)
     except ModelLoadError as error:
         print(f"rillet: error: {error}", file=sys.stderr)
         return 1

@@ -8,44 +8,49 @@ import torch.nn.functional as F
 from rillet.model.attention import paged_attention
 from rillet.model.attention_metadata import AttentionMetadata
 from rillet.model.config import ModelConfig
+from rillet.model.linear import Linear
 
 
 class LlamaLayer(torch.nn.Module):
-    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], prefix: str) -> None:
+    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], prefix: str, weight_format: str) -> None:
         super().__init__()
         self.config = config
         self.attn_norm = weights[f"{prefix}.input_layernorm.weight"]
         self.mlp_norm = weights[f"{prefix}.post_attention_layernorm.weight"]
         # One matmul for q, k and v, and one for gate and up.
-        self.qkv_proj = torch.cat([weights[f"{prefix}.self_attn.{p}_proj.weight"] for p in "qkv"])
-        self.o_proj = weights[f"{prefix}.self_attn.o_proj.weight"]
-        self.gate_up_proj = torch.cat([weights[f"{prefix}.mlp.gate_proj.weight"], weights[f"{prefix}.mlp.up_proj.weight"]])
-        self.down_proj = weights[f"{prefix}.mlp.down_proj.weight"]
+        self.qkv_proj = Linear(torch.cat([weights[f"{prefix}.self_attn.{p}_proj.weight"] for p in "qkv"]), weight_format)
+        self.o_proj = Linear(weights[f"{prefix}.self_attn.o_proj.weight"], weight_format)
+        self.gate_up_proj = Linear(torch.cat([weights[f"{prefix}.mlp.gate_proj.weight"],
+                                              weights[f"{prefix}.mlp.up_proj.weight"]]), weight_format)
+        self.down_proj = Linear(weights[f"{prefix}.mlp.down_proj.weight"], weight_format)
 
     def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
         c = self.config
         x = rms_norm(hidden, self.attn_norm, c.rms_norm_eps)
         q_size, kv_size = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-        q, k, v = F.linear(x, self.qkv_proj).split([q_size, kv_size, kv_size], dim=-1)
+        q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
         q = apply_rope(q.view(-1, c.num_heads, c.head_dim), cos, sin)
         k = apply_rope(k.view(-1, c.num_kv_heads, c.head_dim), cos, sin)
         attn = paged_attention(q, k, v.view(-1, c.num_kv_heads, c.head_dim), cache, meta)
-        hidden = hidden + F.linear(attn, self.o_proj)
-        gate, up = F.linear(rms_norm(hidden, self.mlp_norm, c.rms_norm_eps), self.gate_up_proj).chunk(2, dim=-1)
-        return hidden + F.linear(F.silu(gate) * up, self.down_proj)
+        hidden = hidden + self.o_proj(attn)
+        gate, up = self.gate_up_proj(rms_norm(hidden, self.mlp_norm, c.rms_norm_eps)).chunk(2, dim=-1)
+        return hidden + self.down_proj(F.silu(gate) * up)
 
 
 class LlamaModel(torch.nn.Module):
-    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor]) -> None:
+    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], weight_format: str = "float32") -> None:
         super().__init__()
         self.config = config
-        self.embed_tokens = weights["model.embed_tokens.weight"]
+        self.weight_format = weight_format
+        embeddings = weights["model.embed_tokens.weight"]
         self.layers = torch.nn.ModuleList(
-            LlamaLayer(config, weights, f"model.layers.{i}") for i in range(config.num_layers))
+            LlamaLayer(config, weights, f"model.layers.{i}", weight_format) for i in range(config.num_layers))
         self.norm = weights["model.norm.weight"]
-        self.lm_head = weights.get("lm_head.weight", self.embed_tokens)
-        self.rope_cos, self.rope_sin = rope_tables(config, self.embed_tokens.device,
+        self.lm_head = Linear(weights.get("lm_head.weight", embeddings), weight_format)
+        # Rows are looked up, not multiplied: stored in the weight format's precision.
+        self.embed_tokens = embeddings.to(torch.float16 if weight_format == "float16" else torch.float32)
+        self.rope_cos, self.rope_sin = rope_tables(config, embeddings.device,
                                                    weights.get("rope_freq_factors.weight"))
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -55,14 +60,14 @@ class LlamaModel(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor],
                 meta: AttentionMetadata) -> torch.Tensor:
-        hidden = self.embed_tokens[input_ids]
+        hidden = self.embed_tokens[input_ids].float()
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
         for layer, cache in zip(self.layers, kv_caches):
             hidden = layer(hidden, cos, sin, cache, meta)
         return rms_norm(hidden, self.norm, self.config.rms_norm_eps)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.lm_head).float()
+        return self.lm_head(hidden).float()
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -15,6 +15,7 @@ from rillet.model.chat_template import ChatTemplate
 from rillet.model.config import SUPPORTED_ARCHITECTURES, ModelConfig
 from rillet.model.errors import ModelLoadError
 from rillet.model.gguf_loader import open_gguf, read_config, read_tensors
+from rillet.model.linear import DEFAULT_WEIGHT_FORMAT
 from rillet.model.llama import LlamaModel
 from rillet.model.tokenizer import Tokenizer
 
@@ -46,8 +47,10 @@ def default_model_path() -> str:
     return str(path)
 
 
-def load_model(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> LoadedModel:
-    """A GGUF file, or a Hugging Face llama folder (config.json, *.safetensors, tokenizer.json)."""
+def load_model(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu",
+               weight_format: str = DEFAULT_WEIGHT_FORMAT) -> LoadedModel:
+    """A GGUF file, or a Hugging Face llama folder (config.json, *.safetensors, tokenizer.json).
+    weight_format: how the linear layers hold their weights (see rillet/model/linear.py)."""
     if Path(path).is_dir():
         config, weights, tokenizer, template_source = _read_hf_folder(Path(path), dtype)
     else:
@@ -60,7 +63,7 @@ def load_model(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu
     try:
         with torch.device(device):
             weights = {name: w.to(device) for name, w in weights.items()}
-            model = LlamaModel(config, weights).eval()
+            model = LlamaModel(config, weights, weight_format).eval()
     except KeyError as error:
         raise ModelLoadError(f"{path} lacks tensor {error}") from None
     return LoadedModel(str(path), config, model, tokenizer, template, file_fingerprint(path))

@@ -15,7 +15,8 @@ def gguf_path() -> Path:
 
 @pytest.fixture(scope="session")
 def ours(gguf_path):
-    return load_model(str(gguf_path))
+    """Exact float32 weights: the parity tests compare against transformers in float32."""
+    return load_model(str(gguf_path), weight_format="float32")
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +40,9 @@ def reference_model(gguf_path):
     model = transformers.AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
                                                               dtype=torch.float32)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def ours_float16(gguf_path):
+    """The server's default weight format."""
+    return load_model(str(gguf_path), weight_format="float16")

@@ -129,7 +129,7 @@ def test_a_tiny_sentencepiece_llama_file_matches_transformers(tmp_path):
     """Random float32 weights (2 heads, 1 kv head) and a SentencePiece-style vocabulary."""
     transformers = pytest.importorskip("transformers")
     path = write_gguf(tmp_path / "tiny.gguf", tokenizer="llama", tensors=tiny_llama_tensors(SPM_VOCAB_SIZE))
-    ours = load_model(str(path))
+    ours = load_model(str(path), weight_format="float32")
     reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32)
     ids = ours.tokenizer.encode("hello world, hello world!")
     cache = ours.model.allocate_kv_cache(4, BLOCK_SIZE, torch.float32)
@@ -147,7 +147,7 @@ def test_a_hugging_face_folder_loads_like_its_gguf(tmp_path):
     plain.load_state_dict(converted.state_dict())
     plain.save_pretrained(tmp_path / "hf")
     transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name).save_pretrained(tmp_path / "hf")
-    from_gguf, from_folder = load_model(str(path)), load_model(str(tmp_path / "hf"))
+    from_gguf, from_folder = (load_model(str(p), weight_format="float32") for p in (path, tmp_path / "hf"))
     ids = from_gguf.tokenizer.encode("hello world, hello world!")
     assert from_folder.tokenizer.encode("hello world, hello world!") == ids
     logits = [run_step(m, m.model.allocate_kv_cache(4, BLOCK_SIZE, torch.float32), PagedSequences(1), [ids])[0]
