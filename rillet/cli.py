@@ -130,7 +130,7 @@ async def _serve(loaded, name: str, config, keys, args: argparse.Namespace) -> i
     engine = LLMEngine(loaded.model, loaded.tokenizer, loaded.config.max_context_len, config)
     async_engine = AsyncEngine(engine, config.resolved_num_threads())
     fingerprint = "fp_" + hashlib.sha256(
-        f"{loaded.file_fingerprint} {config.describe()}".encode()).hexdigest()[:12]
+        f"{loaded.file_fingerprint} weights={loaded.model.weight_format} {config.describe()}".encode()).hexdigest()[:12]
     served = ServedModel(name=name, tokenizer=loaded.tokenizer, chat_template=loaded.chat_template,
                          max_context_len=engine.max_model_len, fingerprint=fingerprint, created=int(time.time()))
     app = create_app(async_engine, served, keys, RateLimiter(args.rate_limit_rpm, args.rate_limit_tpm),
