@@ -135,8 +135,9 @@ async def _serve(loaded, name: str, config, keys, args: argparse.Namespace) -> i
                          max_context_len=engine.max_model_len, fingerprint=fingerprint, created=int(time.time()))
     app = create_app(async_engine, served, keys, RateLimiter(args.rate_limit_rpm, args.rate_limit_tpm),
                      admission.AdmissionLimits(args.max_queued_requests, args.max_queued_tokens, args.queue_timeout))
-    server = _graceful_server_class()(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
-                                            access_log=False, timeout_graceful_shutdown=args.shutdown_grace))
+    server = _graceful_server_class()(uvicorn.Config(
+        app, host=args.host, port=args.port, log_level="warning", access_log=False,
+        timeout_graceful_shutdown=args.shutdown_grace))
     async_engine.start()
     serving = asyncio.create_task(server.serve())
     while not server.started and not serving.done():

@@ -1,0 +1,64 @@
+"""Graceful shutdown of a real server process: SIGTERM closes the door, lets the stream in flight
+finish within the grace period (or cuts it when the period runs out), and the process exits 0."""
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import httpx
+import pytest
+
+from tests.api.helpers import NO_END, chat_body
+from tests.conftest import RunningServer
+
+
+def refuses_connections(server) -> bool:
+    try:
+        httpx.get(f"{server.base_url}/health", timeout=5)
+    except httpx.ConnectError:
+        return True
+    return False
+
+
+def start_stream(server, max_tokens: int):
+    stream = httpx.stream("POST", f"{server.base_url}/v1/chat/completions", timeout=120,
+                          json=chat_body(max_tokens=max_tokens, stream=True, logit_bias=NO_END))
+    response = stream.__enter__()
+    lines = response.iter_lines()  # kept: a dropped line iterator closes the connection
+    next(lines)
+    return stream, lines
+
+
+def test_sigterm_finishes_the_stream_in_flight_refuses_new_connections_and_exits_0():
+    server = RunningServer(["--kv-cache-tokens", "2048", "--shutdown-grace", "60"])
+    try:
+        stream, lines = start_stream(server, max_tokens=150)
+        server.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while not refuses_connections(server):
+            assert time.monotonic() < deadline, "still accepting connections after SIGTERM"
+            time.sleep(0.05)
+        rest = [line for line in lines if line]
+        stream.__exit__(None, None, None)
+        assert rest[-1] == "data: [DONE]"
+        assert json.loads(rest[-2][len("data: "):])["usage"]["completion_tokens"] == 150
+        assert server.process.wait(timeout=60) == 0
+        assert "SIGTERM" in server.output()
+    finally:
+        server.stop()
+
+
+def test_a_stream_outlasting_the_grace_period_is_cut_and_the_process_still_exits_0():
+    server = RunningServer(["--kv-cache-tokens", "2048", "--shutdown-grace", "1"])
+    try:
+        stream, lines = start_stream(server, max_tokens=1500)
+        server.process.send_signal(signal.SIGTERM)
+        with pytest.raises(httpx.HTTPError):
+            rest = [line for line in lines if line]
+            assert "data: [DONE]" not in rest  # a cut stream may also just end early
+            raise httpx.ReadError("the stream ended without [DONE]")
+        stream.__exit__(None, None, None)
+        assert server.process.wait(timeout=60) == 0
+    finally:
+        server.stop()
