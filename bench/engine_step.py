@@ -20,7 +20,7 @@ from rillet.model import default_model_path, load_model
 
 
 def make_engine(loaded, args) -> LLMEngine:
-    config = EngineConfig(kv_cache_tokens=args.kv_cache_tokens, max_num_seqs=max(args.batch),
+    config = EngineConfig(kv_cache_tokens=args.kv_cache_tokens, kv_cache_dtype=getattr(torch, args.kv_cache_dtype), max_num_seqs=max(args.batch),
                           max_num_batched_tokens=args.max_num_batched_tokens, enable_prefix_caching=False)
     return LLMEngine(loaded.model, loaded.tokenizer, loaded.config.max_context_len, config)
 
@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--weights", default="float16", choices=["float16", "float32"])
+    parser.add_argument("--kv-cache-dtype", default="float16", choices=["float16", "float32"])
     parser.add_argument("--kv-cache-tokens", type=int, default=16384)
     parser.add_argument("--max-num-batched-tokens", type=int, default=256)
     args = parser.parse_args()

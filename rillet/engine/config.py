@@ -10,7 +10,8 @@ import torch
 @dataclass(slots=True)
 class EngineConfig:
     device: str = "cpu"
-    dtype: torch.dtype = torch.float32
+    # Element type of the KV cache; attention arithmetic is float32 either way on the CPU.
+    kv_cache_dtype: torch.dtype = torch.float32
     block_size: int = 16
     # KV capacity in tokens, shared by all running sequences (rounded down to whole blocks).
     kv_cache_tokens: int = 16384
@@ -30,6 +31,6 @@ class EngineConfig:
 
     def describe(self) -> str:
         """The settings that can change outputs or speed, for the system fingerprint."""
-        return (f"device={self.device} dtype={self.dtype} block={self.block_size} "
-                f"kv={self.num_blocks * self.block_size} seqs={self.max_num_seqs} "
+        return (f"device={self.device} kv={self.kv_cache_dtype} block={self.block_size} "
+                f"kv_tokens={self.num_blocks * self.block_size} seqs={self.max_num_seqs} "
                 f"budget={self.max_num_batched_tokens} prefix={self.enable_prefix_caching}")

@@ -37,7 +37,7 @@ class LLMEngine:
         self.device = torch.device(config.device)
         self.block_manager = BlockManager(config.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
-        self.runner = ModelRunner(model, config.num_blocks, config.block_size, config.dtype, self.device)
+        self.runner = ModelRunner(model, config.num_blocks, config.block_size, config.kv_cache_dtype, self.device)
         self.sampler = Sampler(self.device)
         # A lone sequence must always fit in the KV pool, or preemption could never make room.
         self.max_model_len = min(max_context_len, config.num_blocks * config.block_size)

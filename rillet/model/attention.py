@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rillet.model.attention_metadata import AttentionMetadata
+from rillet.model import native
+from rillet.model.attention_metadata import AttentionMetadata, DecodeBatch
 
 
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: torch.Tensor,
@@ -12,16 +13,22 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: to
     """q: [T, heads, dim]; k, v: [T, kv_heads, dim]; cache: [2, blocks, block_size, kv_heads, dim].
 
     Writes the new keys and values into their slots, then lets each new token attend to its
-    sequence's cached tokens up to and including itself. Returns [T, heads * dim].
+    sequence's cached tokens up to and including itself. Sequences with one new token (decodes)
+    are computed together in one call; each longer prefill chunk on its own. Returns [T, heads * dim].
     """
     num_kv_heads, head_dim = cache.shape[-2], cache.shape[-1]
     slots = cache.view(2, -1, num_kv_heads, head_dim)
     slots[0].index_copy_(0, meta.slot_mapping, k.to(cache.dtype))
     slots[1].index_copy_(0, meta.slot_mapping, v.to(cache.dtype))
-    if meta.is_decode_only:
-        out = _decode_attention(q, cache, meta)
-    else:
-        out = torch.cat([_sequence_attention(q, cache, meta, i) for i in range(meta.num_seqs)])
+    decodes = meta.decode_batch()
+    if decodes.rows is None:
+        return _decode_attention(q, cache, decodes).reshape(q.shape[0], -1)
+    out = torch.empty_like(q)
+    if decodes.seqs:
+        out.index_copy_(0, decodes.rows, _decode_attention(q.index_select(0, decodes.rows), cache, decodes))
+    for i in range(meta.num_seqs):
+        if meta.num_new(i) > 1:
+            out[meta.query_start[i]:meta.query_start[i + 1]] = _sequence_attention(q, cache, meta, i)
     return out.reshape(q.shape[0], -1)
 
 
@@ -34,15 +41,18 @@ def _gather(cache: torch.Tensor, block_table: torch.Tensor) -> tuple[torch.Tenso
     return keys, values
 
 
-def _decode_attention(q: torch.Tensor, cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-    keys, values = _gather(cache, meta.block_tables)  # [S, kv_heads, L, dim]
-    if meta.decode_mask is None:  # the same for every layer: built by the first, kept for the rest
-        context_lens = torch.tensor(meta.context_lens, device=q.device)
-        visible = torch.arange(keys.shape[2], device=q.device).unsqueeze(0) < context_lens.unsqueeze(1)
-        meta.decode_mask = visible[:, None, None, :]
-    out = F.scaled_dot_product_attention(
-        q.unsqueeze(2).to(keys.dtype), keys, values, attn_mask=meta.decode_mask, enable_gqa=True)
-    return out.squeeze(2).to(q.dtype)  # [S, heads, dim]
+def _decode_attention(q: torch.Tensor, cache: torch.Tensor, decodes: DecodeBatch) -> torch.Tensor:
+    """q: [D, heads, dim], one token per sequence. The C kernel reads the paged cache in place;
+    elsewhere the blocks are gathered and padded for PyTorch's attention."""
+    out = native.paged_decode_attention(q, cache, decodes.block_tables, decodes.context_lens)
+    if out is not None:
+        return out.to(q.dtype)
+    keys, values = (t.to(q.dtype) for t in _gather(cache, decodes.block_tables))  # [D, kv_heads, L, dim]
+    if decodes.mask is None:  # the same for every layer: built by the first, kept for the rest
+        visible = torch.arange(keys.shape[2], device=q.device).unsqueeze(0) < decodes.context_lens.unsqueeze(1)
+        decodes.mask = visible[:, None, None, :]
+    out = F.scaled_dot_product_attention(q.unsqueeze(2), keys, values, attn_mask=decodes.mask, enable_gqa=True)
+    return out.squeeze(2)  # [D, heads, dim]
 
 
 def _sequence_attention(q: torch.Tensor, cache: torch.Tensor, meta: AttentionMetadata, i: int) -> torch.Tensor:
@@ -50,8 +60,8 @@ def _sequence_attention(q: torch.Tensor, cache: torch.Tensor, meta: AttentionMet
     num_new, context_len = end - start, meta.context_lens[i]
     num_blocks = -(-context_len // meta.block_size)
     keys, values = _gather(cache, meta.block_tables[i, :num_blocks])
-    keys, values = keys[:, :context_len], values[:, :context_len]
-    query = q[start:end].transpose(0, 1).to(keys.dtype)  # [heads, new, dim]
+    keys, values = keys[:, :context_len].to(q.dtype), values[:, :context_len].to(q.dtype)
+    query = q[start:end].transpose(0, 1)  # [heads, new, dim]
     if num_new == context_len:
         out = F.scaled_dot_product_attention(query, keys, values, is_causal=True, enable_gqa=True)
     else:
@@ -59,4 +69,4 @@ def _sequence_attention(q: torch.Tensor, cache: torch.Tensor, meta: AttentionMet
         positions = torch.arange(context_len - num_new, context_len, device=q.device)
         visible = torch.arange(context_len, device=q.device).unsqueeze(0) <= positions.unsqueeze(1)
         out = F.scaled_dot_product_attention(query, keys, values, attn_mask=visible, enable_gqa=True)
-    return out.transpose(0, 1).to(q.dtype)  # [new, heads, dim]
+    return out.transpose(0, 1)  # [new, heads, dim]

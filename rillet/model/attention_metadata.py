@@ -19,13 +19,40 @@ class AttentionMetadata:
     # [T] int64: flat slot (block_id * block_size + offset) where each new token's K/V is written.
     slot_mapping: torch.Tensor
     block_size: int
-    # [S, 1, 1, max_context] bool: which padded key slots each sequence sees in a decode-only step.
-    decode_mask: torch.Tensor | None = None
+    # The sequences with one new token, built by the first layer and kept for the rest.
+    decodes: DecodeBatch | None = None
 
     @property
     def num_seqs(self) -> int:
         return len(self.context_lens)
 
-    @property
-    def is_decode_only(self) -> bool:
-        return len(self.query_start) - 1 == self.query_start[-1]
+    def num_new(self, i: int) -> int:
+        return self.query_start[i + 1] - self.query_start[i]
+
+    def decode_batch(self) -> DecodeBatch:
+        if self.decodes is None:
+            seqs = [i for i in range(self.num_seqs) if self.num_new(i) == 1]
+            device = self.block_tables.device
+            index = torch.tensor(seqs, dtype=torch.long, device=device)
+            all_decode = len(seqs) == self.num_seqs
+            self.decodes = DecodeBatch(
+                seqs=seqs,
+                rows=None if all_decode else torch.tensor([self.query_start[i] for i in seqs], dtype=torch.long,
+                                                          device=device),
+                block_tables=self.block_tables if all_decode else self.block_tables.index_select(0, index),
+                context_lens=torch.tensor([self.context_lens[i] for i in seqs], dtype=torch.long, device=device),
+            )
+        return self.decodes
+
+
+@dataclass(slots=True)
+class DecodeBatch:
+    """Sequences whose single new token attends to all their cached tokens, batched together."""
+
+    seqs: list[int]
+    # [D] int64: each one's row in the flat batch; None when every sequence decodes (row i is sequence i).
+    rows: torch.Tensor | None
+    block_tables: torch.Tensor  # [D, max_blocks_per_seq] int64
+    context_lens: torch.Tensor  # [D] int64
+    # [D, 1, 1, max_context] bool: which padded key slots each sees (built by the PyTorch path).
+    mask: torch.Tensor | None = None

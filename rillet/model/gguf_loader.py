@@ -134,6 +134,7 @@ def dequantize(tensor: GGUFTensor) -> torch.Tensor:
 
 
 def read_tensors(file: GGUFFile, config: ModelConfig, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Every tensor the model uses, by its Hugging Face name: matrices in dtype, vectors in float32."""
     tensors: dict[str, torch.Tensor] = {}
     for tensor in tqdm(file.tensors, desc="loading weights", unit="tensor", leave=False):
         name = hf_name(tensor.name)
@@ -144,5 +145,5 @@ def read_tensors(file: GGUFFile, config: ModelConfig, dtype: torch.dtype) -> dic
             weight = unpermute_rope_rows(weight, config.num_heads)
         elif name.endswith("k_proj.weight"):
             weight = unpermute_rope_rows(weight, config.num_kv_heads)
-        tensors[name] = weight if name == "rope_freq_factors.weight" else weight.to(dtype)
+        tensors[name] = weight.to(dtype) if weight.dim() > 1 else weight
     return tensors

@@ -12,17 +12,19 @@ from rillet.model.linear import Linear
 
 
 class LlamaLayer(torch.nn.Module):
+    """Takes its matrices out of weights as it packs them, so loading never holds two copies."""
+
     def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], prefix: str, weight_format: str) -> None:
         super().__init__()
         self.config = config
         self.attn_norm = weights[f"{prefix}.input_layernorm.weight"]
         self.mlp_norm = weights[f"{prefix}.post_attention_layernorm.weight"]
         # One matmul for q, k and v, and one for gate and up.
-        self.qkv_proj = Linear(torch.cat([weights[f"{prefix}.self_attn.{p}_proj.weight"] for p in "qkv"]), weight_format)
-        self.o_proj = Linear(weights[f"{prefix}.self_attn.o_proj.weight"], weight_format)
-        self.gate_up_proj = Linear(torch.cat([weights[f"{prefix}.mlp.gate_proj.weight"],
-                                              weights[f"{prefix}.mlp.up_proj.weight"]]), weight_format)
-        self.down_proj = Linear(weights[f"{prefix}.mlp.down_proj.weight"], weight_format)
+        self.qkv_proj = Linear(torch.cat([weights.pop(f"{prefix}.self_attn.{p}_proj.weight") for p in "qkv"]), weight_format)
+        self.o_proj = Linear(weights.pop(f"{prefix}.self_attn.o_proj.weight"), weight_format)
+        self.gate_up_proj = Linear(torch.cat([weights.pop(f"{prefix}.mlp.gate_proj.weight"),
+                                              weights.pop(f"{prefix}.mlp.up_proj.weight")]), weight_format)
+        self.down_proj = Linear(weights.pop(f"{prefix}.mlp.down_proj.weight"), weight_format)
 
     def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Loads a model file into what the engine and the API need: weights, tokenizer, chat template."""
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.metadata
 import json
@@ -51,14 +52,16 @@ def load_model(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu
                weight_format: str = DEFAULT_WEIGHT_FORMAT) -> LoadedModel:
     """A GGUF file, or a Hugging Face llama folder (config.json, *.safetensors, tokenizer.json).
     weight_format: how the linear layers hold their weights (see rillet/model/linear.py)."""
+    # Matrices are held in float16 until packed: half the peak memory of loading.
+    matrix_dtype = torch.float16 if weight_format == "float16" else dtype
     if Path(path).is_dir():
-        config, weights, tokenizer, template_source = _read_hf_folder(Path(path), dtype)
+        config, weights, tokenizer, template_source = _read_hf_folder(Path(path), matrix_dtype)
     else:
         file = open_gguf(path)
         config = read_config(file)
         tokenizer = Tokenizer.from_gguf(file)
         template_source = file.get("tokenizer.chat_template")
-        weights = read_tensors(file, config, dtype)
+        weights = read_tensors(file, config, matrix_dtype)
     template = ChatTemplate(template_source or CHATML_TEMPLATE, tokenizer.bos_token, tokenizer.eos_token)
     try:
         with torch.device(device):
@@ -66,7 +69,17 @@ def load_model(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu
             model = LlamaModel(config, weights, weight_format).eval()
     except KeyError as error:
         raise ModelLoadError(f"{path} lacks tensor {error}") from None
+    del weights
+    release_freed_memory()
     return LoadedModel(str(path), config, model, tokenizer, template, file_fingerprint(path))
+
+
+def release_freed_memory() -> None:
+    """Hands the heap memory freed after loading back to the system (glibc keeps it otherwise)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _read_hf_folder(folder: Path, dtype: torch.dtype) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer, str | None]:
@@ -77,7 +90,8 @@ def _read_hf_folder(folder: Path, dtype: torch.dtype) -> tuple[ModelConfig, dict
     shards = sorted(folder.glob("*.safetensors"))
     if not shards:
         raise ModelLoadError(f"{folder} has no *.safetensors weights")
-    weights = {name: w.to(dtype) for shard in tqdm(shards, desc="loading weights", unit="file", leave=False)
+    weights = {name: w.to(dtype if w.dim() > 1 else torch.float32)
+               for shard in tqdm(shards, desc="loading weights", unit="file", leave=False)
                for name, w in load_file(shard).items()}
     template = _read_json(folder / "tokenizer_config.json").get("chat_template")
     if template is None and (folder / "chat_template.jinja").is_file():

@@ -1,0 +1,109 @@
+"""Small C kernels for the CPU, compiled on first use with the machine's C compiler and loaded
+with ctypes. Without a compiler, or on another device, callers fall back to PyTorch ops.
+
+The shared object is cached under $RILLET_CACHE_DIR (default ~/.cache/rillet), keyed by the
+source, the flags and the CPU, since it is built for the machine it runs on (-march=native).
+It links the OpenMP runtime PyTorch has already loaded, so both share one thread pool.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("rillet.native")
+
+SOURCE_DIR = Path(__file__).parent
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
+# glibc's vector math (expf over 8 lanes), where the C library has it.
+LIBRARIES = [["-lmvec", "-lm"], ["-lm"]]
+_I64, _F32, _PTR = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RILLET_CACHE_DIR") or Path.home() / ".cache" / "rillet")
+
+
+@cache
+def library(name: str) -> ctypes.CDLL | None:
+    """The compiled SOURCE_DIR/<name>.c, or None where it cannot be built here."""
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "aarch64"):
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        log.warning("no C compiler found: %s falls back to PyTorch ops", name)
+        return None
+    source = (SOURCE_DIR / f"{name}.c").read_bytes()
+    key = hashlib.sha256(source + repr((FLAGS, LIBRARIES)).encode() + _cpu_signature()).hexdigest()[:16]
+    target = cache_dir() / f"{name}-{key}.so"
+    try:
+        if not target.is_file():
+            _compile(compiler, SOURCE_DIR / f"{name}.c", target)
+        return ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as error:
+        log.warning("cannot build %s (%s): falls back to PyTorch ops", name, str(error)[:200])
+        return None
+
+
+def _compile(compiler: str, source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Built beside the target, then renamed: processes starting together never load half a file.
+    fd, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.partial")
+    os.close(fd)
+    try:
+        for libraries in LIBRARIES:
+            command = [compiler, *FLAGS, "-o", partial, str(source), *libraries]
+            if subprocess.run(command, capture_output=True, timeout=120).returncode == 0:
+                os.replace(partial, target)
+                return
+        subprocess.run(command, check=True, capture_output=True, timeout=120)  # raises with the error
+    finally:
+        Path(partial).unlink(missing_ok=True)
+
+
+def _cpu_signature() -> bytes:
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            return next((line for line in f if line.startswith((b"flags", b"Features"))), b"")
+    except OSError:
+        return b""
+
+
+@cache
+def _decode_attention(dtype: torch.dtype):
+    suffix = {torch.float32: "f32", torch.float16: "f16"}.get(dtype)
+    lib = library("decode_attention") if suffix else None
+    if lib is None:
+        return None
+    function = getattr(lib, f"paged_decode_attention_{suffix}")
+    function.restype = ctypes.c_int
+    function.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR] + [_I64] * 7 + [_F32]
+    return function
+
+
+def paged_decode_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Tensor,
+                           context_lens: torch.Tensor) -> torch.Tensor | None:
+    """q: [S, heads, dim]; cache: [2, blocks, block_size, kv_heads, dim] float32 or float16 on the
+    CPU; block_tables: [S, width] int64; context_lens: [S] int64. Returns [S, heads, dim] float32,
+    or None where the kernel does not apply (then the caller uses PyTorch ops)."""
+    function = _decode_attention(cache.dtype) if cache.device.type == "cpu" and cache.is_contiguous() else None
+    if function is None:
+        return None
+    q = q.float().contiguous()
+    block_tables, context_lens = block_tables.long().contiguous(), context_lens.long().contiguous()
+    out = torch.empty_like(q)
+    num_seqs, num_heads, head_dim = q.shape
+    _, num_blocks, block_size, num_kv_heads, _ = cache.shape
+    status = function(q.data_ptr(), cache.data_ptr(), block_tables.data_ptr(), context_lens.data_ptr(),
+                      out.data_ptr(), num_seqs, num_heads, num_kv_heads, head_dim, num_blocks, block_size,
+                      block_tables.shape[1], head_dim ** -0.5)
+    return out if status == 0 else None

@@ -1,0 +1,50 @@
+"""The C decode-attention kernel against PyTorch's attention over the same paged cache."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rillet.model import attention, native
+from rillet.model.attention_metadata import AttentionMetadata
+
+pytestmark = pytest.mark.skipif(native.library("decode_attention") is None, reason="no C compiler here")
+
+
+def decode_step(num_seqs: int, num_heads: int, num_kv_heads: int, head_dim: int, block_size: int, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    context_lens = torch.randint(1, 5 * block_size, (num_seqs,), generator=generator)
+    width = int(-(-context_lens.max() // block_size))
+    num_blocks = num_seqs * width + 1
+    cache = torch.randn(2, num_blocks, block_size, num_kv_heads, head_dim, generator=generator)
+    # Blocks shuffled across sequences, tables padded with block 0 like the engine's.
+    order = (torch.randperm(num_blocks - 1, generator=generator) + 1).view(num_seqs, width)
+    tables = torch.stack([torch.where(torch.arange(width) < -(-n // block_size), row, 0)
+                          for row, n in zip(order, context_lens.tolist())])
+    q = torch.randn(num_seqs, num_heads, head_dim, generator=generator)
+    meta = AttentionMetadata(list(range(num_seqs + 1)), context_lens.tolist(), tables,
+                             torch.zeros(num_seqs, dtype=torch.long), block_size)
+    return q, cache, meta
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("num_seqs, num_heads, num_kv_heads, head_dim, block_size",
+                         [(1, 9, 3, 64, 16), (7, 4, 4, 32, 8), (33, 8, 1, 128, 16), (5, 6, 2, 64, 32), (3, 2, 1, 20, 4)])
+def test_kernel_matches_pytorch_attention(monkeypatch, kv_dtype, num_seqs, num_heads, num_kv_heads, head_dim,
+                                          block_size):
+    q, cache, meta = decode_step(num_seqs, num_heads, num_kv_heads, head_dim, block_size, seed=num_seqs)
+    cache = cache.to(kv_dtype)
+    decodes = meta.decode_batch()
+    got = native.paged_decode_attention(q, cache, decodes.block_tables, decodes.context_lens)
+    monkeypatch.setattr(native, "paged_decode_attention", lambda *args: None)
+    expected = attention._decode_attention(q, cache, decodes)
+    assert got is not None and got.shape == expected.shape
+    assert (got - expected).abs().max().item() < 1e-5
+
+
+def test_kernel_declines_what_it_cannot_do():
+    q, cache, meta = decode_step(2, 4, 2, 32, 16, seed=0)
+    decodes = meta.decode_batch()
+    assert native.paged_decode_attention(q, cache.double(), decodes.block_tables, decodes.context_lens) is None
+    assert native.paged_decode_attention(q, cache.transpose(1, 2), decodes.block_tables, decodes.context_lens) is None
+    wide_groups = torch.randn(2, 64, 32)  # 32 query heads per kv head: beyond the kernel's limit
+    assert native.paged_decode_attention(wide_groups, cache, decodes.block_tables, decodes.context_lens) is None
