@@ -123,6 +123,6 @@ class AccessLogMiddleware:
         record.key_id = api_key.key_id if api_key is not None else None
         status = str(record.status or 499)
         self.metrics.requests.labels(status=status).inc()
-        if record.completion_id is not None:
+        if record.first_output_at is not None:  # a completion the engine ran, not one refused
             self.metrics.request_latency.observe(finished - record.started)
         access_log.info(record.line(finished))

@@ -16,7 +16,7 @@ from rillet.api.errors import APIError
 from tests.api.helpers import NO_END, chat_body
 from tests.conftest import RunningServer
 
-QUEUE_TIMEOUT = 3
+QUEUE_TIMEOUT = 4
 
 
 @pytest.fixture(scope="module")
