@@ -46,5 +46,11 @@ def test_kernel_declines_what_it_cannot_do():
     decodes = meta.decode_batch()
     assert native.paged_decode_attention(q, cache.double(), decodes.block_tables, decodes.context_lens) is None
     assert native.paged_decode_attention(q, cache.transpose(1, 2), decodes.block_tables, decodes.context_lens) is None
-    wide_groups = torch.randn(2, 64, 32)  # 32 query heads per kv head: beyond the kernel's limit
-    assert native.paged_decode_attention(wide_groups, cache, decodes.block_tables, decodes.context_lens) is None
+    many_heads = torch.randn(2, 96, 32)  # beyond the kernel's 64 query heads
+    assert native.paged_decode_attention(many_heads, cache, decodes.block_tables, decodes.context_lens) is None
+
+
+def test_loading_the_kernels_leaves_subnormal_floats_alone():
+    """A library linked with -ffast-math would switch the whole process to flush-to-zero."""
+    native.library("decode_attention")
+    assert torch.tensor([1e-40]).mul(1.0).item() > 0

@@ -23,7 +23,9 @@ import torch
 log = logging.getLogger("rillet.native")
 
 SOURCE_DIR = Path(__file__).parent
-FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
+# -ffast-math only when compiling: linked with it, the library would turn on flush-to-zero for
+# the whole process as it loads.
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC"]
 # glibc's vector math (expf over 8 lanes), where the C library has it.
 LIBRARIES = [["-lmvec", "-lm"], ["-lm"]]
 _I64, _F32, _PTR = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
@@ -60,14 +62,17 @@ def _compile(compiler: str, source: Path, target: Path) -> None:
     fd, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.partial")
     os.close(fd)
     try:
+        subprocess.run([compiler, *FLAGS, "-c", "-o", f"{partial}.o", str(source)], check=True,
+                       capture_output=True, timeout=120)
         for libraries in LIBRARIES:
-            command = [compiler, *FLAGS, "-o", partial, str(source), *libraries]
+            command = [compiler, "-shared", "-fopenmp", "-o", partial, f"{partial}.o", *libraries]
             if subprocess.run(command, capture_output=True, timeout=120).returncode == 0:
                 os.replace(partial, target)
                 return
         subprocess.run(command, check=True, capture_output=True, timeout=120)  # raises with the error
     finally:
         Path(partial).unlink(missing_ok=True)
+        Path(f"{partial}.o").unlink(missing_ok=True)
 
 
 def _cpu_signature() -> bytes:
