@@ -28,15 +28,16 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: to
         out.index_copy_(0, decodes.rows, _decode_attention(q.index_select(0, decodes.rows), cache, decodes))
     for i in range(meta.num_seqs):
         if meta.num_new(i) > 1:
-            out[meta.query_start[i]:meta.query_start[i + 1]] = _sequence_attention(q, cache, meta, i)
+            out[meta.query_start[i]:meta.query_start[i + 1]] = _sequence_attention(q, k, v, cache, meta, i)
     return out.reshape(q.shape[0], -1)
 
 
-def _gather(cache: torch.Tensor, block_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys and values of the blocks in block_table ([..., blocks]) as [..., kv_heads, tokens, dim]."""
+def _gather(cache: torch.Tensor, block_table: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values of the blocks in block_table ([..., blocks]) as [..., kv_heads, tokens, dim],
+    converted to dtype."""
     # One index_select over whole blocks copies keys and values together, about twice as fast
     # as advanced indexing of each.
-    blocks = cache.view(2, cache.shape[1], -1).index_select(1, block_table.reshape(-1))
+    blocks = cache.view(2, cache.shape[1], -1).index_select(1, block_table.reshape(-1)).to(dtype)
     keys, values = blocks.view(2, *block_table.shape[:-1], -1, *cache.shape[-2:]).transpose(-3, -2)
     return keys, values
 
@@ -47,7 +48,7 @@ def _decode_attention(q: torch.Tensor, cache: torch.Tensor, decodes: DecodeBatch
     out = native.paged_decode_attention(q, cache, decodes.block_tables, decodes.context_lens)
     if out is not None:
         return out.to(q.dtype)
-    keys, values = (t.to(q.dtype) for t in _gather(cache, decodes.block_tables))  # [D, kv_heads, L, dim]
+    keys, values = _gather(cache, decodes.block_tables, q.dtype)  # [D, kv_heads, L, dim]
     if decodes.mask is None:  # the same for every layer: built by the first, kept for the rest
         visible = torch.arange(keys.shape[2], device=q.device).unsqueeze(0) < decodes.context_lens.unsqueeze(1)
         decodes.mask = visible[:, None, None, :]
@@ -55,18 +56,23 @@ def _decode_attention(q: torch.Tensor, cache: torch.Tensor, decodes: DecodeBatch
     return out.squeeze(2)  # [D, heads, dim]
 
 
-def _sequence_attention(q: torch.Tensor, cache: torch.Tensor, meta: AttentionMetadata, i: int) -> torch.Tensor:
+def _sequence_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: torch.Tensor,
+                        meta: AttentionMetadata, i: int) -> torch.Tensor:
     start, end = meta.query_start[i], meta.query_start[i + 1]
     num_new, context_len = end - start, meta.context_lens[i]
-    num_blocks = -(-context_len // meta.block_size)
-    keys, values = _gather(cache, meta.block_tables[i, :num_blocks])
-    keys, values = keys[:, :context_len].to(q.dtype), values[:, :context_len].to(q.dtype)
-    query = q[start:end].transpose(0, 1)  # [heads, new, dim]
+    # Batched 4-d shapes: PyTorch's CPU flash kernel takes only those (3-d falls back to plain
+    # matmuls, about twice as slow).
+    query = q[start:end].transpose(0, 1).unsqueeze(0)  # [1, heads, new, dim]
     if num_new == context_len:
+        # Nothing cached before: this step's keys and values, rounded as the cache stores them.
+        keys, values = (x[start:end].to(cache.dtype).to(q.dtype).transpose(0, 1).unsqueeze(0) for x in (k, v))
         out = F.scaled_dot_product_attention(query, keys, values, is_causal=True, enable_gqa=True)
     else:
+        num_blocks = -(-context_len // meta.block_size)
+        keys, values = _gather(cache, meta.block_tables[i:i + 1, :num_blocks], q.dtype)
+        keys, values = keys[..., :context_len, :], values[..., :context_len, :]
         # New token j sits at position context_len - num_new + j and sees every key up to it.
         positions = torch.arange(context_len - num_new, context_len, device=q.device)
         visible = torch.arange(context_len, device=q.device).unsqueeze(0) <= positions.unsqueeze(1)
-        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=visible, enable_gqa=True)
-    return out.transpose(0, 1)  # [new, heads, dim]
+        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=visible[None, None], enable_gqa=True)
+    return out[0].transpose(0, 1)  # [new, heads, dim]
