@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# rillet and the reference peer (llama-cpp-python, ../shared/peers) measured back to back in one run,
+# one server at a time, with the same load: bench/serve.py at concurrency 1 4 16 64, max_tokens 128,
+# temperature 0. Prints one JSON line per server and level, tagged with "server".
+#
+#   bash bench/side_by_side.sh [ROUNDS]        (run `make install` first; the peer installs itself)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-1}
+PEER=${PEER:-../shared/peers/llama-cpp-python.sh}
+PY=.venv/bin/python
+PORT_RILLET=18431
+PORT_PEER=18432
+
+wait_ready() {  # port
+  for _ in $(seq 1 120); do
+    curl -sf "http://127.0.0.1:$1/v1/models" >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  echo "server on port $1 did not start" >&2
+  return 1
+}
+
+measure() {  # name port
+  wait_ready "$2"
+  $PY bench/serve.py --base-url "http://127.0.0.1:$2/v1" --model SmolLM2-135M-Instruct \
+    --concurrency 1 4 16 64 --rounds "$ROUNDS" | sed "s/^{/{\"server\": \"$1\", /"
+}
+
+.venv/bin/rillet serve --port $PORT_RILLET --log-level warning >/tmp/side_by_side_rillet.log 2>&1 &
+pid=$!
+measure rillet $PORT_RILLET
+echo "{\"server\": \"rillet\", \"rss_mb\": $(( $(awk '/VmRSS/ {print $2}' /proc/$pid/status) / 1024 ))}"
+kill $pid; wait $pid 2>/dev/null || true
+
+bash "$PEER" install >/dev/null
+bash "$PEER" start $PORT_PEER >/tmp/side_by_side_peer.log 2>&1 &
+pid=$!
+measure llama-cpp-python $PORT_PEER
+kill $pid; wait $pid 2>/dev/null || true
