@@ -30,10 +30,10 @@ class LlamaLayer(torch.nn.Module):
                 meta: AttentionMetadata) -> torch.Tensor:
         c = self.config
         x = rms_norm(hidden, self.attn_norm, c.rms_norm_eps)
-        q_size, kv_size = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-        q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
-        q = apply_rope(q.view(-1, c.num_heads, c.head_dim), cos, sin)
-        k = apply_rope(k.view(-1, c.num_kv_heads, c.head_dim), cos, sin)
+        qk, v = self.qkv_proj(x).split([(c.num_heads + c.num_kv_heads) * c.head_dim, c.num_kv_heads * c.head_dim], dim=-1)
+        # q and k heads side by side: one rotation for both.
+        q, k = apply_rope(qk.view(-1, c.num_heads + c.num_kv_heads, c.head_dim), cos, sin).split(
+            [c.num_heads, c.num_kv_heads], dim=1)
         attn = paged_attention(q, k, v.view(-1, c.num_kv_heads, c.head_dim), cache, meta)
         hidden = hidden + self.o_proj(attn)
         gate, up = self.gate_up_proj(rms_norm(hidden, self.mlp_norm, c.rms_norm_eps)).chunk(2, dim=-1)
