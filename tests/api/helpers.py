@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 
@@ -32,3 +33,15 @@ def stream_events(http: httpx.Client, body: dict) -> tuple[list[str], list[dict]
 def stream_text(chunks: list[dict], index: int = 0) -> str:
     return "".join(c["delta"].get("content") or "" for chunk in chunks for c in chunk["choices"]
                    if c["index"] == index)
+
+
+def access_lines(server, request_id: str | None = None, timeout: float = 10) -> list[dict]:
+    """The server's JSON access lines (of one request id, when given). A line is written when the
+    request ends on the server, a moment after the client has its answer: wait for one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+        found = [entry for entry in lines if request_id is None or entry["request_id"] == request_id]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)

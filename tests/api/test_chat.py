@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from rillet.model import default_model_path, load_model
-from tests.api.helpers import NO_END, chat_body
+from tests.api.helpers import NO_END, access_lines, chat_body
 from tests.conftest import MODEL_NAME
 
 import pytest
@@ -104,5 +104,6 @@ def test_same_seed_gives_the_same_sampled_text(client):
 
 
 def test_user_is_accepted_and_logged(client, server):
-    client.chat.completions.create(**chat_body(max_tokens=1), user="tester-4711")
-    assert "tester-4711" in server.output()
+    client.chat.completions.create(**chat_body(max_tokens=1), user="tester-4711",
+                                   extra_headers={"x-request-id": "user-is-logged"})
+    assert [entry["user"] for entry in access_lines(server, "user-is-logged")] == ["tester-4711"]

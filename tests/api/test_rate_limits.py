@@ -2,7 +2,6 @@
 and settled, the official client's retry honouring Retry-After; the buckets' arithmetic in-process."""
 from __future__ import annotations
 
-import json
 import re
 import time
 
@@ -13,7 +12,7 @@ import pytest
 from rillet.api.auth import KeyConfigError, KeyStore
 from rillet.api.rate_limit import KeyLimits, RateLimiter, openai_duration
 from rillet.api.errors import APIError
-from tests.api.helpers import NO_END, chat_body
+from tests.api.helpers import NO_END, access_lines, chat_body
 from tests.conftest import RunningServer
 
 HEADER_NAMES = [f"x-ratelimit-{what}-{unit}" for unit in ("requests", "tokens")
@@ -137,9 +136,8 @@ def test_every_v1_response_carries_the_key_headers(limited_server):
 
 
 def test_access_log_names_the_key_id_never_the_key(limited_server):
-    post(limited_server, "sk-unlimited", chat_body(max_tokens=1))
-    lines = [json.loads(line) for line in limited_server.output().splitlines() if line.startswith("{")]
-    assert any(line.get("key_id") == "unlimited" for line in lines)
+    request_id = post(limited_server, "sk-unlimited", chat_body(max_tokens=1)).headers["x-request-id"]
+    assert access_lines(limited_server, request_id)[0]["key_id"] == "unlimited"
     assert "sk-unlimited" not in limited_server.output()
 
 
