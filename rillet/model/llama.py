@@ -73,7 +73,8 @@ class LlamaModel(torch.nn.Module):
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    return F.rms_norm(x.float(), (x.shape[-1],), weight.float(), eps).to(x.dtype)
+    """x and weight are float32 (the forward keeps hidden states in float32)."""
+    return torch.rms_norm(x, (x.shape[-1],), weight, eps)
 
 
 def rope_tables(config: ModelConfig, device: torch.device,
