@@ -84,7 +84,7 @@ def _cpu_signature() -> bytes:
 
 
 @cache
-def _decode_attention(dtype: torch.dtype):
+def _decode_attention_function(dtype: torch.dtype):
     suffix = {torch.float32: "f32", torch.float16: "f16"}.get(dtype)
     lib = library("decode_attention") if suffix else None
     if lib is None:
@@ -100,7 +100,7 @@ def paged_decode_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: t
     """q: [S, heads, dim]; cache: [2, blocks, block_size, kv_heads, dim] float32 or float16 on the
     CPU; block_tables: [S, width] int64; context_lens: [S] int64. Returns [S, heads, dim] float32,
     or None where the kernel does not apply (then the caller uses PyTorch ops)."""
-    function = _decode_attention(cache.dtype) if cache.device.type == "cpu" and cache.is_contiguous() else None
+    function = _decode_attention_function(cache.dtype) if cache.device.type == "cpu" and cache.is_contiguous() else None
     if function is None:
         return None
     q = q.float().contiguous()
