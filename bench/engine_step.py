@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--weights", default="float16", choices=["float16", "float32"])
+    parser.add_argument("--weights", default="quantized", choices=["quantized", "float16", "float32"])
     parser.add_argument("--kv-cache-dtype", default="float16", choices=["float16", "float32"])
     parser.add_argument("--kv-cache-tokens", type=int, default=16384)
     parser.add_argument("--max-num-batched-tokens", type=int, default=256)

@@ -39,9 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-num-batched-tokens", type=int, default=256,
                        help="tokens computed per step: the prefill chunk size (default: 256)")
     serve.add_argument("--block-size", type=int, default=16, help="tokens per KV block (default: 16)")
-    serve.add_argument("--weights", default="float16", choices=["float16", "float32"],
-                       help="how the linear layers hold their weights: float16 (fast, greedy outputs equal "
-                       "float32's on the test prompts) or float32 (exact dequantized file) (default: float16)")
+    serve.add_argument("--weights", default="quantized", choices=["quantized", "float16", "float32"],
+                       help="how the linear layers hold their weights: quantized (the GGUF file's Q4_0/Q4_1/Q8_0 "
+                       "blocks as stored, multiplied by a native CPU kernel at the file's exact values; other "
+                       "matrices in float16), float16 (rounded, FBGEMM), or float32 (exact dequantized file) "
+                       "(default: quantized)")
     serve.add_argument("--no-prefix-caching", action="store_true", help="turn prefix caching off")
     serve.add_argument("--threads", type=int, default=None,
                        help="compute threads of the model step (default: one per core)")

@@ -14,6 +14,8 @@ from tqdm import tqdm
 
 from rillet.model.config import SUPPORTED_ARCHITECTURES, ModelConfig
 from rillet.model.errors import ModelLoadError
+from rillet.model.quantized import KERNELS as QUANTIZED_KERNELS
+from rillet.model.quantized import QuantizedWeight
 
 _LAYER_NAMES = {
     "attn_norm": "input_layernorm",
@@ -133,17 +135,31 @@ def dequantize(tensor: GGUFTensor) -> torch.Tensor:
     return torch.from_numpy(array.reshape(tensor.shape))
 
 
-def read_tensors(file: GGUFFile, config: ModelConfig, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Every tensor the model uses, by its Hugging Face name: matrices in dtype, vectors in float32."""
-    tensors: dict[str, torch.Tensor] = {}
+def read_tensors(file: GGUFFile, config: ModelConfig, dtype: torch.dtype,
+                 keep_quantized: bool = False) -> dict[str, torch.Tensor | QuantizedWeight]:
+    """Every tensor the model uses, by its Hugging Face name: matrices in dtype, vectors in float32.
+    keep_quantized: matrices in a block type the native kernel multiplies stay in their blocks."""
+    tensors: dict[str, torch.Tensor | QuantizedWeight] = {}
     for tensor in tqdm(file.tensors, desc="loading weights", unit="tensor", leave=False):
         name = hf_name(tensor.name)
         if name is None:
             continue
-        weight = dequantize(tensor)
+        if keep_quantized and len(tensor.shape) == 2 and tensor.tensor_type.name in QUANTIZED_KERNELS:
+            blocks = torch.from_numpy(np.array(tensor.data, dtype=np.uint8).reshape(tensor.shape[0], -1))
+            weight = QuantizedWeight(tensor.tensor_type.name, blocks, tensor.shape[1])
+        else:
+            weight = dequantize(tensor)
+            weight = weight.to(dtype) if weight.dim() > 1 else weight
         if name.endswith("q_proj.weight"):
-            weight = unpermute_rope_rows(weight, config.num_heads)
+            weight = _unpermute(weight, config.num_heads)
         elif name.endswith("k_proj.weight"):
-            weight = unpermute_rope_rows(weight, config.num_kv_heads)
-        tensors[name] = weight.to(dtype) if weight.dim() > 1 else weight
+            weight = _unpermute(weight, config.num_kv_heads)
+        tensors[name] = weight
     return tensors
+
+
+def _unpermute(weight: torch.Tensor | QuantizedWeight, num_heads: int) -> torch.Tensor | QuantizedWeight:
+    """Rows move whole, so a quantized matrix's rows of blocks move as a float matrix's rows do."""
+    if isinstance(weight, QuantizedWeight):
+        return weight.with_rows(unpermute_rope_rows(weight.blocks, num_heads).contiguous())
+    return unpermute_rope_rows(weight, num_heads)

@@ -4,6 +4,10 @@ float32: the file's dequantized weights, exact; F.linear.
 float16: weights rounded to float16, activations and accumulation stay float32. On the CPU the
     weights are packed once for FBGEMM's fp16 GEMM (about 1.5x faster than float32 at batch
     16-64 on AVX2, and half the memory); elsewhere they are plain float16 tensors.
+quantized: matrices the GGUF file stores as Q4_0, Q4_1 or Q8_0 stay in those blocks and are
+    multiplied by a native kernel (rillet/model/native/quant_matmul.c) at exactly the float32
+    values the file dequantizes to, reading a quarter of float16's bytes. Other matrices (other
+    block types, safetensors folders, a device without the kernel) use float16.
 """
 from __future__ import annotations
 
@@ -12,19 +16,31 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-WEIGHT_FORMATS = ("float16", "float32")
-DEFAULT_WEIGHT_FORMAT = "float16"
+from rillet.model import native
+from rillet.model.quantized import QuantizedWeight
+
+WEIGHT_FORMATS = ("quantized", "float16", "float32")
+DEFAULT_WEIGHT_FORMAT = "quantized"
 
 
 class Linear:
     """y = x @ weight.T for weight [out_features, in_features]."""
 
-    def __init__(self, weight: torch.Tensor, weight_format: str = "float32") -> None:
+    def __init__(self, weight: torch.Tensor | QuantizedWeight, weight_format: str = "float32") -> None:
         if weight_format not in WEIGHT_FORMATS:
             raise ValueError(f"unknown weight format {weight_format!r} (choose from {', '.join(WEIGHT_FORMATS)})")
         self.out_features, self.in_features = weight.shape
         self.weight: torch.Tensor | None = None
         self._packed = None
+        self._blocks: torch.Tensor | None = None
+        self._kernel = None
+        if isinstance(weight, QuantizedWeight):
+            if weight_format == "quantized" and native.quant_matmul_available(weight.kernel):
+                self._blocks, self._kernel = weight.pack(), weight.kernel
+                return
+            weight = weight.dequantize()
+        if weight_format == "quantized":
+            weight_format = "float16"
         if weight_format == "float16" and weight.device.type == "cpu" and _fbgemm_fp16_available():
             self._packed = torch.ops.quantized.linear_prepack_fp16(weight.float().contiguous(), None)
         elif weight_format == "float16":
@@ -33,6 +49,8 @@ class Linear:
             self.weight = weight.float()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._blocks is not None:
+            return native.quant_matmul(x, self._blocks, self._kernel, self.out_features)
         if self._packed is not None:
             return torch.ops.quantized.linear_dynamic_fp16(x, self._packed)
         return F.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)

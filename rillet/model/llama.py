@@ -9,6 +9,7 @@ from rillet.model.attention import paged_attention
 from rillet.model.attention_metadata import AttentionMetadata
 from rillet.model.config import ModelConfig
 from rillet.model.linear import Linear
+from rillet.model.quantized import QuantizedWeight, concat_rows
 
 
 class LlamaLayer(torch.nn.Module):
@@ -20,10 +21,11 @@ class LlamaLayer(torch.nn.Module):
         self.attn_norm = weights[f"{prefix}.input_layernorm.weight"]
         self.mlp_norm = weights[f"{prefix}.post_attention_layernorm.weight"]
         # One matmul for q, k and v, and one for gate and up.
-        self.qkv_proj = Linear(torch.cat([weights.pop(f"{prefix}.self_attn.{p}_proj.weight") for p in "qkv"]), weight_format)
+        self.qkv_proj = Linear(concat_rows([weights.pop(f"{prefix}.self_attn.{p}_proj.weight") for p in "qkv"]),
+                               weight_format)
         self.o_proj = Linear(weights.pop(f"{prefix}.self_attn.o_proj.weight"), weight_format)
-        self.gate_up_proj = Linear(torch.cat([weights.pop(f"{prefix}.mlp.gate_proj.weight"),
-                                              weights.pop(f"{prefix}.mlp.up_proj.weight")]), weight_format)
+        self.gate_up_proj = Linear(concat_rows([weights.pop(f"{prefix}.mlp.gate_proj.weight"),
+                                                weights.pop(f"{prefix}.mlp.up_proj.weight")]), weight_format)
         self.down_proj = Linear(weights.pop(f"{prefix}.mlp.down_proj.weight"), weight_format)
 
     def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: torch.Tensor,
@@ -50,19 +52,25 @@ class LlamaModel(torch.nn.Module):
             LlamaLayer(config, weights, f"model.layers.{i}", weight_format) for i in range(config.num_layers))
         self.norm = weights["model.norm.weight"]
         self.lm_head = Linear(weights.get("lm_head.weight", embeddings), weight_format)
-        # Rows are looked up, not multiplied: stored in the weight format's precision.
-        self.embed_tokens = embeddings.to(torch.float16 if weight_format == "float16" else torch.float32)
-        self.rope_cos, self.rope_sin = rope_tables(config, embeddings.device,
+        # Rows are looked up, not multiplied: quantized rows are dequantized as they are looked up;
+        # float rows are held in the weight format's precision.
+        self.embed_tokens = embeddings if isinstance(embeddings, QuantizedWeight) else embeddings.to(
+            torch.float32 if weight_format == "float32" else torch.float16)
+        self.device = self.norm.device
+        self.rope_cos, self.rope_sin = rope_tables(config, self.device,
                                                    weights.get("rope_freq_factors.weight"))
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int, dtype: torch.dtype) -> list[torch.Tensor]:
         c = self.config
         shape = (2, num_blocks, block_size, c.num_kv_heads, c.head_dim)
-        return [torch.zeros(shape, dtype=dtype, device=self.embed_tokens.device) for _ in range(c.num_layers)]
+        return [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(c.num_layers)]
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor],
                 meta: AttentionMetadata) -> torch.Tensor:
-        hidden = self.embed_tokens[input_ids].float()
+        if isinstance(self.embed_tokens, QuantizedWeight):
+            hidden = self.embed_tokens.rows(input_ids)
+        else:
+            hidden = self.embed_tokens[input_ids].float()
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
         for layer, cache in zip(self.layers, kv_caches):
             hidden = layer(hidden, cos, sin, cache, meta)

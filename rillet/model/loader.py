@@ -52,8 +52,10 @@ def load_model(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu
                weight_format: str = DEFAULT_WEIGHT_FORMAT) -> LoadedModel:
     """A GGUF file, or a Hugging Face llama folder (config.json, *.safetensors, tokenizer.json).
     weight_format: how the linear layers hold their weights (see rillet/model/linear.py)."""
+    if weight_format == "quantized" and torch.device(device).type != "cpu":
+        weight_format = "float16"  # the quantized kernel is for the CPU
     # Matrices are held in float16 until packed: half the peak memory of loading.
-    matrix_dtype = torch.float16 if weight_format == "float16" else dtype
+    matrix_dtype = torch.float16 if weight_format in ("float16", "quantized") else dtype
     if Path(path).is_dir():
         config, weights, tokenizer, template_source = _read_hf_folder(Path(path), matrix_dtype)
     else:
@@ -61,11 +63,11 @@ def load_model(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu
         config = read_config(file)
         tokenizer = Tokenizer.from_gguf(file)
         template_source = file.get("tokenizer.chat_template")
-        weights = read_tensors(file, config, matrix_dtype)
+        weights = read_tensors(file, config, matrix_dtype, keep_quantized=weight_format == "quantized")
     template = ChatTemplate(template_source or CHATML_TEMPLATE, tokenizer.bos_token, tokenizer.eos_token)
     try:
         with torch.device(device):
-            weights = {name: w.to(device) for name, w in weights.items()}
+            weights = {name: w.to(device) if isinstance(w, torch.Tensor) else w for name, w in weights.items()}
             model = LlamaModel(config, weights, weight_format).eval()
     except KeyError as error:
         raise ModelLoadError(f"{path} lacks tensor {error}") from None

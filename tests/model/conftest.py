@@ -44,5 +44,10 @@ def reference_model(gguf_path):
 
 @pytest.fixture(scope="session")
 def ours_float16(gguf_path):
-    """The server's default weight format."""
     return load_model(str(gguf_path), weight_format="float16")
+
+
+@pytest.fixture(scope="session")
+def ours_quantized(gguf_path):
+    """The server's default weight format: the file's Q4_1/Q8_0 blocks through the native kernel."""
+    return load_model(str(gguf_path), weight_format="quantized")

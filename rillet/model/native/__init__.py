@@ -23,9 +23,11 @@ import torch
 log = logging.getLogger("rillet.native")
 
 SOURCE_DIR = Path(__file__).parent
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC"]
 # -ffast-math only when compiling: linked with it, the library would turn on flush-to-zero for
-# the whole process as it loads.
-FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC"]
+# the whole process as it loads. Kernels whose results must not depend on the batch keep IEEE
+# arithmetic exactly as written.
+EXTRA_FLAGS = {"decode_attention": ["-ffast-math"], "quant_matmul": ["-ffp-contract=off"]}
 # glibc's vector math (expf over 8 lanes), where the C library has it.
 LIBRARIES = [["-lmvec", "-lm"], ["-lm"]]
 _I64, _F32, _PTR = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
@@ -45,24 +47,25 @@ def library(name: str) -> ctypes.CDLL | None:
         log.warning("no C compiler found: %s falls back to PyTorch ops", name)
         return None
     source = (SOURCE_DIR / f"{name}.c").read_bytes()
-    key = hashlib.sha256(source + repr((FLAGS, LIBRARIES)).encode() + _cpu_signature()).hexdigest()[:16]
+    flags = FLAGS + EXTRA_FLAGS.get(name, [])
+    key = hashlib.sha256(source + repr((flags, LIBRARIES)).encode() + _cpu_signature()).hexdigest()[:16]
     target = cache_dir() / f"{name}-{key}.so"
     try:
         if not target.is_file():
-            _compile(compiler, SOURCE_DIR / f"{name}.c", target)
+            _compile(compiler, SOURCE_DIR / f"{name}.c", target, flags)
         return ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as error:
         log.warning("cannot build %s (%s): falls back to PyTorch ops", name, str(error)[:200])
         return None
 
 
-def _compile(compiler: str, source: Path, target: Path) -> None:
+def _compile(compiler: str, source: Path, target: Path, flags: list[str]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     # Built beside the target, then renamed: processes starting together never load half a file.
     fd, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.partial")
     os.close(fd)
     try:
-        subprocess.run([compiler, *FLAGS, "-c", "-o", f"{partial}.o", str(source)], check=True,
+        subprocess.run([compiler, *flags, "-c", "-o", f"{partial}.o", str(source)], check=True,
                        capture_output=True, timeout=120)
         for libraries in LIBRARIES:
             command = [compiler, "-shared", "-fopenmp", "-o", partial, f"{partial}.o", *libraries]
@@ -112,3 +115,37 @@ def paged_decode_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: t
                       out.data_ptr(), num_seqs, num_heads, num_kv_heads, head_dim, num_blocks, block_size,
                       block_tables.shape[1], head_dim ** -0.5)
     return out if status == 0 else None
+
+
+@cache
+def _quant_matmul_function(kind: str):
+    lib = library("quant_matmul")
+    if lib is None:
+        return None
+    function = getattr(lib, f"quant_matmul_{kind}")
+    function.restype = ctypes.c_int
+    function.argtypes = [_PTR, _I64, _I64, _PTR, _I64, _PTR]
+    return function if _probe_quant_matmul(function) else None
+
+
+def _probe_quant_matmul(function) -> bool:
+    """False where the build has no AVX2 kernel (it returns -1 for every call)."""
+    x, y = torch.zeros(1, 32), torch.empty(1, 16)
+    packed = torch.zeros(1024, dtype=torch.uint8)
+    return function(x.data_ptr(), 1, 32, packed.data_ptr(), 16, y.data_ptr()) == 0
+
+
+def quant_matmul_available(kind: str) -> bool:
+    return _quant_matmul_function(kind) is not None
+
+
+def quant_matmul(x: torch.Tensor, packed: torch.Tensor, kind: str, out_features: int) -> torch.Tensor:
+    """x [..., K] times the packed weights of quant_matmul.c ("q4" or "q8"): [..., out_features]
+    float32. The caller checks quant_matmul_available(kind) once, when it packs the weights."""
+    function = _quant_matmul_function(kind)
+    x2 = x.reshape(-1, x.shape[-1]).float().contiguous()
+    out = torch.empty(x2.shape[0], out_features, dtype=torch.float32)
+    status = function(x2.data_ptr(), x2.shape[0], x2.shape[1], packed.data_ptr(), out_features, out.data_ptr())
+    if status != 0:
+        raise RuntimeError(f"quant_matmul_{kind} failed (status {status})")
+    return out.reshape(*x.shape[:-1], out_features)

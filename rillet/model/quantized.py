@@ -1,0 +1,107 @@
+"""Matrices kept in a GGUF file's own quantized blocks (Q4_0, Q4_1, Q8_0) rather than dequantized.
+
+The loader hands them to the model as QuantizedWeight (rows of raw blocks, so that rows can be
+concatenated and permuted as float matrices are); Linear packs them for the native kernel in
+rillet/model/native/quant_matmul.c, which multiplies by exactly the float32 values the file
+dequantizes to, reading a quarter of the bytes float16 weights take.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gguf
+import numpy as np
+import torch
+
+# GGML type name -> the kernel that multiplies it.
+KERNELS = {"Q4_0": "q4", "Q4_1": "q4", "Q8_0": "q8"}
+BLOCK = 32  # weights per block, along a row
+GROUP = 16  # rows packed together
+
+
+@dataclass(slots=True)
+class QuantizedWeight:
+    """A [out_features, in_features] matrix as rows of the file's blocks: blocks is uint8
+    [out_features, in_features // 32 * bytes_per_block]."""
+
+    ggml_type: str
+    blocks: torch.Tensor
+    in_features: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.blocks.shape[0], self.in_features
+
+    @property
+    def kernel(self) -> str:
+        return KERNELS[self.ggml_type]
+
+    def with_rows(self, blocks: torch.Tensor) -> QuantizedWeight:
+        return QuantizedWeight(self.ggml_type, blocks, self.in_features)
+
+    def dequantize(self) -> torch.Tensor:
+        """float32 [out_features, in_features]."""
+        array = gguf.quants.dequantize(self.blocks.numpy(), gguf.GGMLQuantizationType[self.ggml_type])
+        return torch.from_numpy(np.array(array, dtype=np.float32).reshape(self.shape))
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """The rows ids dequantized, float32 [len(ids), in_features]: the embedding lookup."""
+        blocks = self.blocks.index_select(0, ids).view(len(ids), self.in_features // BLOCK, -1)
+        scale = blocks[..., 0:2].contiguous().view(torch.float16).float()
+        if self.ggml_type == "Q8_0":
+            values = scale * blocks[..., 2:34].contiguous().view(torch.int8).float()
+        else:
+            nibbles = blocks[..., 4:20] if self.ggml_type == "Q4_1" else blocks[..., 2:18]
+            q = torch.cat([nibbles & 15, nibbles >> 4], dim=-1).float()
+            if self.ggml_type == "Q4_1":
+                values = scale * q + blocks[..., 2:4].contiguous().view(torch.float16).float()
+            else:
+                values = scale * (q - 8)
+        return values.reshape(len(ids), self.in_features)
+
+    def pack(self) -> torch.Tensor:
+        """The layout quant_matmul.c reads (described at its top), as a flat uint8 tensor."""
+        rows, k = self.shape
+        blocks = self.blocks.numpy().reshape(rows, k // BLOCK, -1)
+        padded = -rows % GROUP
+        if padded:
+            blocks = np.concatenate([blocks, np.zeros((padded, *blocks.shape[1:]), np.uint8)])
+        groups = blocks.shape[0] // GROUP
+        scale = _half(blocks[:, :, 0:2])
+        if self.ggml_type == "Q8_0":
+            q = blocks[:, :, 2:34].reshape(groups, GROUP, k // BLOCK, BLOCK).transpose(0, 2, 3, 1)
+            return torch.from_numpy(np.ascontiguousarray(np.concatenate(
+                [_by_group(scale, groups), q.reshape(groups, k // BLOCK, -1)], axis=-1)).reshape(-1))
+        if self.ggml_type == "Q4_1":
+            offset, nibbles = _half(blocks[:, :, 2:4]), blocks[:, :, 4:20]
+        else:  # Q4_0: w = d * (q - 8), the same value as fma(d, q, -8 d)
+            offset, nibbles = (scale.astype(np.float32) * -8).astype(np.float16), blocks[:, :, 2:18]
+        # Element j of a block is in the low nibble of byte j (j < 16), element j + 16 in its high one.
+        q = np.concatenate([nibbles & 15, nibbles >> 4], axis=-1)
+        # Pairs of k for 16 rows side by side: byte n of pair p = q(n, 2p) | q(n, 2p + 1) << 4.
+        q = q.reshape(groups, GROUP, k // BLOCK, BLOCK // 2, 2).transpose(0, 2, 3, 1, 4)
+        pairs = (q[..., 0] | (q[..., 1] << 4)).reshape(groups, k // BLOCK, -1)
+        return torch.from_numpy(np.ascontiguousarray(np.concatenate(
+            [_by_group(scale, groups), _by_group(offset, groups), pairs], axis=-1)).reshape(-1))
+
+
+def _half(two_bytes: np.ndarray) -> np.ndarray:
+    """[..., 2] uint8 -> [...] float16."""
+    return np.ascontiguousarray(two_bytes).view(np.float16)[..., 0]
+
+
+def _by_group(values: np.ndarray, groups: int) -> np.ndarray:
+    """[rows, blocks] float16 -> [groups, blocks, 16 * 2] bytes: each block's 16 rows side by side."""
+    return np.ascontiguousarray(values.reshape(groups, GROUP, -1).transpose(0, 2, 1)).view(np.uint8)
+
+
+def concat_rows(weights: list[torch.Tensor | QuantizedWeight]) -> torch.Tensor | QuantizedWeight:
+    """Stacks matrices with the same in_features; quantized ones stay quantized only when all
+    share one block type (else all are dequantized)."""
+    if all(isinstance(w, torch.Tensor) for w in weights):
+        return torch.cat(weights)
+    types = {w.ggml_type if isinstance(w, QuantizedWeight) else None for w in weights}
+    if len(types) == 1:
+        return weights[0].with_rows(torch.cat([w.blocks for w in weights]))
+    dtype = next((w.dtype for w in weights if isinstance(w, torch.Tensor)), torch.float16)
+    return torch.cat([w.dequantize().to(dtype) if isinstance(w, QuantizedWeight) else w for w in weights])

@@ -1,0 +1,73 @@
+"""The native kernel that multiplies a GGUF file's own Q4_0, Q4_1 and Q8_0 blocks."""
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from rillet.model import native
+from rillet.model.linear import Linear
+from rillet.model.quantized import QuantizedWeight, concat_rows
+
+TYPES = ["Q4_0", "Q4_1", "Q8_0"]
+
+
+def quantized(ggml_type: str, rows: int, cols: int, seed: int = 0) -> QuantizedWeight:
+    values = np.random.default_rng(seed).standard_normal((rows, cols), dtype=np.float32)
+    blocks = gguf.quants.quantize(values, gguf.GGMLQuantizationType[ggml_type])
+    return QuantizedWeight(ggml_type, torch.from_numpy(np.ascontiguousarray(blocks)), cols)
+
+
+def kernel_or_skip(ggml_type: str) -> str:
+    kernel = quantized(ggml_type, 1, 32).kernel
+    if not native.quant_matmul_available(kernel):
+        pytest.skip("no AVX2 kernel on this machine")
+    return kernel
+
+
+@pytest.mark.parametrize("ggml_type", TYPES)
+@pytest.mark.parametrize("rows", [1, 2, 5, 6, 7, 13, 64])
+def test_kernel_multiplies_by_the_files_dequantized_values(ggml_type, rows):
+    kernel_or_skip(ggml_type)
+    # 83 outputs: not a multiple of the 16 rows packed together.
+    weight = quantized(ggml_type, 83, 96)
+    x = torch.randn(rows, 96, generator=torch.Generator().manual_seed(rows))
+    got = Linear(weight, "quantized")(x)
+    expected = x.double() @ weight.dequantize().double().T
+    assert got.shape == (rows, 83) and got.dtype == torch.float32
+    assert (got.double() - expected).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("ggml_type", TYPES)
+def test_a_rows_result_does_not_depend_on_the_rows_batched_with_it(ggml_type):
+    kernel_or_skip(ggml_type)
+    linear = Linear(quantized(ggml_type, 48, 128, seed=1), "quantized")
+    x = torch.randn(23, 128, generator=torch.Generator().manual_seed(2))
+    batched = linear(x)
+    for start, stop in [(0, 1), (5, 6), (3, 5), (0, 7), (7, 23), (22, 23)]:
+        assert torch.equal(linear(x[start:stop]), batched[start:stop])
+
+
+@pytest.mark.parametrize("ggml_type", TYPES)
+def test_looked_up_rows_are_the_dequantized_rows(ggml_type):
+    weight = quantized(ggml_type, 20, 64)
+    ids = torch.tensor([3, 0, 19, 3])
+    assert torch.equal(weight.rows(ids), weight.dequantize()[ids])
+
+
+def test_rows_concatenate_and_mixed_types_fall_back_to_floats():
+    a, b = quantized("Q4_1", 4, 64), quantized("Q4_1", 6, 64, seed=3)
+    both = concat_rows([a, b])
+    assert isinstance(both, QuantizedWeight) and both.shape == (10, 64)
+    assert torch.equal(both.dequantize(), torch.cat([a.dequantize(), b.dequantize()]))
+    mixed = concat_rows([a, quantized("Q8_0", 2, 64)])
+    assert isinstance(mixed, torch.Tensor) and mixed.shape == (6, 64)
+
+
+def test_without_the_kernel_a_quantized_matrix_uses_float16(monkeypatch):
+    monkeypatch.setattr(native, "quant_matmul_available", lambda kernel: False)
+    weight = quantized("Q4_1", 16, 64)
+    x = torch.randn(3, 64)
+    got = Linear(weight, "quantized")(x)
+    assert torch.allclose(got, x @ weight.dequantize().half().float().T, atol=1e-4)
