@@ -1,0 +1,74 @@
+"""The asyncio side of an engine loop that runs elsewhere (a thread or a child process): each
+request gets an async iterator of its outputs, fed through its own queue, and an abort is sent
+when the consumer stops before the request has finished."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from rillet.engine.outputs import RequestOutput
+from rillet.engine.sampling_params import SamplingParams
+from rillet.engine.stats import EngineStats
+
+
+class EngineDeadError(RuntimeError):
+    """The engine loop stopped on an unexpected error; no request can be served."""
+
+
+class EngineClient:
+    """Subclasses send commands to their loop (see rillet/engine/engine_loop.py) and call
+    _dispatch, _dispatch_error and _fail_all on the event loop as results come back."""
+
+    def __init__(self) -> None:
+        self._streams: dict[str, asyncio.Queue] = {}
+
+    @property
+    def is_alive(self) -> bool:
+        raise NotImplementedError
+
+    def stats(self) -> EngineStats:
+        raise NotImplementedError
+
+    def _send_command(self, command: tuple) -> None:
+        """Hands a command to the loop; raises EngineDeadError when the loop is gone."""
+        raise NotImplementedError
+
+    async def generate(self, request_id: str, prompt_token_ids: list[int],
+                       params: SamplingParams) -> AsyncIterator[RequestOutput]:
+        if not self.is_alive:
+            raise EngineDeadError("the engine is not running")
+        stream: asyncio.Queue = asyncio.Queue()
+        self._streams[request_id] = stream
+        finished = False
+        try:
+            self._send_command(("add", request_id, prompt_token_ids, params))
+            while not finished:
+                item = await stream.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:
+                with contextlib.suppress(EngineDeadError):
+                    self._send_command(("abort", request_id))
+
+    # -- on the event loop, as results come back -----------------------------------
+
+    def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        for output in outputs:
+            stream = self._streams.get(output.request_id)
+            if stream is not None:
+                stream.put_nowait(output)
+
+    def _dispatch_error(self, request_id: str, error: Exception) -> None:
+        stream = self._streams.get(request_id)
+        if stream is not None:
+            stream.put_nowait(error)
+
+    def _fail_all(self, error: BaseException) -> None:
+        for stream in self._streams.values():
+            stream.put_nowait(error)
