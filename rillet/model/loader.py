@@ -147,3 +147,32 @@ def file_fingerprint(path: str) -> str:
         digest.update(str(Path(path).stat().st_size).encode())
         digest.update(f.read(16 << 20))
     return digest.hexdigest()
+
+
+@dataclass(slots=True)
+class LoadedTokenizer:
+    """What the API side needs of a model, read without its weights."""
+
+    path: str
+    config: ModelConfig
+    tokenizer: Tokenizer
+    chat_template: ChatTemplate
+
+
+def load_tokenizer_and_template(path: str) -> LoadedTokenizer:
+    """The config, tokenizer and chat template of a GGUF file or Hugging Face folder; the weights
+    are not read (a GGUF file is memory-mapped and only its metadata touched)."""
+    if Path(path).is_dir():
+        folder = Path(path)
+        config = hf_config(_read_json(folder / "config.json"), folder)
+        tokenizer = Tokenizer.from_hf_folder(folder)
+        template_source = _read_json(folder / "tokenizer_config.json").get("chat_template")
+        if template_source is None and (folder / "chat_template.jinja").is_file():
+            template_source = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    else:
+        file = open_gguf(path)
+        config = read_config(file)
+        tokenizer = Tokenizer.from_gguf(file)
+        template_source = file.get("tokenizer.chat_template")
+    template = ChatTemplate(template_source or CHATML_TEMPLATE, tokenizer.bos_token, tokenizer.eos_token)
+    return LoadedTokenizer(str(path), config, tokenizer, template)
