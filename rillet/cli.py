@@ -11,13 +11,16 @@ import signal
 import sys
 import time
 
-from rillet.api import admission
-from rillet.api.access_log import configure_access_log
+# The API and the engine are imported where they are used: under multiprocessing's spawn, the
+# engine's child process re-imports the script that started it, and needs none of them.
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rillet.api import admission
+
     parser = argparse.ArgumentParser(prog="rillet", description="OpenAI-compatible chat completions server")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a model over the OpenAI Chat Completions API")
@@ -82,8 +85,10 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rillet.api.access_log import configure_access_log
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     configure_access_log(args.log_level.upper())
     if args.command == "serve":
         return serve(args)
@@ -91,11 +96,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    # This process does no model compute: the engine runs in a child process (rillet/engine/engine_process.py).
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     import torch
 
+    torch.set_num_threads(1)
     from rillet.api.auth import KeyConfigError, KeyStore
     from rillet.engine.config import EngineConfig
-    from rillet.model import ModelLoadError, default_model_path, load_model
+    from rillet.engine.engine_process import EngineStartError
+    from rillet.model import ModelLoadError, default_model_path
+    from rillet.model.loader import file_fingerprint
 
     try:
         env_keys = os.environ.get("RILLET_API_KEYS", "").split(",")
@@ -105,52 +115,70 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     if keys.is_open:
         print("rillet: no API key configured: the server is open to anyone who can reach it", file=sys.stderr)
-    try:
-        path = args.model or default_model_path()
-        started = time.perf_counter()
-        loaded = load_model(path, dtype=torch.float32, device=args.device, weight_format=args.weights)
-    except ModelLoadError as error:
-        print(f"rillet: error: {error}", file=sys.stderr)
-        return 1
-    print(f"loaded {path} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    name = args.served_model_name or (DEFAULT_MODEL_NAME if not args.model else _name_from_path(path))
     config = EngineConfig(
         device=args.device, kv_cache_dtype=getattr(torch, args.kv_cache_dtype), block_size=args.block_size,
         kv_cache_tokens=args.kv_cache_tokens, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
     )
-    return asyncio.run(_serve(loaded, name, config, keys, args))
+    try:
+        path = args.model or default_model_path()
+        engine, front, ready = _start_engine(path, args, config)
+    except (ModelLoadError, EngineStartError) as error:
+        print(f"rillet: error: {error}", file=sys.stderr)
+        return 1
+    name = args.served_model_name or (DEFAULT_MODEL_NAME if not args.model else _name_from_path(path))
+    fingerprint = "fp_" + hashlib.sha256(
+        f"{file_fingerprint(path)} weights={ready.weight_format} {config.describe()}".encode()).hexdigest()[:12]
+    try:
+        return asyncio.run(_serve(engine, front, ready.max_model_len, name, fingerprint, keys, args))
+    finally:
+        engine.shutdown()
 
 
-async def _serve(loaded, name: str, config, keys, args: argparse.Namespace) -> int:
+def _start_engine(path: str, args: argparse.Namespace, config):
+    """Starts the engine's child process, which loads the weights, while this process reads the
+    tokenizer and chat template; returns once the engine is ready."""
+    from rillet.engine.engine_process import EngineProcess, ModelEngineSpec
+    from rillet.model.loader import load_tokenizer_and_template, release_freed_memory
+
+    started = time.perf_counter()
+    engine = EngineProcess(ModelEngineSpec(path, args.weights, config), args.log_level.upper(), LOG_FORMAT)
+    try:
+        engine.launch()
+        front = load_tokenizer_and_template(path)
+        ready = engine.wait_ready()
+    except BaseException:
+        engine.shutdown(timeout=0)
+        raise
+    release_freed_memory()
+    print(f"loaded {path} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return engine, front, ready
+
+
+async def _serve(engine, front, max_context_len: int, name: str, fingerprint: str, keys,
+                 args: argparse.Namespace) -> int:
     import uvicorn
 
+    from rillet.api import admission
     from rillet.api.app import create_app
     from rillet.api.rate_limit import RateLimiter
     from rillet.api.served_model import ServedModel
-    from rillet.engine.async_engine import AsyncEngine
-    from rillet.engine.llm_engine import LLMEngine
 
-    engine = LLMEngine(loaded.model, loaded.tokenizer, loaded.config.max_context_len, config)
-    async_engine = AsyncEngine(engine, config.resolved_num_threads())
-    fingerprint = "fp_" + hashlib.sha256(
-        f"{loaded.file_fingerprint} weights={loaded.model.weight_format} {config.describe()}".encode()).hexdigest()[:12]
-    served = ServedModel(name=name, tokenizer=loaded.tokenizer, chat_template=loaded.chat_template,
-                         max_context_len=engine.max_model_len, fingerprint=fingerprint, created=int(time.time()))
-    app = create_app(async_engine, served, keys, RateLimiter(args.rate_limit_rpm, args.rate_limit_tpm),
+    served = ServedModel(name=name, tokenizer=front.tokenizer, chat_template=front.chat_template,
+                         max_context_len=max_context_len, fingerprint=fingerprint, created=int(time.time()))
+    app = create_app(engine, served, keys, RateLimiter(args.rate_limit_rpm, args.rate_limit_tpm),
                      admission.AdmissionLimits(args.max_queued_requests, args.max_queued_tokens, args.queue_timeout))
     server = _graceful_server_class()(uvicorn.Config(
         app, host=args.host, port=args.port, log_level="warning", access_log=False,
         timeout_graceful_shutdown=args.shutdown_grace))
-    async_engine.start()
+    engine.start()
     serving = asyncio.create_task(server.serve())
     while not server.started and not serving.done():
         await asyncio.sleep(0.05)
     if server.started:
         print(f"rillet: serving {name} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
     await serving
-    async_engine.shutdown()
     return 0 if server.started else 1
 
 

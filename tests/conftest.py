@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 
 import httpx
 import openai
@@ -21,16 +22,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def marked_processes(mark: str) -> list[int]:
+    """Live processes whose environment carries RILLET_TEST_SERVER=mark (zombies have none)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if f"RILLET_TEST_SERVER={mark}".encode() in f.read().split(b"\0"):
+                    pids.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def wait_until_no_process_left(mark: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while marked_processes(mark):
+        assert time.monotonic() < deadline, f"processes left behind: {marked_processes(mark)}"
+        time.sleep(0.05)
+
+
 class RunningServer:
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, new_session: bool = False) -> None:
+        self.mark = uuid.uuid4().hex
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="rillet-server-", suffix=".log", delete=False)
         # API keys come only from the test's own settings, never from the caller's environment.
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "RILLET_API_KEYS": "", **(env or {})}
+        # The mark finds every process of this server, its engine process included, even once orphaned.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "RILLET_API_KEYS": "", **(env or {}),
+               "RILLET_TEST_SERVER": self.mark}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "rillet", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env)
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=new_session)
         self._wait_ready(timeout=180)
 
     def _wait_ready(self, timeout: float) -> None:
@@ -46,6 +70,22 @@ class RunningServer:
             time.sleep(0.3)
         self.stop()
         raise RuntimeError(f"server not ready after {timeout} s:\n{self.output()}")
+
+    def processes(self) -> list[int]:
+        """The server's live processes: itself, its engine process, multiprocessing's resource tracker."""
+        return marked_processes(self.mark)
+
+    def engine_pid(self) -> int:
+        with open(f"/proc/{self.process.pid}/task/{self.process.pid}/children") as f:
+            children = [int(pid) for pid in f.read().split()]
+        for pid in children:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"spawn_main" in f.read():
+                    return pid
+        raise LookupError("the server has no engine process")
+
+    def wait_until_no_process_left(self, timeout: float = 10) -> None:
+        wait_until_no_process_left(self.mark, timeout)
 
     def output(self) -> str:
         with open(self.log.name, errors="replace") as f:

@@ -22,7 +22,7 @@ from rillet.api.rate_limit import Reservation
 from rillet.api.sampling import check_supported, sampling_params, template_messages
 from rillet.api.schemas import ChatCompletionRequest
 from rillet.api.served_model import ServedModel
-from rillet.engine.async_engine import EngineDeadError
+from rillet.engine.engine_client import EngineDeadError
 from rillet.engine.outputs import RequestOutput
 from rillet.engine.sampling_params import SamplingParams
 from rillet.model.errors import ChatTemplateError

@@ -19,6 +19,18 @@ def chat_body(content: str = "Name three colors.", **overrides) -> dict:
     return body
 
 
+def start_stream(server, max_tokens: int, timeout: float = 120):
+    """Opens a streamed completion that runs to max_tokens; returns the open stream and an iterator
+    over its remaining lines, after the first."""
+    stream = httpx.stream("POST", f"{server.base_url}/v1/chat/completions", timeout=timeout,
+                          json=chat_body(max_tokens=max_tokens, stream=True, logit_bias=NO_END))
+    response = stream.__enter__()
+    assert response.status_code == 200
+    lines = response.iter_lines()  # kept: a dropped line iterator closes the connection
+    next(lines)
+    return stream, lines
+
+
 def stream_events(http: httpx.Client, body: dict) -> tuple[list[str], list[dict]]:
     """The raw SSE lines of a streamed completion, and the decoded chunks."""
     lines: list[str] = []

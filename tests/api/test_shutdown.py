@@ -1,5 +1,6 @@
 """Graceful shutdown of a real server process: SIGTERM closes the door, lets the stream in flight
-finish within the grace period (or cuts it when the period runs out), and the process exits 0."""
+finish within the grace period (or cuts it when the period runs out), and the process exits 0,
+its engine process with it."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.api.helpers import NO_END, chat_body
+from tests.api.helpers import start_stream
 from tests.conftest import RunningServer
 
 
@@ -19,15 +20,6 @@ def refuses_connections(server) -> bool:
     except httpx.ConnectError:
         return True
     return False
-
-
-def start_stream(server, max_tokens: int):
-    stream = httpx.stream("POST", f"{server.base_url}/v1/chat/completions", timeout=120,
-                          json=chat_body(max_tokens=max_tokens, stream=True, logit_bias=NO_END))
-    response = stream.__enter__()
-    lines = response.iter_lines()  # kept: a dropped line iterator closes the connection
-    next(lines)
-    return stream, lines
 
 
 def test_sigterm_finishes_the_stream_in_flight_refuses_new_connections_and_exits_0():
@@ -45,6 +37,7 @@ def test_sigterm_finishes_the_stream_in_flight_refuses_new_connections_and_exits
         assert json.loads(rest[-2][len("data: "):])["usage"]["completion_tokens"] == 150
         assert server.process.wait(timeout=60) == 0
         assert "SIGTERM" in server.output()
+        server.wait_until_no_process_left()
     finally:
         server.stop()
 
@@ -60,5 +53,6 @@ def test_a_stream_outlasting_the_grace_period_is_cut_and_the_process_still_exits
             raise httpx.ReadError("the stream ended without [DONE]")
         stream.__exit__(None, None, None)
         assert server.process.wait(timeout=60) == 0
+        server.wait_until_no_process_left()
     finally:
         server.stop()
