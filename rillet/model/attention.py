@@ -10,16 +10,13 @@ from rillet.model.attention_metadata import AttentionMetadata, DecodeBatch
 
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: torch.Tensor,
                     meta: AttentionMetadata) -> torch.Tensor:
-    """q: [T, heads, dim]; k, v: [T, kv_heads, dim]; cache: [2, blocks, block_size, kv_heads, dim].
+    """q: [T, heads, dim]; k, v: [T, kv_heads, dim]; cache: [2, blocks, block_size, kv_heads, dim],
+    which already holds k and v in their slots (LayerOps.write_kv).
 
-    Writes the new keys and values into their slots, then lets each new token attend to its
-    sequence's cached tokens up to and including itself. Sequences with one new token (decodes)
-    are computed together in one call; each longer prefill chunk on its own. Returns [T, heads * dim].
+    Lets each new token attend to its sequence's cached tokens up to and including itself.
+    Sequences with one new token (decodes) are computed together in one call; each longer
+    prefill chunk on its own. Returns [T, heads * dim].
     """
-    num_kv_heads, head_dim = cache.shape[-2], cache.shape[-1]
-    slots = cache.view(2, -1, num_kv_heads, head_dim)
-    slots[0].index_copy_(0, meta.slot_mapping, k.to(cache.dtype))
-    slots[1].index_copy_(0, meta.slot_mapping, v.to(cache.dtype))
     decodes = meta.decode_batch()
     if decodes.rows is None:
         return _decode_attention(q, cache, decodes).reshape(q.shape[0], -1)

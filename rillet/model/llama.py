@@ -3,11 +3,11 @@ batch of tokens from many sequences, with keys and values in a paged cache."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from rillet.model.attention import paged_attention
 from rillet.model.attention_metadata import AttentionMetadata
 from rillet.model.config import ModelConfig
+from rillet.model.layer_ops import LayerOps
 from rillet.model.linear import Linear
 from rillet.model.quantized import QuantizedWeight, concat_rows
 
@@ -18,6 +18,7 @@ class LlamaLayer(torch.nn.Module):
     def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], prefix: str, weight_format: str) -> None:
         super().__init__()
         self.config = config
+        self.ops = LayerOps(weights[f"{prefix}.input_layernorm.weight"].device)
         self.attn_norm = weights[f"{prefix}.input_layernorm.weight"]
         self.mlp_norm = weights[f"{prefix}.post_attention_layernorm.weight"]
         # One matmul for q, k and v, and one for gate and up.
@@ -28,18 +29,22 @@ class LlamaLayer(torch.nn.Module):
                                                 weights.pop(f"{prefix}.mlp.up_proj.weight")]), weight_format)
         self.down_proj = Linear(weights.pop(f"{prefix}.mlp.down_proj.weight"), weight_format)
 
-    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: torch.Tensor,
-                meta: AttentionMetadata) -> torch.Tensor:
-        c = self.config
-        x = rms_norm(hidden, self.attn_norm, c.rms_norm_eps)
-        qk, v = self.qkv_proj(x).split([(c.num_heads + c.num_kv_heads) * c.head_dim, c.num_kv_heads * c.head_dim], dim=-1)
-        # q and k heads side by side: one rotation for both.
-        q, k = apply_rope(qk.view(-1, c.num_heads + c.num_kv_heads, c.head_dim), cos, sin).split(
-            [c.num_heads, c.num_kv_heads], dim=1)
-        attn = paged_attention(q, k, v.view(-1, c.num_kv_heads, c.head_dim), cache, meta)
-        hidden = hidden + self.o_proj(attn)
-        gate, up = self.gate_up_proj(rms_norm(hidden, self.mlp_norm, c.rms_norm_eps)).chunk(2, dim=-1)
-        return hidden + self.down_proj(F.silu(gate) * up)
+    def forward(self, hidden: torch.Tensor, delta: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+                cache: torch.Tensor, meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden + delta is the residual stream entering the layer (the previous layer's output is
+        added here, with the norm, in one pass); returns the stream and this layer's delta."""
+        c, ops = self.config, self.ops
+        hidden, x = ops.add_rms_norm(hidden, delta, self.attn_norm, c.rms_norm_eps)
+        qkv = self.qkv_proj(x)
+        # q and k heads side by side at the front of each row: one rotation for both, in place.
+        ops.rope_(qkv, c.num_heads + c.num_kv_heads, c.head_dim, cos, sin)
+        q, k, v = qkv.split([c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.num_kv_heads * c.head_dim],
+                            dim=-1)
+        k, v = k.view(-1, c.num_kv_heads, c.head_dim), v.view(-1, c.num_kv_heads, c.head_dim)
+        ops.write_kv(k, v, cache, meta.slot_mapping)
+        attn = paged_attention(q.view(-1, c.num_heads, c.head_dim), k, v, cache, meta)
+        hidden, x = ops.add_rms_norm(hidden, self.o_proj(attn), self.mlp_norm, c.rms_norm_eps)
+        return hidden, self.down_proj(ops.silu_mul(self.gate_up_proj(x)))
 
 
 class LlamaModel(torch.nn.Module):
@@ -57,6 +62,7 @@ class LlamaModel(torch.nn.Module):
         self.embed_tokens = embeddings if isinstance(embeddings, QuantizedWeight) else embeddings.to(
             torch.float32 if weight_format == "float32" else torch.float16)
         self.device = self.norm.device
+        self.ops = LayerOps(self.device)
         self.rope_cos, self.rope_sin = rope_tables(config, self.device,
                                                    weights.get("rope_freq_factors.weight"))
 
@@ -70,19 +76,15 @@ class LlamaModel(torch.nn.Module):
         if isinstance(self.embed_tokens, QuantizedWeight):
             hidden = self.embed_tokens.rows(input_ids)
         else:
-            hidden = self.embed_tokens[input_ids].float()
+                hidden = self.embed_tokens[input_ids].float()
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        delta = None
         for layer, cache in zip(self.layers, kv_caches):
-            hidden = layer(hidden, cos, sin, cache, meta)
-        return rms_norm(hidden, self.norm, self.config.rms_norm_eps)
+            hidden, delta = layer(hidden, delta, cos, sin, cache, meta)
+        return self.ops.add_rms_norm(hidden, delta, self.norm, self.config.rms_norm_eps)[1]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """x and weight are float32 (the forward keeps hidden states in float32)."""
-    return torch.rms_norm(x, (x.shape[-1],), weight, eps)
 
 
 def rope_tables(config: ModelConfig, device: torch.device,
@@ -97,10 +99,3 @@ def rope_tables(config: ModelConfig, device: torch.device,
     angles = torch.outer(positions, inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos().float(), angles.sin().float()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [T, heads, dim]; cos, sin: [T, dim]. Rotates the two halves of each head (HF layout)."""
-    first, second = x.chunk(2, dim=-1)
-    rotated = torch.cat([-second, first], dim=-1)
-    return (x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)).to(x.dtype)

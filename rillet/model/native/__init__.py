@@ -27,7 +27,7 @@ FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC"]
 # -ffast-math only when compiling: linked with it, the library would turn on flush-to-zero for
 # the whole process as it loads. Kernels whose results must not depend on the batch keep IEEE
 # arithmetic exactly as written.
-EXTRA_FLAGS = {"decode_attention": ["-ffast-math"], "quant_matmul": ["-ffp-contract=off"]}
+EXTRA_FLAGS = {"decode_attention": ["-ffast-math"], "layer_ops": ["-ffast-math"], "quant_matmul": ["-ffp-contract=off"]}
 # glibc's vector math (expf over 8 lanes), where the C library has it.
 LIBRARIES = [["-lmvec", "-lm"], ["-lm"]]
 _I64, _F32, _PTR = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
@@ -149,3 +149,21 @@ def quant_matmul(x: torch.Tensor, packed: torch.Tensor, kind: str, out_features:
     if status != 0:
         raise RuntimeError(f"quant_matmul_{kind} failed (status {status})")
     return out.reshape(*x.shape[:-1], out_features)
+
+
+@cache
+def layer_ops() -> ctypes.CDLL | None:
+    """layer_ops.c, or None where it cannot be built (the model then uses PyTorch ops)."""
+    lib = library("layer_ops")
+    if lib is None:
+        return None
+    signatures = {
+        "add_rms_norm": [_PTR, _PTR, _PTR, _PTR, _I64, _I64, _F32],
+        "rope": [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64],
+        "silu_mul": [_PTR, _PTR, _I64, _I64],
+        "write_kv": [_PTR, _PTR, _I64, _PTR, _I64, _I64, _PTR, _I64, ctypes.c_int],
+    }
+    for name, argtypes in signatures.items():
+        getattr(lib, name).argtypes = argtypes
+        getattr(lib, name).restype = None
+    return lib

@@ -22,6 +22,7 @@
 #define Q4_BLOCK_BYTES (2 * GROUP * 2 + GROUP * BLOCK / 2)
 #define Q8_BLOCK_BYTES (GROUP * 2 + GROUP * BLOCK)
 #define MAX_ROWS 6 /* rows of x per register tile: 12 accumulators + 2 weights + 1 broadcast */
+#define CHUNK_BYTES (256 << 10) /* rows of x per pass over the weights: about half of L2 */
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -185,6 +186,8 @@ static int matmul(const float *x, int64_t M, int64_t K, const uint8_t *packed, i
     if (K % BLOCK != 0 || M <= 0) return M == 0 ? 0 : -1;
     const int64_t groups = (N + GROUP - 1) / GROUP;
     const int64_t group_bytes = (K / BLOCK) * (q8 ? Q8_BLOCK_BYTES : Q4_BLOCK_BYTES);
+    int64_t chunk = CHUNK_BYTES / (K * (int64_t)sizeof(float)) / MAX_ROWS * MAX_ROWS;
+    if (chunk < MAX_ROWS) chunk = MAX_ROWS;
     int failed = 0;
 #pragma omp parallel
     {
@@ -199,18 +202,22 @@ static int matmul(const float *x, int64_t M, int64_t K, const uint8_t *packed, i
                 for (int i = 0; i < n; i++) put(out + i * GROUP, 1, y, N, (g + i) * GROUP);
             }
         }
+        /* Rows in chunks that stay in L2 while every group's weights pass over them. */
+        for (int64_t m0 = 0; M > 1 && m0 < M; m0 += chunk) {
+            const int64_t m1 = m0 + chunk < M ? m0 + chunk : M;
 #pragma omp for schedule(static)
-        for (int64_t g = 0; g < (M > 1 ? groups : 0); g++) {
-            const uint8_t *group = packed + g * group_bytes;
-            if (w == NULL) continue;
-            for (int64_t b = 0; b < K / BLOCK; b++) {
-                if (q8) dequant_q8(group + b * Q8_BLOCK_BYTES, w + b * BLOCK * GROUP);
-                else dequant_q4(group + b * Q4_BLOCK_BYTES, w + b * BLOCK * GROUP);
-            }
-            for (int64_t m = 0; m < M; m += MAX_ROWS) {
-                const int rows = M - m < MAX_ROWS ? (int)(M - m) : MAX_ROWS;
-                tile_any(rows, x + m * K, K, w, out);
-                put(out, rows, y + m * N, N, g * GROUP);
+            for (int64_t g = 0; g < groups; g++) {
+                const uint8_t *group = packed + g * group_bytes;
+                if (w == NULL) continue;
+                for (int64_t b = 0; b < K / BLOCK; b++) {
+                    if (q8) dequant_q8(group + b * Q8_BLOCK_BYTES, w + b * BLOCK * GROUP);
+                    else dequant_q4(group + b * Q4_BLOCK_BYTES, w + b * BLOCK * GROUP);
+                }
+                for (int64_t m = m0; m < m1; m += MAX_ROWS) {
+                    const int rows = m1 - m < MAX_ROWS ? (int)(m1 - m) : MAX_ROWS;
+                    tile_any(rows, x + m * K, K, w, out);
+                    put(out, rows, y + m * N, N, g * GROUP);
+                }
             }
         }
         free(w);
