@@ -88,5 +88,5 @@ class _ThreadIO:
     def fail_request(self, request_id: str, error: Exception) -> None:
         self._loop.call_soon_threadsafe(self._client._dispatch_error, request_id, error)
 
-    def idle(self) -> None:
-        pass
+    def commands_handled(self) -> None:
+        pass  # stats() reads the engine itself

@@ -24,16 +24,17 @@ class LoopIO(Protocol):
     def fail_request(self, request_id: str, error: Exception) -> None:
         """A request the engine refused (a ValueError such as PromptTooLongError)."""
 
-    def idle(self) -> None:
-        """Commands were handled and nothing is left to compute."""
+    def commands_handled(self) -> None:
+        """Commands changed the engine's state (an abort freed blocks, an add queued a request)."""
 
 
 def run_engine_loop(engine: LLMEngine, io: LoopIO) -> None:
     """Runs until a stop command (or the command source closing); an error in a step propagates."""
     while True:
         block = not engine.has_work
+        handled = False
         while (command := io.receive(block)) is not None:
-            block = False
+            block, handled = False, True
             kind = command[0]
             if kind == "add":
                 _, request_id, prompt_token_ids, params = command
@@ -45,7 +46,7 @@ def run_engine_loop(engine: LLMEngine, io: LoopIO) -> None:
                 engine.abort_request(command[1])
             elif kind == "stop":
                 return
+        if handled:
+            io.commands_handled()
         if engine.has_work:
             io.publish(engine.step())
-        else:
-            io.idle()

@@ -3,7 +3,8 @@ HTTP event loop (whose JSON and SSE work made every small PyTorch op wait to tak
 
 The child (multiprocessing's spawn context) loads the model itself, builds its LLMEngine and runs
 the loop on its main thread: commands come down one pipe, and each step's outputs go up another
-as one message, with a fresh EngineStats snapshot. The parent is an EngineClient: a reader thread
+as one message, with a fresh EngineStats snapshot (and a snapshot follows each batch of commands,
+so that an abort's freed blocks show at once). The parent is an EngineClient: a reader thread
 hands each message to the event loop, and stats() returns the latest snapshot.
 
 Lifetime: the child ignores SIGINT and SIGTERM (a Ctrl-C or a group-wide SIGTERM is the parent's to
@@ -267,5 +268,5 @@ class _PipeIO:
     def fail_request(self, request_id: str, error: Exception) -> None:
         self._outputs.send(("failed", request_id, error))
 
-    def idle(self) -> None:
+    def commands_handled(self) -> None:
         self._outputs.send(("stats", self._engine.stats()))

@@ -15,9 +15,13 @@ LONG_SYSTEM_PROMPT = " ".join(f"Rule {i}: always be kind to the number {i}." for
 
 
 def wait_until_all_blocks_free(server, timeout: float = 10.0) -> None:
+    """Until no sequence is left in the engine and every block is free. The engine's metrics are a
+    snapshot taken after each step and each batch of commands: a request taken in but not yet
+    scheduled holds no block, and shows only as a waiting sequence."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if server.metric("rillet_kv_blocks_free") == server.metric("rillet_kv_blocks_total"):
+        if (server.metric("rillet_running_sequences") == server.metric("rillet_waiting_sequences") == 0
+                and server.metric("rillet_kv_blocks_free") == server.metric("rillet_kv_blocks_total")):
             return
         time.sleep(0.05)
     pytest.fail(f"KV blocks still held: {server.metric('rillet_kv_blocks_free')} free "
