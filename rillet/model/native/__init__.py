@@ -143,12 +143,14 @@ def quant_matmul(x: torch.Tensor, packed: torch.Tensor, kind: str, out_features:
     """x [..., K] times the packed weights of quant_matmul.c ("q4" or "q8"): [..., out_features]
     float32. The caller checks quant_matmul_available(kind) once, when it packs the weights."""
     function = _quant_matmul_function(kind)
-    x2 = x.reshape(-1, x.shape[-1]).float().contiguous()
-    out = torch.empty(x2.shape[0], out_features, dtype=torch.float32)
-    status = function(x2.data_ptr(), x2.shape[0], x2.shape[1], packed.data_ptr(), out_features, out.data_ptr())
+    x2 = x if x.dim() == 2 and x.dtype == torch.float32 and x.is_contiguous() else \
+        x.reshape(-1, x.shape[-1]).float().contiguous()
+    rows, k = x2.shape
+    out = torch.empty(rows, out_features, dtype=torch.float32)
+    status = function(x2.data_ptr(), rows, k, packed.data_ptr(), out_features, out.data_ptr())
     if status != 0:
         raise RuntimeError(f"quant_matmul_{kind} failed (status {status})")
-    return out.reshape(*x.shape[:-1], out_features)
+    return out if x2 is x else out.reshape(*x.shape[:-1], out_features)
 
 
 @cache

@@ -17,7 +17,7 @@
 #define MAX_BLOCK_SIZE 64
 #define NEG_HUGE (-1e30f)
 
-#if defined(__F16C__)
+#if defined(__F16C__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -33,6 +33,61 @@ static inline __attribute__((always_inline)) void load_half_rows(float *restrict
 #endif
         for (; d < dim; d++) dst[t * dim + d] = (float)row[d];
     }
+}
+
+/* scores[t] = scale * (q . k_t) for the n rows of a block (rows row_stride floats apart). */
+static inline __attribute__((always_inline)) void block_scores(const float *q, const float *k, int64_t row_stride,
+                                                             int64_t n, int64_t dim, float scale, float *scores) {
+#if defined(__AVX2__) && defined(__FMA__)
+    if (dim % 8 == 0) {
+        /* Eight rows at a time, as eight independent fma chains; then one tree of horizontal adds
+         * gives their eight dot products in one vector. Past the last row, the last row is read
+         * again and its scores are never used. */
+        for (int64_t t = 0; t < n; t += 8) {
+            const float *rows[8];
+            for (int u = 0; u < 8; u++) rows[u] = k + (t + u < n ? t + u : n - 1) * row_stride;
+            __m256 p[8];
+            for (int u = 0; u < 8; u++) p[u] = _mm256_setzero_ps();
+            for (int64_t d = 0; d < dim; d += 8) {
+                const __m256 qd = _mm256_loadu_ps(q + d);
+                for (int u = 0; u < 8; u++) p[u] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(rows[u] + d), p[u]);
+            }
+            const __m256 h01 = _mm256_hadd_ps(p[0], p[1]), h23 = _mm256_hadd_ps(p[2], p[3]);
+            const __m256 h45 = _mm256_hadd_ps(p[4], p[5]), h67 = _mm256_hadd_ps(p[6], p[7]);
+            const __m256 a = _mm256_hadd_ps(h01, h23), b = _mm256_hadd_ps(h45, h67);
+            const __m256 sums = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+            _mm256_storeu_ps(scores + t, _mm256_mul_ps(sums, _mm256_set1_ps(scale)));
+        }
+        return;
+    }
+#endif
+    for (int64_t t = 0; t < n; t++) {
+        float dot = 0.0f;
+        for (int64_t d = 0; d < dim; d++) dot += q[d] * k[t * row_stride + d];
+        scores[t] = dot * scale;
+    }
+}
+
+/* a += sum over the block's rows t of weights[t] * v_t. */
+static inline __attribute__((always_inline)) void block_values(float *a, const float *weights, const float *v,
+                                                             int64_t row_stride, int64_t n, int64_t dim) {
+#if defined(__AVX2__) && defined(__FMA__)
+    if (dim % 64 == 0) {
+        for (int64_t d0 = 0; d0 < dim; d0 += 64) { /* 8 accumulators in registers per pass over the rows */
+            __m256 acc[8];
+            for (int j = 0; j < 8; j++) acc[j] = _mm256_loadu_ps(a + d0 + 8 * j);
+            for (int64_t t = 0; t < n; t++) {
+                const __m256 w = _mm256_broadcast_ss(weights + t);
+                const float *row = v + t * row_stride + d0;
+                for (int j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(row + 8 * j), acc[j]);
+            }
+            for (int j = 0; j < 8; j++) _mm256_storeu_ps(a + d0 + 8 * j, acc[j]);
+        }
+        return;
+    }
+#endif
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t d = 0; d < dim; d++) a[d] += weights[t] * v[t * row_stride + d];
 }
 
 static inline __attribute__((always_inline)) int attend(
@@ -51,7 +106,7 @@ static inline __attribute__((always_inline)) int attend(
     for (int64_t s = 0; s < num_seqs; s++) {
         float acc[MAX_HEADS][MAX_HEAD_DIM];
         float keys[MAX_BLOCK_SIZE * MAX_HEAD_DIM], values[MAX_BLOCK_SIZE * MAX_HEAD_DIM];
-        float scores[MAX_BLOCK_SIZE];
+        float scores[MAX_BLOCK_SIZE + 8];
         float running_max[MAX_HEADS], running_sum[MAX_HEADS];
         const float *qs = q + s * num_heads * head_dim;
         for (int64_t i = 0; i < num_heads; i++) {
@@ -64,10 +119,13 @@ static inline __attribute__((always_inline)) int attend(
         for (int64_t start = 0; start < len; start += block_size) {
             const int64_t block = table[start / block_size];
             const int64_t n = len - start < block_size ? len - start : block_size;
-            if (start + block_size < len) { /* the next block's first lines, while this one computes */
+            if (start + block_size < len) { /* the next block's keys and values, while this one computes */
                 const char *next = (const char *)cache + table[start / block_size + 1] * block_stride * element;
-                __builtin_prefetch(next);
-                __builtin_prefetch(next + values_offset * element);
+                const int64_t next_n = len - start - block_size < block_size ? len - start - block_size : block_size;
+                for (int64_t line = 0; line < next_n * token_stride * element; line += 64) {
+                    __builtin_prefetch(next + line);
+                    __builtin_prefetch(next + values_offset * element + line);
+                }
             }
             for (int64_t h = 0; h < num_kv_heads; h++) {
                 const int64_t offset = block * block_stride + h * head_dim;
@@ -83,21 +141,15 @@ static inline __attribute__((always_inline)) int attend(
                 for (int64_t i = h * groups; i < (h + 1) * groups; i++) {
                     const float *qi = qs + i * head_dim;
                     float block_max = running_max[i];
-                    for (int64_t t = 0; t < n; t++) {
-                        float dot = 0.0f;
-                        for (int64_t d = 0; d < head_dim; d++) dot += qi[d] * kb[t * row_stride + d];
-                        scores[t] = dot * scale;
-                        block_max = scores[t] > block_max ? scores[t] : block_max;
-                    }
+                    block_scores(qi, kb, row_stride, n, head_dim, scale, scores);
+                    for (int64_t t = 0; t < n; t++) block_max = scores[t] > block_max ? scores[t] : block_max;
                     const float correction = expf(running_max[i] - block_max);
                     float sum = running_sum[i] * correction;
                     float *a = acc[i];
                     for (int64_t d = 0; d < head_dim; d++) a[d] *= correction;
                     for (int64_t t = 0; t < n; t++) scores[t] = expf(scores[t] - block_max);
-                    for (int64_t t = 0; t < n; t++) {
-                        sum += scores[t];
-                        for (int64_t d = 0; d < head_dim; d++) a[d] += scores[t] * vb[t * row_stride + d];
-                    }
+                    for (int64_t t = 0; t < n; t++) sum += scores[t];
+                    block_values(a, scores, vb, row_stride, n, head_dim);
                     running_max[i] = block_max;
                     running_sum[i] = sum;
                 }
