@@ -30,7 +30,10 @@ measure() {  # name port
 .venv/bin/rillet serve --port $PORT_RILLET --log-level warning >/tmp/side_by_side_rillet.log 2>&1 &
 pid=$!
 measure rillet $PORT_RILLET
-echo "{\"server\": \"rillet\", \"rss_mb\": $(( $(awk '/VmRSS/ {print $2}' /proc/$pid/status) / 1024 ))}"
+# The server and its engine process (and multiprocessing's resource tracker), together.
+rss_kb=0
+for p in $pid $(pgrep -P "$pid"); do rss_kb=$(( rss_kb + $(awk '/VmRSS/ {print $2}' /proc/$p/status) )); done
+echo "{\"server\": \"rillet\", \"rss_mb\": $(( rss_kb / 1024 ))}"
 kill $pid; wait $pid 2>/dev/null || true
 
 bash "$PEER" install >/dev/null

@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-prefix-caching", action="store_true", help="turn prefix caching off")
     serve.add_argument("--threads", type=int, default=None,
                        help="compute threads of the model step (default: one per core)")
+    serve.add_argument("--http-nice", type=int, default=10, metavar="N",
+                       help="how much CPU priority (nice) the HTTP server process gives up to the engine process, "
+                       "so that HTTP work does not stall the model step's threads on a machine with few cores; "
+                       "0 keeps them equal (default: 10)")
     serve.add_argument("--api-key", action="append", default=[], metavar="KEY",
                        help="require this API key on /v1/* (repeatable; also RILLET_API_KEYS, comma-separated)")
     serve.add_argument("--api-keys-file", metavar="PATH",
@@ -146,6 +150,8 @@ def _start_engine(path: str, args: argparse.Namespace, config):
     engine = EngineProcess(ModelEngineSpec(path, args.weights, config), args.log_level.upper(), LOG_FORMAT)
     try:
         engine.launch()
+        # After the launch, so that the engine process keeps the priority this one started with.
+        os.nice(max(0, args.http_nice))
         front = load_tokenizer_and_template(path)
         ready = engine.wait_ready()
     except BaseException:

@@ -95,10 +95,15 @@ def _read_hf_folder(folder: Path, dtype: torch.dtype) -> tuple[ModelConfig, dict
     weights = {name: w.to(dtype if w.dim() > 1 else torch.float32)
                for shard in tqdm(shards, desc="loading weights", unit="file", leave=False)
                for name, w in load_file(shard).items()}
+    return config, weights, Tokenizer.from_hf_folder(folder), _hf_chat_template(folder)
+
+
+def _hf_chat_template(folder: Path) -> str | None:
+    """The chat template of a Hugging Face folder: in tokenizer_config.json, or chat_template.jinja."""
     template = _read_json(folder / "tokenizer_config.json").get("chat_template")
     if template is None and (folder / "chat_template.jinja").is_file():
         template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
-    return config, weights, Tokenizer.from_hf_folder(folder), template
+    return template
 
 
 def hf_config(settings: dict[str, Any], folder: Path) -> ModelConfig:
@@ -166,9 +171,7 @@ def load_tokenizer_and_template(path: str) -> LoadedTokenizer:
         folder = Path(path)
         config = hf_config(_read_json(folder / "config.json"), folder)
         tokenizer = Tokenizer.from_hf_folder(folder)
-        template_source = _read_json(folder / "tokenizer_config.json").get("chat_template")
-        if template_source is None and (folder / "chat_template.jinja").is_file():
-            template_source = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        template_source = _hf_chat_template(folder)
     else:
         file = open_gguf(path)
         config = read_config(file)

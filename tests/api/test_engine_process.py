@@ -63,3 +63,10 @@ def test_a_model_that_cannot_be_loaded_is_an_error_and_exit_1():
     assert "rillet: error: model file not found: /nowhere/model.gguf" in result.stderr
     assert "Traceback" not in result.stderr
     wait_until_no_process_left(mark)
+
+
+def test_the_http_process_gives_cpu_priority_to_the_engine_process(server):
+    """--http-nice (default 10): on two cores, HTTP work would otherwise stall the model step's threads."""
+    http_nice = os.getpriority(os.PRIO_PROCESS, server.process.pid)
+    engine_nice = os.getpriority(os.PRIO_PROCESS, server.engine_pid())
+    assert http_nice == min(19, engine_nice + 10)
