@@ -15,10 +15,11 @@ from rillet.model.quantized import QuantizedWeight, concat_rows
 class LlamaLayer(torch.nn.Module):
     """Takes its matrices out of weights as it packs them, so loading never holds two copies."""
 
-    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], prefix: str, weight_format: str) -> None:
+    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], prefix: str, weight_format: str,
+                 ops: LayerOps) -> None:
         super().__init__()
         self.config = config
-        self.ops = LayerOps(weights[f"{prefix}.input_layernorm.weight"].device)
+        self.ops = ops
         self.attn_norm = weights[f"{prefix}.input_layernorm.weight"]
         self.mlp_norm = weights[f"{prefix}.post_attention_layernorm.weight"]
         # One matmul for q, k and v, and one for gate and up.
@@ -53,16 +54,16 @@ class LlamaModel(torch.nn.Module):
         self.config = config
         self.weight_format = weight_format
         embeddings = weights["model.embed_tokens.weight"]
-        self.layers = torch.nn.ModuleList(
-            LlamaLayer(config, weights, f"model.layers.{i}", weight_format) for i in range(config.num_layers))
         self.norm = weights["model.norm.weight"]
+        self.device = self.norm.device
+        self.ops = LayerOps(self.device)
+        self.layers = torch.nn.ModuleList(LlamaLayer(config, weights, f"model.layers.{i}", weight_format, self.ops)
+                                          for i in range(config.num_layers))
         self.lm_head = Linear(weights.get("lm_head.weight", embeddings), weight_format)
         # Rows are looked up, not multiplied: quantized rows are dequantized as they are looked up;
         # float rows are held in the weight format's precision.
         self.embed_tokens = embeddings if isinstance(embeddings, QuantizedWeight) else embeddings.to(
             torch.float32 if weight_format == "float32" else torch.float16)
-        self.device = self.norm.device
-        self.ops = LayerOps(self.device)
         self.rope_cos, self.rope_sin = rope_tables(config, self.device,
                                                    weights.get("rope_freq_factors.weight"))
 
@@ -76,7 +77,7 @@ class LlamaModel(torch.nn.Module):
         if isinstance(self.embed_tokens, QuantizedWeight):
             hidden = self.embed_tokens.rows(input_ids)
         else:
-                hidden = self.embed_tokens[input_ids].float()
+            hidden = self.embed_tokens[input_ids].float()
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
         delta = None
         for layer, cache in zip(self.layers, kv_caches):

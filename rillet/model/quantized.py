@@ -46,18 +46,13 @@ class QuantizedWeight:
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The rows ids dequantized, float32 [len(ids), in_features]: the embedding lookup."""
-        blocks = self.blocks.index_select(0, ids).view(len(ids), self.in_features // BLOCK, -1)
-        scale = blocks[..., 0:2].contiguous().view(torch.float16).float()
-        if self.ggml_type == "Q8_0":
-            values = scale * blocks[..., 2:34].contiguous().view(torch.int8).float()
-        else:
-            nibbles = blocks[..., 4:20] if self.ggml_type == "Q4_1" else blocks[..., 2:18]
-            q = torch.cat([nibbles & 15, nibbles >> 4], dim=-1).float()
-            if self.ggml_type == "Q4_1":
-                values = scale * q + blocks[..., 2:4].contiguous().view(torch.float16).float()
-            else:
-                values = scale * (q - 8)
-        return values.reshape(len(ids), self.in_features)
+        blocks = self.blocks.index_select(0, ids).numpy().reshape(len(ids), self.in_features // BLOCK, -1)
+        scale, offset, q = _fields(self.ggml_type, blocks)
+        # d * q is exact in float32, so d * q + m rounds once, as the file's dequantization does.
+        values = scale.astype(np.float32)[..., None] * q.astype(np.float32)
+        if offset is not None:
+            values += offset.astype(np.float32)[..., None]
+        return torch.from_numpy(values.reshape(len(ids), self.in_features))
 
     def pack(self) -> torch.Tensor:
         """The layout quant_matmul.c reads (described at its top), as a flat uint8 tensor."""
@@ -67,22 +62,31 @@ class QuantizedWeight:
         if padded:
             blocks = np.concatenate([blocks, np.zeros((padded, *blocks.shape[1:]), np.uint8)])
         groups = blocks.shape[0] // GROUP
-        scale = _half(blocks[:, :, 0:2])
-        if self.ggml_type == "Q8_0":
-            q = blocks[:, :, 2:34].reshape(groups, GROUP, k // BLOCK, BLOCK).transpose(0, 2, 3, 1)
+        scale, offset, q = _fields(self.ggml_type, blocks)
+        if offset is None:  # Q8_0: [k][16 rows] int8 per block
+            q = q.reshape(groups, GROUP, k // BLOCK, BLOCK).transpose(0, 2, 3, 1)
             return torch.from_numpy(np.ascontiguousarray(np.concatenate(
-                [_by_group(scale, groups), q.reshape(groups, k // BLOCK, -1)], axis=-1)).reshape(-1))
-        if self.ggml_type == "Q4_1":
-            offset, nibbles = _half(blocks[:, :, 2:4]), blocks[:, :, 4:20]
-        else:  # Q4_0: w = d * (q - 8), the same value as fma(d, q, -8 d)
-            offset, nibbles = (scale.astype(np.float32) * -8).astype(np.float16), blocks[:, :, 2:18]
-        # Element j of a block is in the low nibble of byte j (j < 16), element j + 16 in its high one.
-        q = np.concatenate([nibbles & 15, nibbles >> 4], axis=-1)
+                [_by_group(scale, groups), q.reshape(groups, k // BLOCK, -1).view(np.uint8)], axis=-1)).reshape(-1))
         # Pairs of k for 16 rows side by side: byte n of pair p = q(n, 2p) | q(n, 2p + 1) << 4.
         q = q.reshape(groups, GROUP, k // BLOCK, BLOCK // 2, 2).transpose(0, 2, 3, 1, 4)
         pairs = (q[..., 0] | (q[..., 1] << 4)).reshape(groups, k // BLOCK, -1)
         return torch.from_numpy(np.ascontiguousarray(np.concatenate(
             [_by_group(scale, groups), _by_group(offset, groups), pairs], axis=-1)).reshape(-1))
+
+
+def _fields(ggml_type: str, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """[..., bytes_per_block] uint8 -> scale d (float16 [...]), offset m (float16 [...], None for
+    Q8_0) and the 32 integers q of each block ([..., 32]): the weight is d q + m.
+    Q4_0 stores w = d (q - 8): its offset is -8 d, exact in float16."""
+    scale = _half(blocks[..., 0:2])
+    if ggml_type == "Q8_0":
+        return scale, None, blocks[..., 2:34].view(np.int8)
+    if ggml_type == "Q4_1":
+        offset, nibbles = _half(blocks[..., 2:4]), blocks[..., 4:20]
+    else:
+        offset, nibbles = (scale.astype(np.float32) * -8).astype(np.float16), blocks[..., 2:18]
+    # Element j of a block is in the low nibble of byte j (j < 16), element j + 16 in its high one.
+    return scale, offset, np.concatenate([nibbles & 15, nibbles >> 4], axis=-1)
 
 
 def _half(two_bytes: np.ndarray) -> np.ndarray:

@@ -30,13 +30,15 @@ def greedy(model, prompts: list[list[int]], steps: int, kv_dtype: torch.dtype) -
     return generated
 
 
+def prompt_logits(model, prompts: list[list[int]]) -> list[torch.Tensor]:
+    """Logits at every position of the prompts, computed together with a float32 KV cache."""
+    return run_step(model, model.model.allocate_kv_cache(64, BLOCK_SIZE, torch.float32), PagedSequences(4), prompts)
+
+
 @torch.inference_mode()
 def test_float16_logits_stay_close_and_pick_the_same_tokens(ours, ours_float16):
     prompts = [ours.tokenizer.encode(p) for p in PROMPTS]
-    exact = run_step(ours, ours.model.allocate_kv_cache(64, BLOCK_SIZE, torch.float32), PagedSequences(4), prompts)
-    fast = run_step(ours_float16, ours_float16.model.allocate_kv_cache(64, BLOCK_SIZE, torch.float32),
-                    PagedSequences(4), prompts)
-    for got, expected in zip(fast, exact):
+    for got, expected in zip(prompt_logits(ours_float16, prompts), prompt_logits(ours, prompts)):
         assert 0 < max_diff(got, expected) < FLOAT16_LOGITS_ATOL
         assert torch.equal(got.argmax(-1), expected.argmax(-1))
 
@@ -44,10 +46,7 @@ def test_float16_logits_stay_close_and_pick_the_same_tokens(ours, ours_float16):
 @torch.inference_mode()
 def test_quantized_weights_compute_the_float32_logits(ours, ours_quantized):
     prompts = [ours.tokenizer.encode(p) for p in PROMPTS]
-    exact = run_step(ours, ours.model.allocate_kv_cache(64, BLOCK_SIZE, torch.float32), PagedSequences(4), prompts)
-    fast = run_step(ours_quantized, ours_quantized.model.allocate_kv_cache(64, BLOCK_SIZE, torch.float32),
-                    PagedSequences(4), prompts)
-    for got, expected in zip(fast, exact):
+    for got, expected in zip(prompt_logits(ours_quantized, prompts), prompt_logits(ours, prompts)):
         assert max_diff(got, expected) < QUANTIZED_LOGITS_ATOL
         assert torch.equal(got.argmax(-1), expected.argmax(-1))
 
