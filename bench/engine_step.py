@@ -17,6 +17,7 @@ from rillet.engine.config import EngineConfig
 from rillet.engine.llm_engine import LLMEngine
 from rillet.engine.sampling_params import SamplingParams
 from rillet.model import default_model_path, load_model
+from rillet.model.linear import DEFAULT_WEIGHT_FORMAT, WEIGHT_FORMATS
 
 
 def make_engine(loaded, args) -> LLMEngine:
@@ -70,7 +71,7 @@ def main() -> None:
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--weights", default="quantized", choices=["quantized", "float16", "float32"])
+    parser.add_argument("--weights", default=DEFAULT_WEIGHT_FORMAT, choices=WEIGHT_FORMATS)
     parser.add_argument("--kv-cache-dtype", default="float16", choices=["float16", "float32"])
     parser.add_argument("--kv-cache-tokens", type=int, default=16384)
     parser.add_argument("--max-num-batched-tokens", type=int, default=256)

@@ -20,6 +20,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def build_parser() -> argparse.ArgumentParser:
     from rillet.api import admission
+    from rillet.model.linear import DEFAULT_WEIGHT_FORMAT, WEIGHT_FORMATS
 
     parser = argparse.ArgumentParser(prog="rillet", description="OpenAI-compatible chat completions server")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -42,11 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-num-batched-tokens", type=int, default=256,
                        help="tokens computed per step: the prefill chunk size (default: 256)")
     serve.add_argument("--block-size", type=int, default=16, help="tokens per KV block (default: 16)")
-    serve.add_argument("--weights", default="quantized", choices=["quantized", "float16", "float32"],
+    serve.add_argument("--weights", default=DEFAULT_WEIGHT_FORMAT, choices=WEIGHT_FORMATS,
                        help="how the linear layers hold their weights: quantized (the GGUF file's Q4_0/Q4_1/Q8_0 "
                        "blocks as stored, multiplied by a native CPU kernel at the file's exact values; other "
-                       "matrices in float16), float16 (rounded, FBGEMM), or float32 (exact dequantized file) "
-                       "(default: quantized)")
+                       "matrices in float16), quantized-int8 (the same blocks, activations rounded to int8 per "
+                       "block of 32 as llama.cpp does: faster, not exact), float16 (rounded, FBGEMM), or float32 "
+                       f"(exact dequantized file) (default: {DEFAULT_WEIGHT_FORMAT})")
     serve.add_argument("--no-prefix-caching", action="store_true", help="turn prefix caching off")
     serve.add_argument("--threads", type=int, default=None,
                        help="compute threads of the model step (default: one per core)")

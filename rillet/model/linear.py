@@ -8,6 +8,9 @@ quantized: matrices the GGUF file stores as Q4_0, Q4_1 or Q8_0 stay in those blo
     multiplied by a native kernel (rillet/model/native/quant_matmul.c) at exactly the float32
     values the file dequantizes to, reading a quarter of float16's bytes. Other matrices (other
     block types, safetensors folders, a device without the kernel) use float16.
+quantized-int8: the same blocks, but each block of 32 activations is rounded to int8 (scale
+    max|x| / 127) and multiplied as integers (rillet/model/native/int8_matmul.c), as llama.cpp
+    does; faster, and no longer exact (README, "Weight formats", gives the measured cost).
 """
 from __future__ import annotations
 
@@ -19,8 +22,10 @@ import torch.nn.functional as F
 from rillet.model import native
 from rillet.model.quantized import QuantizedWeight
 
-WEIGHT_FORMATS = ("quantized", "float16", "float32")
-DEFAULT_WEIGHT_FORMAT = "quantized"
+WEIGHT_FORMATS = ("quantized", "quantized-int8", "float16", "float32")
+# The native library that multiplies the file's blocks, for each format that keeps them.
+BLOCK_KERNELS = {"quantized": "quant_matmul", "quantized-int8": "int8_matmul"}
+DEFAULT_WEIGHT_FORMAT = "quantized-int8"
 
 
 class Linear:
@@ -34,12 +39,14 @@ class Linear:
         self._packed = None
         self._blocks: torch.Tensor | None = None
         self._kernel = None
+        self._library = BLOCK_KERNELS.get(weight_format)
         if isinstance(weight, QuantizedWeight):
-            if weight_format == "quantized" and native.quant_matmul_available(weight.kernel):
-                self._blocks, self._kernel = weight.pack(), weight.kernel
+            if self._library and native.quant_matmul_available(weight.kernel, self._library):
+                self._kernel = weight.kernel
+                self._blocks = weight.pack_int8() if self._library == "int8_matmul" else weight.pack()
                 return
             weight = weight.dequantize()
-        if weight_format == "quantized":
+        if self._library:
             weight_format = "float16"
         if weight_format == "float16" and weight.device.type == "cpu" and _fbgemm_fp16_available():
             self._packed = torch.ops.quantized.linear_prepack_fp16(weight.float().contiguous(), None)
@@ -50,7 +57,7 @@ class Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self._blocks is not None:
-            return native.quant_matmul(x, self._blocks, self._kernel, self.out_features)
+            return native.quant_matmul(x, self._blocks, self._kernel, self.out_features, self._library)
         if self._packed is not None:
             return torch.ops.quantized.linear_dynamic_fp16(x, self._packed)
         return F.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)

@@ -16,7 +16,7 @@ from rillet.model.chat_template import ChatTemplate
 from rillet.model.config import SUPPORTED_ARCHITECTURES, ModelConfig
 from rillet.model.errors import ModelLoadError
 from rillet.model.gguf_loader import open_gguf, read_config, read_tensors
-from rillet.model.linear import DEFAULT_WEIGHT_FORMAT
+from rillet.model.linear import BLOCK_KERNELS, DEFAULT_WEIGHT_FORMAT
 from rillet.model.llama import LlamaModel
 from rillet.model.tokenizer import Tokenizer
 
@@ -52,10 +52,11 @@ def load_model(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu
                weight_format: str = DEFAULT_WEIGHT_FORMAT) -> LoadedModel:
     """A GGUF file, or a Hugging Face llama folder (config.json, *.safetensors, tokenizer.json).
     weight_format: how the linear layers hold their weights (see rillet/model/linear.py)."""
-    if weight_format == "quantized" and torch.device(device).type != "cpu":
-        weight_format = "float16"  # the quantized kernel is for the CPU
+    keep_quantized = weight_format in BLOCK_KERNELS
+    if keep_quantized and torch.device(device).type != "cpu":
+        weight_format, keep_quantized = "float16", False  # the block kernels are for the CPU
     # Matrices are held in float16 until packed: half the peak memory of loading.
-    matrix_dtype = torch.float16 if weight_format in ("float16", "quantized") else dtype
+    matrix_dtype = torch.float16 if weight_format == "float16" or keep_quantized else dtype
     if Path(path).is_dir():
         config, weights, tokenizer, template_source = _read_hf_folder(Path(path), matrix_dtype)
     else:
@@ -63,7 +64,7 @@ def load_model(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu
         config = read_config(file)
         tokenizer = Tokenizer.from_gguf(file)
         template_source = file.get("tokenizer.chat_template")
-        weights = read_tensors(file, config, matrix_dtype, keep_quantized=weight_format == "quantized")
+        weights = read_tensors(file, config, matrix_dtype, keep_quantized=keep_quantized)
     template = ChatTemplate(template_source or CHATML_TEMPLATE, tokenizer.bos_token, tokenizer.eos_token)
     try:
         with torch.device(device):

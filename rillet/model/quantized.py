@@ -16,7 +16,8 @@ import torch
 # GGML type name -> the kernel that multiplies it.
 KERNELS = {"Q4_0": "q4", "Q4_1": "q4", "Q8_0": "q8"}
 BLOCK = 32  # weights per block, along a row
-GROUP = 16  # rows packed together
+GROUP = 16  # rows packed together for quant_matmul.c
+INT8_GROUP = 8  # and for int8_matmul.c
 
 
 @dataclass(slots=True)
@@ -56,22 +57,35 @@ class QuantizedWeight:
 
     def pack(self) -> torch.Tensor:
         """The layout quant_matmul.c reads (described at its top), as a flat uint8 tensor."""
+        groups, blocks, scale, offset, q = self._grouped(GROUP)
+        if offset is None:  # Q8_0: [k][16 rows] int8 per block
+            q = q.reshape(groups, GROUP, blocks, BLOCK).transpose(0, 2, 3, 1)
+            return _flat([_by_group(scale, groups, GROUP), q.reshape(groups, blocks, -1).view(np.uint8)])
+        # Pairs of k for 16 rows side by side: byte n of pair p = q(n, 2p) | q(n, 2p + 1) << 4.
+        q = q.reshape(groups, GROUP, blocks, BLOCK // 2, 2).transpose(0, 2, 3, 1, 4)
+        pairs = (q[..., 0] | (q[..., 1] << 4)).reshape(groups, blocks, -1)
+        return _flat([_by_group(scale, groups, GROUP), _by_group(offset, groups, GROUP), pairs])
+
+    def pack_int8(self) -> torch.Tensor:
+        """The layout int8_matmul.c reads (described at its top), as a flat uint8 tensor."""
+        groups, blocks, scale, offset, q = self._grouped(INT8_GROUP)
+        # Runs of 4 consecutive k for 8 rows: [group, block, run t, row n, 4].
+        q = q.reshape(groups, INT8_GROUP, blocks, BLOCK // 4, 4).transpose(0, 2, 3, 1, 4)
+        if offset is None:  # Q8_0: eight runs of int8
+            return _flat([_by_group(scale, groups, INT8_GROUP), q.reshape(groups, blocks, -1).view(np.uint8)])
+        # Q4: k in the low nibbles of runs 0-3, k + 16 in their high nibbles.
+        nibbles = (q[:, :, :4] | (q[:, :, 4:] << 4)).reshape(groups, blocks, -1)
+        return _flat([_by_group(scale, groups, INT8_GROUP), _by_group(offset, groups, INT8_GROUP), nibbles])
+
+    def _grouped(self, group: int) -> tuple[int, int, np.ndarray, np.ndarray | None, np.ndarray]:
+        """Rows padded with zero blocks to a multiple of group: (groups, blocks per row, and the
+        block fields of _fields)."""
         rows, k = self.shape
         blocks = self.blocks.numpy().reshape(rows, k // BLOCK, -1)
-        padded = -rows % GROUP
+        padded = -rows % group
         if padded:
             blocks = np.concatenate([blocks, np.zeros((padded, *blocks.shape[1:]), np.uint8)])
-        groups = blocks.shape[0] // GROUP
-        scale, offset, q = _fields(self.ggml_type, blocks)
-        if offset is None:  # Q8_0: [k][16 rows] int8 per block
-            q = q.reshape(groups, GROUP, k // BLOCK, BLOCK).transpose(0, 2, 3, 1)
-            return torch.from_numpy(np.ascontiguousarray(np.concatenate(
-                [_by_group(scale, groups), q.reshape(groups, k // BLOCK, -1).view(np.uint8)], axis=-1)).reshape(-1))
-        # Pairs of k for 16 rows side by side: byte n of pair p = q(n, 2p) | q(n, 2p + 1) << 4.
-        q = q.reshape(groups, GROUP, k // BLOCK, BLOCK // 2, 2).transpose(0, 2, 3, 1, 4)
-        pairs = (q[..., 0] | (q[..., 1] << 4)).reshape(groups, k // BLOCK, -1)
-        return torch.from_numpy(np.ascontiguousarray(np.concatenate(
-            [_by_group(scale, groups), _by_group(offset, groups), pairs], axis=-1)).reshape(-1))
+        return blocks.shape[0] // group, k // BLOCK, *_fields(self.ggml_type, blocks)
 
 
 def _fields(ggml_type: str, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
@@ -94,9 +108,14 @@ def _half(two_bytes: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(two_bytes).view(np.float16)[..., 0]
 
 
-def _by_group(values: np.ndarray, groups: int) -> np.ndarray:
-    """[rows, blocks] float16 -> [groups, blocks, 16 * 2] bytes: each block's 16 rows side by side."""
-    return np.ascontiguousarray(values.reshape(groups, GROUP, -1).transpose(0, 2, 1)).view(np.uint8)
+def _by_group(values: np.ndarray, groups: int, group: int) -> np.ndarray:
+    """[rows, blocks] float16 -> [groups, blocks, group * 2] bytes: each block's rows side by side."""
+    return np.ascontiguousarray(values.reshape(groups, group, -1).transpose(0, 2, 1)).view(np.uint8)
+
+
+def _flat(parts: list[np.ndarray]) -> torch.Tensor:
+    """[groups, blocks, bytes] pieces of each block, joined block by block, as flat uint8."""
+    return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts, axis=-1)).reshape(-1))
 
 
 def concat_rows(weights: list[torch.Tensor | QuantizedWeight]) -> torch.Tensor | QuantizedWeight:

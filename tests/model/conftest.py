@@ -49,5 +49,11 @@ def ours_float16(gguf_path):
 
 @pytest.fixture(scope="session")
 def ours_quantized(gguf_path):
-    """The server's default weight format: the file's Q4_1/Q8_0 blocks through the native kernel."""
+    """The file's Q4_1/Q8_0 blocks through the exact native kernel (activations in float32)."""
     return load_model(str(gguf_path), weight_format="quantized")
+
+
+@pytest.fixture(scope="session")
+def ours_int8(gguf_path):
+    """The file's blocks times activations rounded to int8 per block of 32, as llama.cpp does."""
+    return load_model(str(gguf_path), weight_format="quantized-int8")

@@ -27,7 +27,8 @@ FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC"]
 # -ffast-math only when compiling: linked with it, the library would turn on flush-to-zero for
 # the whole process as it loads. Kernels whose results must not depend on the batch keep IEEE
 # arithmetic exactly as written.
-EXTRA_FLAGS = {"decode_attention": ["-ffast-math"], "layer_ops": ["-ffast-math"], "quant_matmul": ["-ffp-contract=off"]}
+EXTRA_FLAGS = {"decode_attention": ["-ffast-math"], "layer_ops": ["-ffast-math"], "quant_matmul": ["-ffp-contract=off"],
+               "int8_matmul": ["-ffp-contract=off"]}
 # glibc's vector math (expf over 8 lanes), where the C library has it.
 LIBRARIES = [["-lmvec", "-lm"], ["-lm"]]
 _I64, _F32, _PTR = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
@@ -117,39 +118,46 @@ def paged_decode_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: t
     return out if status == 0 else None
 
 
+# The kernels that multiply a GGUF file's own blocks: x stays float32 (exact), or is rounded to
+# int8 per block of 32 (faster). Each library has one function per block kernel, "q4" and "q8".
+MATMUL_LIBRARIES = ("quant_matmul", "int8_matmul")
+
+
 @cache
-def _quant_matmul_function(kind: str):
-    lib = library("quant_matmul")
+def _matmul_function(name: str, kind: str):
+    lib = library(name)
     if lib is None:
         return None
-    function = getattr(lib, f"quant_matmul_{kind}")
+    function = getattr(lib, f"{name}_{kind}")
     function.restype = ctypes.c_int
     function.argtypes = [_PTR, _I64, _I64, _PTR, _I64, _PTR]
-    return function if _probe_quant_matmul(function) else None
+    return function if _probe_matmul(function) else None
 
 
-def _probe_quant_matmul(function) -> bool:
+def _probe_matmul(function) -> bool:
     """False where the build has no AVX2 kernel (it returns -1 for every call)."""
     x, y = torch.zeros(1, 32), torch.empty(1, 16)
     packed = torch.zeros(1024, dtype=torch.uint8)
     return function(x.data_ptr(), 1, 32, packed.data_ptr(), 16, y.data_ptr()) == 0
 
 
-def quant_matmul_available(kind: str) -> bool:
-    return _quant_matmul_function(kind) is not None
+def quant_matmul_available(kind: str, name: str = "quant_matmul") -> bool:
+    return _matmul_function(name, kind) is not None
 
 
-def quant_matmul(x: torch.Tensor, packed: torch.Tensor, kind: str, out_features: int) -> torch.Tensor:
-    """x [..., K] times the packed weights of quant_matmul.c ("q4" or "q8"): [..., out_features]
-    float32. The caller checks quant_matmul_available(kind) once, when it packs the weights."""
-    function = _quant_matmul_function(kind)
+def quant_matmul(x: torch.Tensor, packed: torch.Tensor, kind: str, out_features: int,
+                 name: str = "quant_matmul") -> torch.Tensor:
+    """x [..., K] times weights packed for library name's kernel kind ("q4" or "q8"):
+    [..., out_features] float32. The caller checks quant_matmul_available(kind, name) once,
+    when it packs the weights."""
+    function = _matmul_function(name, kind)
     x2 = x if x.dim() == 2 and x.dtype == torch.float32 and x.is_contiguous() else \
         x.reshape(-1, x.shape[-1]).float().contiguous()
     rows, k = x2.shape
     out = torch.empty(rows, out_features, dtype=torch.float32)
     status = function(x2.data_ptr(), rows, k, packed.data_ptr(), out_features, out.data_ptr())
     if status != 0:
-        raise RuntimeError(f"quant_matmul_{kind} failed (status {status})")
+        raise RuntimeError(f"{name}_{kind} failed (status {status})")
     return out if x2 is x else out.reshape(*x.shape[:-1], out_features)
 
 

@@ -1,0 +1,255 @@
+/* y = x @ W.T with W in a GGUF file's own Q4_0, Q4_1 or Q8_0 blocks and x rounded to 8-bit
+ * integers per block of 32, so that each block is one integer dot product: llama.cpp's way on
+ * AVX2 (its Q8_1 activations). Faster than quant_matmul.c, which keeps x in float32, but not exact.
+ *
+ * x: [M, K] float32 (row stride K); y: [M, N] float32 (row stride N); K a multiple of 32.
+ * Each block of 32 values of a row of x becomes dx = max|x| / 127, xq = round(x / dx) in
+ * -127..127 and sx = dx * sum(xq).
+ * W is packed in groups of 8 output rows (N padded with zero rows to a multiple of 8); for each
+ * group its K / 32 blocks follow one another:
+ *   Q4 (from Q4_0 and Q4_1): d[8] float16, m[8] float16, then four runs of 32 bytes: in run t,
+ *       byte 4n + i holds q(n, 4t + i) in its low nibble and q(n, 16 + 4t + i) in its high one.
+ *       The weight is d q + m (Q4_0 is m = -8 d).
+ *   Q8 (from Q8_0): d[8] float16, then eight runs of 32 bytes: in run t, byte 4n + i is
+ *       q(n, 4t + i) as int8. The weight is d q.
+ * A block adds (d dx) * sum(q xq) + m sx to output n. The integer sums are exact; the float steps
+ * run in one order whatever M is and whichever tile computes them, so a row's result does not
+ * depend on the rows batched with it. Compiled without fp contraction to keep that order.
+ * Returns 0, or -1 where this build has no AVX2/FMA/F16C (the caller then keeps float weights).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define GROUP 8
+#define BLOCK 32
+#define Q4_BLOCK_BYTES (2 * GROUP * 2 + GROUP * BLOCK / 2)
+#define Q8_BLOCK_BYTES (GROUP * 2 + GROUP * BLOCK)
+#ifndef TILE_ROWS
+#define TILE_ROWS 4   /* rows of x per tile when batched */
+#endif
+#ifndef TILE_GROUPS
+#define TILE_GROUPS 2 /* groups of 8 outputs per tile when batched */
+#endif
+#define ROW_GROUPS 4  /* groups per tile for a single row */
+#define CHUNK_BYTES (256 << 10) /* int8 rows of x per pass over the weights: about half of L2 */
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define INLINE static inline __attribute__((always_inline))
+
+static inline __m256 half8(const uint8_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+
+/* Four bytes of x's integers, repeated across a register. */
+static inline __m256i broadcast4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* One block of 32 floats -> 32 int8, its scale dx and sx = dx * sum(q). */
+static void quantize_block(const float *x, int8_t *q, float *dx, float *sx) {
+    const __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
+    const __m256 v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 a = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                                   _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    const float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+    const float d = amax / 127.0f;
+    const __m256 inv = _mm256_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
+    const int mode = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    const __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, inv), mode));
+    const __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, inv), mode));
+    const __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, inv), mode));
+    const __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, inv), mode));
+    const __m256i s = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
+    /* packs works within 128-bit lanes; the permutation puts the 32 bytes back in order. */
+    const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+    const __m256i ordered = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)q, ordered);
+    *dx = d;
+    *sx = d * (float)_mm_cvtsi128_si32(t);
+}
+
+/* acc + (d dx) * sum + m sx, in this order everywhere. */
+static inline __m256 fold(__m256 acc, __m256 d, float dx, __m256i sum, __m256 m, float sx) {
+    const __m256 scaled = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(dx)), _mm256_cvtepi32_ps(sum), acc);
+    return _mm256_fmadd_ps(m, _mm256_set1_ps(sx), scaled);
+}
+
+/* rows x groups tile: rows of x (integers xq [rows][K], scales xd/xs [rows][K / 32]) times
+ * groups consecutive groups of W; out [rows][groups * 8]. */
+INLINE void tile_q4(int rows, int groups, const int8_t *xq, const float *xd, const float *xs, int64_t K,
+                    const uint8_t *w, int64_t group_bytes, float *out) {
+    const int64_t blocks = K / BLOCK;
+    const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    __m256 acc[8][ROW_GROUPS];
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) acc[r][g] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < blocks; b++) {
+        /* 16-bit sums: eight products of at most 15 * 127 per pair stay below 2^15. */
+        __m256i sum[8][ROW_GROUPS];
+        for (int r = 0; r < rows; r++)
+            for (int g = 0; g < groups; g++) sum[r][g] = _mm256_setzero_si256();
+        /* The low nibbles (k 0-15), then the high ones (k 16-31): fewer registers live than both
+         * at once. Not unrolled: unrolled, GCC computes every product first and spills them. */
+        for (int high = 0; high < 2; high++) {
+#pragma GCC unroll 1
+            for (int t = 0; t < 4; t++) {
+                __m256i xt[8];
+                for (int r = 0; r < rows; r++) xt[r] = broadcast4(xq + r * K + b * BLOCK + 16 * high + 4 * t);
+                for (int g = 0; g < groups; g++) {
+                    __m256i v = _mm256_loadu_si256((const __m256i *)(w + g * group_bytes + b * Q4_BLOCK_BYTES + 32 + 32 * t));
+                    v = _mm256_and_si256(high ? _mm256_srli_epi16(v, 4) : v, low);
+                    for (int r = 0; r < rows; r++) sum[r][g] = _mm256_add_epi16(sum[r][g], _mm256_maddubs_epi16(v, xt[r]));
+                }
+            }
+        }
+        for (int g = 0; g < groups; g++) {
+            const uint8_t *block = w + g * group_bytes + b * Q4_BLOCK_BYTES;
+            const __m256 d = half8(block), m = half8(block + 16);
+            for (int r = 0; r < rows; r++)
+                acc[r][g] = fold(acc[r][g], d, xd[r * blocks + b], _mm256_madd_epi16(sum[r][g], ones), m,
+                                 xs[r * blocks + b]);
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) _mm256_storeu_ps(out + (r * groups + g) * GROUP, acc[r][g]);
+}
+
+INLINE void tile_q8(int rows, int groups, const int8_t *xq, const float *xd, const float *xs, int64_t K,
+                    const uint8_t *w, int64_t group_bytes, float *out) {
+    (void)xs;
+    const int64_t blocks = K / BLOCK;
+    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 acc[8][ROW_GROUPS];
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) acc[r][g] = zero;
+    for (int64_t b = 0; b < blocks; b++) {
+        __m256i sum[8][ROW_GROUPS];
+        for (int r = 0; r < rows; r++)
+            for (int g = 0; g < groups; g++) sum[r][g] = _mm256_setzero_si256();
+#pragma GCC unroll 1
+        for (int t = 0; t < 8; t++) {
+            __m256i xt[8];
+            for (int r = 0; r < rows; r++) xt[r] = broadcast4(xq + r * K + b * BLOCK + 4 * t);
+            for (int g = 0; g < groups; g++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(w + g * group_bytes + b * Q8_BLOCK_BYTES + 16 + 32 * t));
+                /* |q| times x with q's sign: unsigned times signed, as maddubs needs. */
+                const __m256i magnitude = _mm256_abs_epi8(v);
+                for (int r = 0; r < rows; r++) {
+                    const __m256i pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(xt[r], v));
+                    sum[r][g] = _mm256_add_epi32(sum[r][g], _mm256_madd_epi16(pairs, ones));
+                }
+            }
+        }
+        for (int g = 0; g < groups; g++) {
+            const __m256 d = half8(w + g * group_bytes + b * Q8_BLOCK_BYTES);
+            for (int r = 0; r < rows; r++) {
+                const __m256 scaled = _mm256_mul_ps(d, _mm256_set1_ps(xd[r * blocks + b]));
+                acc[r][g] = _mm256_fmadd_ps(scaled, _mm256_cvtepi32_ps(sum[r][g]), acc[r][g]);
+            }
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) _mm256_storeu_ps(out + (r * groups + g) * GROUP, acc[r][g]);
+}
+
+/* Each (rows, groups) a copy of its own, unrolled with its sums in registers. */
+#define TILE_FUNCTIONS(r)                                                                                        \
+    static void q4_##r##x1(TILE_ARGS) { tile_q4(r, 1, xq, xd, xs, K, w, group_bytes, out); }                   \
+    static void q4_##r##x2(TILE_ARGS) { tile_q4(r, 2, xq, xd, xs, K, w, group_bytes, out); }                   \
+    static void q4_##r##x3(TILE_ARGS) { tile_q4(r, 3, xq, xd, xs, K, w, group_bytes, out); }                   \
+    static void q4_##r##x4(TILE_ARGS) { tile_q4(r, 4, xq, xd, xs, K, w, group_bytes, out); }                   \
+    static void q8_##r##x1(TILE_ARGS) { tile_q8(r, 1, xq, xd, xs, K, w, group_bytes, out); }                   \
+    static void q8_##r##x2(TILE_ARGS) { tile_q8(r, 2, xq, xd, xs, K, w, group_bytes, out); }                   \
+    static void q8_##r##x3(TILE_ARGS) { tile_q8(r, 3, xq, xd, xs, K, w, group_bytes, out); }                   \
+    static void q8_##r##x4(TILE_ARGS) { tile_q8(r, 4, xq, xd, xs, K, w, group_bytes, out); }
+#define TILE_ARGS const int8_t *xq, const float *xd, const float *xs, int64_t K, const uint8_t *w, int64_t group_bytes, float *out
+typedef void (*tile_fn)(TILE_ARGS);
+TILE_FUNCTIONS(1)
+TILE_FUNCTIONS(2)
+TILE_FUNCTIONS(3)
+TILE_FUNCTIONS(4)
+TILE_FUNCTIONS(5)
+TILE_FUNCTIONS(6)
+TILE_FUNCTIONS(7)
+TILE_FUNCTIONS(8)
+#define ROW_OF(k, r) {k##_##r##x1, k##_##r##x2, k##_##r##x3, k##_##r##x4}
+static const tile_fn TILES[2][8][4] = {
+    {ROW_OF(q4, 1), ROW_OF(q4, 2), ROW_OF(q4, 3), ROW_OF(q4, 4), ROW_OF(q4, 5), ROW_OF(q4, 6), ROW_OF(q4, 7), ROW_OF(q4, 8)},
+    {ROW_OF(q8, 1), ROW_OF(q8, 2), ROW_OF(q8, 3), ROW_OF(q8, 4), ROW_OF(q8, 5), ROW_OF(q8, 6), ROW_OF(q8, 7), ROW_OF(q8, 8)},
+};
+
+static void tile_any(int q8, int rows, int groups, TILE_ARGS) {
+    TILES[q8][rows - 1][groups - 1](xq, xd, xs, K, w, group_bytes, out);
+}
+
+/* Copies the valid columns of a [rows][groups * 8] tile into y at column n0. */
+static inline void put(const float *tile_out, int rows, int groups, float *y, int64_t N, int64_t n0) {
+    const int64_t width = N - n0 < groups * GROUP ? N - n0 : groups * GROUP;
+    for (int r = 0; r < rows; r++) memcpy(y + r * N + n0, tile_out + r * groups * GROUP, width * sizeof(float));
+}
+
+static int matmul(const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, float *y, int q8) {
+    if (K % BLOCK != 0 || M <= 0) return M == 0 ? 0 : -1;
+    const int64_t groups = (N + GROUP - 1) / GROUP, blocks = K / BLOCK;
+    const int64_t group_bytes = blocks * (q8 ? Q8_BLOCK_BYTES : Q4_BLOCK_BYTES);
+    int64_t chunk = CHUNK_BYTES / K / TILE_ROWS * TILE_ROWS;
+    if (chunk < TILE_ROWS) chunk = TILE_ROWS;
+    int8_t *xq = malloc((size_t)(M * K));
+    float *xd = malloc((size_t)(M * blocks) * sizeof(float)), *xs = malloc((size_t)(M * blocks) * sizeof(float));
+    if (xq == NULL || xd == NULL || xs == NULL) {
+        free(xq), free(xd), free(xs);
+        return -1;
+    }
+    const int step = M == 1 ? ROW_GROUPS : TILE_GROUPS;
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < M * blocks; i++) quantize_block(x + i * BLOCK, xq + i * BLOCK, xd + i, xs + i);
+        float out[8 * ROW_GROUPS * GROUP];
+        /* Rows in chunks that stay in L2 while every group's weights pass over them. */
+        for (int64_t m0 = 0; m0 < M; m0 += chunk) {
+            const int64_t m1 = m0 + chunk < M ? m0 + chunk : M;
+#pragma omp for schedule(static)
+            for (int64_t g = 0; g < groups; g += step) {
+                const int n = groups - g < step ? (int)(groups - g) : step;
+                for (int64_t m = m0; m < m1; m += TILE_ROWS) {
+                    const int rows = m1 - m < TILE_ROWS ? (int)(m1 - m) : TILE_ROWS;
+                    tile_any(q8, rows, n, xq + m * K, xd + m * blocks, xs + m * blocks, K,
+                             packed + g * group_bytes, group_bytes, out);
+                    put(out, rows, n, y + m * N, N, g * GROUP);
+                }
+            }
+        }
+    }
+    free(xq), free(xd), free(xs);
+    return 0;
+}
+
+int int8_matmul_q4(const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, float *y) {
+    return matmul(x, M, K, packed, N, y, 0);
+}
+
+int int8_matmul_q8(const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, float *y) {
+    return matmul(x, M, K, packed, N, y, 1);
+}
+
+#else
+
+int int8_matmul_q4(const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, float *y) {
+    return -1;
+}
+
+int int8_matmul_q8(const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, float *y) {
+    return -1;
+}
+
+#endif
