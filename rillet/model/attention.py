@@ -14,9 +14,16 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: to
     which already holds k and v in their slots (LayerOps.write_kv).
 
     Lets each new token attend to its sequence's cached tokens up to and including itself.
-    Sequences with one new token (decodes) are computed together in one call; each longer
-    prefill chunk on its own. Returns [T, heads * dim].
+    Where the C kernel runs, every token is a query row of its own, computed the same way whether
+    it comes in a prefill chunk or alone (after a prefix-cache hit, or as a decode): a token's
+    result never depends on how its prompt was split into steps. Elsewhere sequences with one new
+    token (decodes) are computed together in one call and each longer prefill chunk on its own,
+    with PyTorch's attention. Returns [T, heads * dim].
     """
+    rows = meta.query_rows()
+    out = native.paged_decode_attention(q, cache, rows.block_tables, rows.context_lens)
+    if out is not None:
+        return out.to(q.dtype).reshape(q.shape[0], -1)
     decodes = meta.decode_batch()
     if decodes.rows is None:
         return _decode_attention(q, cache, decodes).reshape(q.shape[0], -1)
@@ -40,11 +47,8 @@ def _gather(cache: torch.Tensor, block_table: torch.Tensor, dtype: torch.dtype) 
 
 
 def _decode_attention(q: torch.Tensor, cache: torch.Tensor, decodes: DecodeBatch) -> torch.Tensor:
-    """q: [D, heads, dim], one token per sequence. The C kernel reads the paged cache in place;
-    elsewhere the blocks are gathered and padded for PyTorch's attention."""
-    out = native.paged_decode_attention(q, cache, decodes.block_tables, decodes.context_lens)
-    if out is not None:
-        return out.to(q.dtype)
+    """q: [D, heads, dim], one token per sequence: the blocks gathered and padded for PyTorch's
+    attention."""
     keys, values = _gather(cache, decodes.block_tables, q.dtype)  # [D, kv_heads, L, dim]
     if decodes.mask is None:  # the same for every layer: built by the first, kept for the rest
         visible = torch.arange(keys.shape[2], device=q.device).unsqueeze(0) < decodes.context_lens.unsqueeze(1)

@@ -21,6 +21,8 @@ class AttentionMetadata:
     block_size: int
     # The sequences with one new token, built by the first layer and kept for the rest.
     decodes: DecodeBatch | None = None
+    # Every new token as a query of its own, likewise built once a step.
+    queries: QueryRows | None = None
 
     @property
     def num_seqs(self) -> int:
@@ -28,6 +30,20 @@ class AttentionMetadata:
 
     def num_new(self, i: int) -> int:
         return self.query_start[i + 1] - self.query_start[i]
+
+    def query_rows(self) -> QueryRows:
+        if self.queries is None:
+            if len(self.slot_mapping) == self.num_seqs:  # one new token each: the step's own tables
+                lens = torch.tensor(self.context_lens, dtype=torch.long, device=self.block_tables.device)
+                self.queries = QueryRows(self.block_tables, lens)
+            else:
+                counts = [self.num_new(i) for i in range(self.num_seqs)]
+                lens = [n for i, count in enumerate(counts)
+                        for n in range(self.context_lens[i] - count + 1, self.context_lens[i] + 1)]
+                device = self.block_tables.device
+                tables = self.block_tables.repeat_interleave(torch.tensor(counts, device=device), dim=0)
+                self.queries = QueryRows(tables, torch.tensor(lens, dtype=torch.long, device=device))
+        return self.queries
 
     def decode_batch(self) -> DecodeBatch:
         if self.decodes is None:
@@ -56,3 +72,13 @@ class DecodeBatch:
     context_lens: torch.Tensor  # [D] int64
     # [D, 1, 1, max_context] bool: which padded key slots each sees (built by the PyTorch path).
     mask: torch.Tensor | None = None
+
+
+@dataclass(slots=True)
+class QueryRows:
+    """Each new token of the step as one query row that sees its sequence's cached tokens up to
+    and including itself: row j of a sequence whose n new tokens end at context length L sees
+    L - n + 1 + j tokens."""
+
+    block_tables: torch.Tensor  # [T, max_blocks_per_seq] int64: the row's sequence's table
+    context_lens: torch.Tensor  # [T] int64

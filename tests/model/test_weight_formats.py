@@ -92,6 +92,28 @@ def test_int8_activations_and_float16_kv_cache_generate_the_float32_greedy_text(
     assert greedy(ours_int8, prompts, 48, torch.float16) == greedy(ours, prompts, 48, torch.float32)
 
 
+@torch.inference_mode()
+def test_a_tokens_logits_do_not_depend_on_how_its_prompt_was_split_into_steps(ours_int8):
+    """What makes temperature 0 repeatable under prefix caching and chunked prefill: every row of
+    every step, attention included, is computed the same way whatever else the step holds."""
+    prompt = ours_int8.tokenizer.encode(PROMPTS[0] + " it was chased by a very hungry wolf")
+    other = ours_int8.tokenizer.encode(PROMPTS[1])
+
+    def last_logits(splits: list[int], neighbour: bool) -> torch.Tensor:
+        cache = ours_int8.model.allocate_kv_cache(32, BLOCK_SIZE, torch.float16)
+        paged = PagedSequences(2 if neighbour else 1)
+        for step, (start, stop) in enumerate(zip([0, *splits], [*splits, len(prompt)])):
+            # The neighbour: a 3-token prefill, then one token a step.
+            extra = [other[:3] if step == 0 else [other[step % len(other)]]] if neighbour else []
+            logits = run_step(ours_int8, cache, paged, [prompt[start:stop], *extra])
+        return logits[0][-1]
+
+    whole = last_logits([], neighbour=False)
+    assert torch.equal(last_logits([len(prompt) - 1], neighbour=False), whole)  # a prefix-cache hit
+    assert torch.equal(last_logits([5, 6, 17], neighbour=True), whole)  # chunks, batched with another
+    assert torch.equal(last_logits(list(range(1, len(prompt))), neighbour=True), whole)  # token by token
+
+
 def test_linear_formats_compute_the_same_product():
     torch.manual_seed(0)
     weight, x = torch.randn(40, 24), torch.randn(5, 24)

@@ -1,21 +1,27 @@
-/* Decode attention straight over the paged KV cache: one new query token per sequence
- * attends to every cached token of its sequence, reading keys and values block by block
- * through the block table (no gathered copy) with an online softmax.
+/* Attention straight over the paged KV cache: each query row (a decode token, or one token of a
+ * prefill chunk with its own context length) attends to the cached tokens of its sequence,
+ * reading keys and values block by block through the block table (no gathered copy) with an
+ * online softmax. A row's result depends only on its query and its cached tokens.
  *
  * cache: [2, num_blocks, block_size, num_kv_heads, head_dim] (keys, then values), float32
  *        (the _f32 entry point) or float16 (_f16); arithmetic is float32 either way.
- * q, out: [num_seqs, num_heads, head_dim] float32; block_tables: [num_seqs, table_width] int64
+ * q, out: [rows, num_heads, head_dim] float32; block_tables: [rows, table_width] int64 (the
+ *        argument names say seqs: for decode each row is one sequence)
  * Query heads h * groups .. (h + 1) * groups - 1 share kv head h (grouped-query attention).
  * Returns 0, or -1 when a size is beyond the fixed buffers below (the caller falls back).
- * Work is split by sequence; each reads its blocks in order, all heads of a block together.
+ * Work is split by rows, up to 4 of one sequence together; each reads its blocks in order, all
+ * heads of a block together.
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define MAX_HEADS 64
 #define MAX_HEAD_DIM 256
 #define MAX_BLOCK_SIZE 64
 #define NEG_HUGE (-1e30f)
+#define ROWS_PER_TASK 4
 
 #if defined(__F16C__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -101,27 +107,44 @@ static inline __attribute__((always_inline)) int attend(
     const int64_t values_offset = num_blocks * block_stride;
     const int64_t element = half ? 2 : 4;
 
-    /* One sequence per task: its blocks are read front to back, every head of a block at once. */
-#pragma omp parallel for schedule(dynamic, 1)
+    /* Rows that share a block table (the tokens of one prefill chunk) are taken ROWS_PER_TASK
+     * together, so that a float16 block is converted once for all of them. */
+    int64_t *task_start = malloc((size_t)(num_seqs + 1) * sizeof(int64_t));
+    if (task_start == NULL) return -1;
+    int64_t tasks = 0;
     for (int64_t s = 0; s < num_seqs; s++) {
-        float acc[MAX_HEADS][MAX_HEAD_DIM];
+        const int64_t first = tasks ? task_start[tasks - 1] : -1;
+        if (first < 0 || s - first >= ROWS_PER_TASK ||
+            memcmp(block_tables + s * table_width, block_tables + first * table_width, table_width * sizeof(int64_t)))
+            task_start[tasks++] = s;
+    }
+    task_start[tasks] = num_seqs;
+
+    /* Each row's arithmetic is the same whichever rows share its task: its blocks front to back,
+     * every head of a block at once. */
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; task++) {
+        const int64_t first = task_start[task], rows = task_start[task + 1] - first;
+        float acc[ROWS_PER_TASK][MAX_HEADS][MAX_HEAD_DIM]; /* 256 KB of stack */
+        float running_max[ROWS_PER_TASK][MAX_HEADS], running_sum[ROWS_PER_TASK][MAX_HEADS];
         float keys[MAX_BLOCK_SIZE * MAX_HEAD_DIM], values[MAX_BLOCK_SIZE * MAX_HEAD_DIM];
         float scores[MAX_BLOCK_SIZE + 8];
-        float running_max[MAX_HEADS], running_sum[MAX_HEADS];
-        const float *qs = q + s * num_heads * head_dim;
-        for (int64_t i = 0; i < num_heads; i++) {
-            running_max[i] = NEG_HUGE;
-            running_sum[i] = 0.0f;
-            for (int64_t d = 0; d < head_dim; d++) acc[i][d] = 0.0f;
+        int64_t longest = 0;
+        for (int64_t r = 0; r < rows; r++) {
+            for (int64_t i = 0; i < num_heads; i++) {
+                running_max[r][i] = NEG_HUGE;
+                running_sum[r][i] = 0.0f;
+                for (int64_t d = 0; d < head_dim; d++) acc[r][i][d] = 0.0f;
+            }
+            longest = context_lens[first + r] > longest ? context_lens[first + r] : longest;
         }
-        const int64_t len = context_lens[s];
-        const int64_t *table = block_tables + s * table_width;
-        for (int64_t start = 0; start < len; start += block_size) {
+        const int64_t *table = block_tables + first * table_width;
+        for (int64_t start = 0; start < longest; start += block_size) {
             const int64_t block = table[start / block_size];
-            const int64_t n = len - start < block_size ? len - start : block_size;
-            if (start + block_size < len) { /* the next block's keys and values, while this one computes */
+            const int64_t n = longest - start < block_size ? longest - start : block_size;
+            if (start + block_size < longest) { /* the next block's keys and values, while this one computes */
                 const char *next = (const char *)cache + table[start / block_size + 1] * block_stride * element;
-                const int64_t next_n = len - start - block_size < block_size ? len - start - block_size : block_size;
+                const int64_t next_n = longest - start - block_size < block_size ? longest - start - block_size : block_size;
                 for (int64_t line = 0; line < next_n * token_stride * element; line += 64) {
                     __builtin_prefetch(next + line);
                     __builtin_prefetch(next + values_offset * element + line);
@@ -138,29 +161,37 @@ static inline __attribute__((always_inline)) int attend(
                     load_half_rows(values, hk + values_offset, n, token_stride, head_dim);
                     kb = keys, vb = values, row_stride = head_dim;
                 }
-                for (int64_t i = h * groups; i < (h + 1) * groups; i++) {
-                    const float *qi = qs + i * head_dim;
-                    float block_max = running_max[i];
-                    block_scores(qi, kb, row_stride, n, head_dim, scale, scores);
-                    for (int64_t t = 0; t < n; t++) block_max = scores[t] > block_max ? scores[t] : block_max;
-                    const float correction = expf(running_max[i] - block_max);
-                    float sum = running_sum[i] * correction;
-                    float *a = acc[i];
-                    for (int64_t d = 0; d < head_dim; d++) a[d] *= correction;
-                    for (int64_t t = 0; t < n; t++) scores[t] = expf(scores[t] - block_max);
-                    for (int64_t t = 0; t < n; t++) sum += scores[t];
-                    block_values(a, scores, vb, row_stride, n, head_dim);
-                    running_max[i] = block_max;
-                    running_sum[i] = sum;
+                for (int64_t r = 0; r < rows; r++) {
+                    const int64_t len = context_lens[first + r];
+                    if (start >= len) continue;
+                    const int64_t rn = len - start < block_size ? len - start : block_size;
+                    const float *qs = q + (first + r) * num_heads * head_dim;
+                    for (int64_t i = h * groups; i < (h + 1) * groups; i++) {
+                        const float *qi = qs + i * head_dim;
+                        float block_max = running_max[r][i];
+                        block_scores(qi, kb, row_stride, rn, head_dim, scale, scores);
+                        for (int64_t t = 0; t < rn; t++) block_max = scores[t] > block_max ? scores[t] : block_max;
+                        const float correction = expf(running_max[r][i] - block_max);
+                        float sum = running_sum[r][i] * correction;
+                        float *a = acc[r][i];
+                        for (int64_t d = 0; d < head_dim; d++) a[d] *= correction;
+                        for (int64_t t = 0; t < rn; t++) scores[t] = expf(scores[t] - block_max);
+                        for (int64_t t = 0; t < rn; t++) sum += scores[t];
+                        block_values(a, scores, vb, row_stride, rn, head_dim);
+                        running_max[r][i] = block_max;
+                        running_sum[r][i] = sum;
+                    }
                 }
             }
         }
-        for (int64_t i = 0; i < num_heads; i++) {
-            float *o = out + (s * num_heads + i) * head_dim;
-            const float inv = running_sum[i] > 0.0f ? 1.0f / running_sum[i] : 0.0f;
-            for (int64_t d = 0; d < head_dim; d++) o[d] = acc[i][d] * inv;
-        }
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t i = 0; i < num_heads; i++) {
+                float *o = out + ((first + r) * num_heads + i) * head_dim;
+                const float inv = running_sum[r][i] > 0.0f ? 1.0f / running_sum[r][i] : 0.0f;
+                for (int64_t d = 0; d < head_dim; d++) o[d] = acc[r][i][d] * inv;
+            }
     }
+    free(task_start);
     return 0;
 }
 
