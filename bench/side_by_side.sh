@@ -4,6 +4,7 @@
 # temperature 0. Prints one JSON line per server and level, tagged with "server".
 #
 #   bash bench/side_by_side.sh [ROUNDS]        (run `make install` first; the peer installs itself)
+#   RILLET_ARGS="--weights quantized-int8" bash bench/side_by_side.sh 3     (rillet with other flags)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-1}
@@ -27,7 +28,7 @@ measure() {  # name port
     --concurrency 1 4 16 64 --rounds "$ROUNDS" | sed "s/^{/{\"server\": \"$1\", /"
 }
 
-.venv/bin/rillet serve --port $PORT_RILLET --log-level warning >/tmp/side_by_side_rillet.log 2>&1 &
+.venv/bin/rillet serve --port $PORT_RILLET ${RILLET_ARGS:-} --log-level warning >/tmp/side_by_side_rillet.log 2>&1 &
 pid=$!
 measure rillet $PORT_RILLET
 # The server and its engine process (and multiprocessing's resource tracker), together.

@@ -25,7 +25,7 @@ from rillet.model.quantized import QuantizedWeight
 WEIGHT_FORMATS = ("quantized", "quantized-int8", "float16", "float32")
 # The native library that multiplies the file's blocks, for each format that keeps them.
 BLOCK_KERNELS = {"quantized": "quant_matmul", "quantized-int8": "int8_matmul"}
-DEFAULT_WEIGHT_FORMAT = "quantized-int8"
+DEFAULT_WEIGHT_FORMAT = "quantized"
 
 
 class Linear:

@@ -2,18 +2,20 @@
 
 Measured on the default model: float16 weights move logits by at most 0.025 .. 0.038 (on
 logits of magnitude ~30-38) with the same argmax at every position of the test prompts.
-The quantized format multiplies by the file's own values, so it differs from float32 only in the
-order of summation: at most ~1e-4.
-The quantized-int8 format (the server's default) also rounds activations to int8, as llama.cpp
-does: logits move by up to 1.37 and the argmax of 23 of the 26 prompt positions is float32's
-(llama.cpp itself, through llama-cpp-python 0.3.36, moved them by up to 1.28 and kept 21 of 26).
+The quantized format (the server's default) multiplies by the file's own values, so it differs
+from float32 only in the order of summation: at most ~1e-4.
+The quantized-int8 format also rounds activations to int8, as llama.cpp does: logits move by up
+to 1.48 and the argmax of 33 of the 36 prompt positions is float32's (llama.cpp itself,
+through llama-cpp-python 0.3.36, moved them by up to 1.64 and kept 30 of 36). That is enough to
+change greedy text where the first choices are near-tied ("What is the capital of France?"
+starts with 'L' 24.76, 'La' 24.43, 'The' 24.37), so it is not the default.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-from rillet.model.linear import DEFAULT_WEIGHT_FORMAT, Linear
+from rillet.model.linear import Linear
 from tests.model.test_forward_parity import BLOCK_SIZE, PROMPTS, PagedSequences, max_diff, run_step
 
 FLOAT16_LOGITS_ATOL = 0.1
@@ -85,15 +87,8 @@ def test_quantized_weights_and_float16_kv_cache_generate_the_float32_greedy_text
 
 
 @torch.inference_mode()
-def test_int8_activations_and_float16_kv_cache_generate_the_float32_greedy_text(ours, ours_int8):
-    # The rule for a default format that is not exact: greedy text equal to float32's.
-    assert DEFAULT_WEIGHT_FORMAT == "quantized-int8"
-    prompts = chat_prompts(ours)
-    assert greedy(ours_int8, prompts, 48, torch.float16) == greedy(ours, prompts, 48, torch.float32)
-
-
-@torch.inference_mode()
 def test_a_tokens_logits_do_not_depend_on_how_its_prompt_was_split_into_steps(ours_int8):
+    # With int8 activations, whose rounding would magnify any difference.
     """What makes temperature 0 repeatable under prefix caching and chunked prefill: every row of
     every step, attention included, is computed the same way whatever else the step holds."""
     prompt = ours_int8.tokenizer.encode(PROMPTS[0] + " it was chased by a very hungry wolf")
