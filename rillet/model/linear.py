@@ -10,7 +10,7 @@ quantized: matrices the GGUF file stores as Q4_0, Q4_1 or Q8_0 stay in those blo
     block types, safetensors folders, a device without the kernel) use float16.
 quantized-int8: the same blocks, but each block of 32 activations is rounded to int8 (scale
     max|x| / 127) and multiplied as integers (rillet/model/native/int8_matmul.c), as llama.cpp
-    does; faster, and no longer exact (README, "Weight formats", gives the measured cost).
+    does; faster, and no longer exact (README, "Speed and accuracy", gives the measured cost).
 """
 from __future__ import annotations
 
