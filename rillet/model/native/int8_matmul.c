@@ -25,12 +25,8 @@
 #define BLOCK 32
 #define Q4_BLOCK_BYTES (2 * GROUP * 2 + GROUP * BLOCK / 2)
 #define Q8_BLOCK_BYTES (GROUP * 2 + GROUP * BLOCK)
-#ifndef TILE_ROWS
 #define TILE_ROWS 4   /* rows of x per tile when batched */
-#endif
-#ifndef TILE_GROUPS
 #define TILE_GROUPS 2 /* groups of 8 outputs per tile when batched */
-#endif
 #define ROW_GROUPS 4  /* groups per tile for a single row */
 #define CHUNK_BYTES (256 << 10) /* int8 rows of x per pass over the weights: about half of L2 */
 
@@ -88,12 +84,12 @@ INLINE void tile_q4(int rows, int groups, const int8_t *xq, const float *xd, con
                     const uint8_t *w, int64_t group_bytes, float *out) {
     const int64_t blocks = K / BLOCK;
     const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-    __m256 acc[8][ROW_GROUPS];
+    __m256 acc[TILE_ROWS][ROW_GROUPS];
     for (int r = 0; r < rows; r++)
         for (int g = 0; g < groups; g++) acc[r][g] = _mm256_setzero_ps();
     for (int64_t b = 0; b < blocks; b++) {
         /* 16-bit sums: eight products of at most 15 * 127 per pair stay below 2^15. */
-        __m256i sum[8][ROW_GROUPS];
+        __m256i sum[TILE_ROWS][ROW_GROUPS];
         for (int r = 0; r < rows; r++)
             for (int g = 0; g < groups; g++) sum[r][g] = _mm256_setzero_si256();
         /* The low nibbles (k 0-15), then the high ones (k 16-31): fewer registers live than both
@@ -101,7 +97,7 @@ INLINE void tile_q4(int rows, int groups, const int8_t *xq, const float *xd, con
         for (int high = 0; high < 2; high++) {
 #pragma GCC unroll 1
             for (int t = 0; t < 4; t++) {
-                __m256i xt[8];
+                __m256i xt[TILE_ROWS];
                 for (int r = 0; r < rows; r++) xt[r] = broadcast4(xq + r * K + b * BLOCK + 16 * high + 4 * t);
                 for (int g = 0; g < groups; g++) {
                     __m256i v = _mm256_loadu_si256((const __m256i *)(w + g * group_bytes + b * Q4_BLOCK_BYTES + 32 + 32 * t));
@@ -128,16 +124,16 @@ INLINE void tile_q8(int rows, int groups, const int8_t *xq, const float *xd, con
     const int64_t blocks = K / BLOCK;
     const __m256i ones = _mm256_set1_epi16(1);
     const __m256 zero = _mm256_setzero_ps();
-    __m256 acc[8][ROW_GROUPS];
+    __m256 acc[TILE_ROWS][ROW_GROUPS];
     for (int r = 0; r < rows; r++)
         for (int g = 0; g < groups; g++) acc[r][g] = zero;
     for (int64_t b = 0; b < blocks; b++) {
-        __m256i sum[8][ROW_GROUPS];
+        __m256i sum[TILE_ROWS][ROW_GROUPS];
         for (int r = 0; r < rows; r++)
             for (int g = 0; g < groups; g++) sum[r][g] = _mm256_setzero_si256();
 #pragma GCC unroll 1
         for (int t = 0; t < 8; t++) {
-            __m256i xt[8];
+            __m256i xt[TILE_ROWS];
             for (int r = 0; r < rows; r++) xt[r] = broadcast4(xq + r * K + b * BLOCK + 4 * t);
             for (int g = 0; g < groups; g++) {
                 const __m256i v = _mm256_loadu_si256((const __m256i *)(w + g * group_bytes + b * Q8_BLOCK_BYTES + 16 + 32 * t));
@@ -177,14 +173,10 @@ TILE_FUNCTIONS(1)
 TILE_FUNCTIONS(2)
 TILE_FUNCTIONS(3)
 TILE_FUNCTIONS(4)
-TILE_FUNCTIONS(5)
-TILE_FUNCTIONS(6)
-TILE_FUNCTIONS(7)
-TILE_FUNCTIONS(8)
 #define ROW_OF(k, r) {k##_##r##x1, k##_##r##x2, k##_##r##x3, k##_##r##x4}
-static const tile_fn TILES[2][8][4] = {
-    {ROW_OF(q4, 1), ROW_OF(q4, 2), ROW_OF(q4, 3), ROW_OF(q4, 4), ROW_OF(q4, 5), ROW_OF(q4, 6), ROW_OF(q4, 7), ROW_OF(q4, 8)},
-    {ROW_OF(q8, 1), ROW_OF(q8, 2), ROW_OF(q8, 3), ROW_OF(q8, 4), ROW_OF(q8, 5), ROW_OF(q8, 6), ROW_OF(q8, 7), ROW_OF(q8, 8)},
+static const tile_fn TILES[2][TILE_ROWS][ROW_GROUPS] = {
+    {ROW_OF(q4, 1), ROW_OF(q4, 2), ROW_OF(q4, 3), ROW_OF(q4, 4)},
+    {ROW_OF(q8, 1), ROW_OF(q8, 2), ROW_OF(q8, 3), ROW_OF(q8, 4)},
 };
 
 static void tile_any(int q8, int rows, int groups, TILE_ARGS) {
@@ -214,7 +206,7 @@ static int matmul(const float *x, int64_t M, int64_t K, const uint8_t *packed, i
     {
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < M * blocks; i++) quantize_block(x + i * BLOCK, xq + i * BLOCK, xd + i, xs + i);
-        float out[8 * ROW_GROUPS * GROUP];
+        float out[TILE_ROWS * ROW_GROUPS * GROUP];
         /* Rows in chunks that stay in L2 while every group's weights pass over them. */
         for (int64_t m0 = 0; m0 < M; m0 += chunk) {
             const int64_t m1 = m0 + chunk < M ? m0 + chunk : M;
