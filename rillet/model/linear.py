@@ -55,6 +55,13 @@ class Linear:
         else:
             self.weight = weight.float()
 
+    def native_kernel(self) -> tuple[int, torch.Tensor, int, int] | None:
+        """(kernel address, packed weights, in_features, out_features) where a native block kernel
+        multiplies this layer's weights, for native code that calls it directly; else None."""
+        if self._blocks is None:
+            return None
+        return native.matmul_address(self._kernel, self._library), self._blocks, self.in_features, self.out_features
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self._blocks is not None:
             return native.quant_matmul(x, self._blocks, self._kernel, self.out_features, self._library)

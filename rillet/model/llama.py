@@ -9,6 +9,7 @@ from rillet.model.attention_metadata import AttentionMetadata
 from rillet.model.config import ModelConfig
 from rillet.model.layer_ops import LayerOps
 from rillet.model.linear import Linear
+from rillet.model.native.decoder_layers import NativeDecoder
 from rillet.model.quantized import QuantizedWeight, concat_rows
 
 
@@ -66,6 +67,8 @@ class LlamaModel(torch.nn.Module):
             torch.float32 if weight_format == "float32" else torch.float16)
         self.rope_cos, self.rope_sin = rope_tables(config, self.device,
                                                    weights.get("rope_freq_factors.weight"))
+        # All layers in one native call where every kernel is native (the quantized formats on the CPU).
+        self.native_layers = NativeDecoder.build(self) if self.device.type == "cpu" else None
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int, dtype: torch.dtype) -> list[torch.Tensor]:
         c = self.config
@@ -79,6 +82,8 @@ class LlamaModel(torch.nn.Module):
         else:
             hidden = self.embed_tokens[input_ids].float()
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        if self.native_layers is not None and self.native_layers.supports(kv_caches):
+            return self.native_layers(hidden, cos, sin, kv_caches, meta)
         delta = None
         for layer, cache in zip(self.layers, kv_caches):
             hidden, delta = layer(hidden, delta, cos, sin, cache, meta)

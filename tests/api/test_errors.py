@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from tests.api.helpers import chat_body
+from tests.api.helpers import NO_END, chat_body
 from tests.conftest import MODEL_NAME
 
 
@@ -124,7 +124,8 @@ def test_server_keeps_serving_after_errors(http, client):
 
 
 def test_client_leaving_a_non_stream_request_logs_no_internal_error(server, client):
-    body = chat_body("Write a long essay about mountains.", max_tokens=24)
+    # Long enough (ends banned) that it is still running when the client gives up after 0.3 s.
+    body = chat_body("Write a long essay about mountains.", max_tokens=400, logit_bias=NO_END)
     with pytest.raises(httpx.TimeoutException):
         httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=0.3)
     time.sleep(0.5)

@@ -99,6 +99,12 @@ def _decode_attention_function(dtype: torch.dtype):
     return function
 
 
+def decode_attention_address(dtype: torch.dtype) -> int | None:
+    """The address of the attention kernel for a cache of dtype, for other native code to call."""
+    function = _decode_attention_function(dtype)
+    return None if function is None else ctypes.cast(function, _PTR).value
+
+
 def paged_decode_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Tensor,
                            context_lens: torch.Tensor) -> torch.Tensor | None:
     """q: [S, heads, dim]; cache: [2, blocks, block_size, kv_heads, dim] float32 or float16 on the
@@ -139,6 +145,11 @@ def _probe_matmul(function) -> bool:
     x, y = torch.zeros(1, 32), torch.empty(1, 16)
     packed = torch.zeros(1024, dtype=torch.uint8)
     return function(x.data_ptr(), 1, 32, packed.data_ptr(), 16, y.data_ptr()) == 0
+
+
+def matmul_address(kind: str, name: str = "quant_matmul") -> int | None:
+    function = _matmul_function(name, kind)
+    return None if function is None else ctypes.cast(function, _PTR).value
 
 
 def quant_matmul_available(kind: str, name: str = "quant_matmul") -> bool:

@@ -9,8 +9,8 @@
  *        argument names say seqs: for decode each row is one sequence)
  * Query heads h * groups .. (h + 1) * groups - 1 share kv head h (grouped-query attention).
  * Returns 0, or -1 when a size is beyond the fixed buffers below (the caller falls back).
- * Work is split by rows, up to 4 of one sequence together; each reads its blocks in order, all
- * heads of a block together.
+ * Work is split by rows, up to 4 of one sequence together, and by kv head; each reads its blocks
+ * in order.
  */
 #include <math.h>
 #include <stdint.h>
@@ -120,18 +120,20 @@ static inline __attribute__((always_inline)) int attend(
     }
     task_start[tasks] = num_seqs;
 
-    /* Each row's arithmetic is the same whichever rows share its task: its blocks front to back,
-     * every head of a block at once. */
+    /* A job is one task's rows and one kv head (with the query heads that share it): heads are
+     * independent, so a lone decode row still spreads over the threads. Each row's arithmetic is
+     * the same whichever rows share its task: its blocks front to back. */
 #pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t task = 0; task < tasks; task++) {
+    for (int64_t job = 0; job < tasks * num_kv_heads; job++) {
+        const int64_t task = job / num_kv_heads, h = job % num_kv_heads;
         const int64_t first = task_start[task], rows = task_start[task + 1] - first;
-        float acc[ROWS_PER_TASK][MAX_HEADS][MAX_HEAD_DIM]; /* 256 KB of stack */
+        float acc[ROWS_PER_TASK][MAX_HEADS][MAX_HEAD_DIM]; /* [row][query head of this kv head][d] */
         float running_max[ROWS_PER_TASK][MAX_HEADS], running_sum[ROWS_PER_TASK][MAX_HEADS];
         float keys[MAX_BLOCK_SIZE * MAX_HEAD_DIM], values[MAX_BLOCK_SIZE * MAX_HEAD_DIM];
         float scores[MAX_BLOCK_SIZE + 8];
         int64_t longest = 0;
         for (int64_t r = 0; r < rows; r++) {
-            for (int64_t i = 0; i < num_heads; i++) {
+            for (int64_t i = 0; i < groups; i++) {
                 running_max[r][i] = NEG_HUGE;
                 running_sum[r][i] = 0.0f;
                 for (int64_t d = 0; d < head_dim; d++) acc[r][i][d] = 0.0f;
@@ -143,50 +145,48 @@ static inline __attribute__((always_inline)) int attend(
             const int64_t block = table[start / block_size];
             const int64_t n = longest - start < block_size ? longest - start : block_size;
             if (start + block_size < longest) { /* the next block's keys and values, while this one computes */
-                const char *next = (const char *)cache + table[start / block_size + 1] * block_stride * element;
+                const char *next = (const char *)cache + (table[start / block_size + 1] * block_stride + h * head_dim) * element;
                 const int64_t next_n = longest - start - block_size < block_size ? longest - start - block_size : block_size;
-                for (int64_t line = 0; line < next_n * token_stride * element; line += 64) {
-                    __builtin_prefetch(next + line);
-                    __builtin_prefetch(next + values_offset * element + line);
-                }
-            }
-            for (int64_t h = 0; h < num_kv_heads; h++) {
-                const int64_t offset = block * block_stride + h * head_dim;
-                /* Rows of keys and values: float32 read in place, float16 converted first. */
-                const float *kb = (const float *)cache + offset, *vb = kb + values_offset;
-                int64_t row_stride = token_stride;
-                if (half) {
-                    const _Float16 *hk = (const _Float16 *)cache + offset;
-                    load_half_rows(keys, hk, n, token_stride, head_dim);
-                    load_half_rows(values, hk + values_offset, n, token_stride, head_dim);
-                    kb = keys, vb = values, row_stride = head_dim;
-                }
-                for (int64_t r = 0; r < rows; r++) {
-                    const int64_t len = context_lens[first + r];
-                    if (start >= len) continue;
-                    const int64_t rn = len - start < block_size ? len - start : block_size;
-                    const float *qs = q + (first + r) * num_heads * head_dim;
-                    for (int64_t i = h * groups; i < (h + 1) * groups; i++) {
-                        const float *qi = qs + i * head_dim;
-                        float block_max = running_max[r][i];
-                        block_scores(qi, kb, row_stride, rn, head_dim, scale, scores);
-                        for (int64_t t = 0; t < rn; t++) block_max = scores[t] > block_max ? scores[t] : block_max;
-                        const float correction = expf(running_max[r][i] - block_max);
-                        float sum = running_sum[r][i] * correction;
-                        float *a = acc[r][i];
-                        for (int64_t d = 0; d < head_dim; d++) a[d] *= correction;
-                        for (int64_t t = 0; t < rn; t++) scores[t] = expf(scores[t] - block_max);
-                        for (int64_t t = 0; t < rn; t++) sum += scores[t];
-                        block_values(a, scores, vb, row_stride, rn, head_dim);
-                        running_max[r][i] = block_max;
-                        running_sum[r][i] = sum;
+                for (int64_t t = 0; t < next_n; t++)
+                    for (int64_t line = 0; line < head_dim * element; line += 64) {
+                        __builtin_prefetch(next + t * token_stride * element + line);
+                        __builtin_prefetch(next + (values_offset + t * token_stride) * element + line);
                     }
+            }
+            const int64_t offset = block * block_stride + h * head_dim;
+            /* Rows of keys and values: float32 read in place, float16 converted first. */
+            const float *kb = (const float *)cache + offset, *vb = kb + values_offset;
+            int64_t row_stride = token_stride;
+            if (half) {
+                const _Float16 *hk = (const _Float16 *)cache + offset;
+                load_half_rows(keys, hk, n, token_stride, head_dim);
+                load_half_rows(values, hk + values_offset, n, token_stride, head_dim);
+                kb = keys, vb = values, row_stride = head_dim;
+            }
+            for (int64_t r = 0; r < rows; r++) {
+                const int64_t len = context_lens[first + r];
+                if (start >= len) continue;
+                const int64_t rn = len - start < block_size ? len - start : block_size;
+                const float *qs = q + ((first + r) * num_heads + h * groups) * head_dim;
+                for (int64_t i = 0; i < groups; i++) {
+                    float block_max = running_max[r][i];
+                    block_scores(qs + i * head_dim, kb, row_stride, rn, head_dim, scale, scores);
+                    for (int64_t t = 0; t < rn; t++) block_max = scores[t] > block_max ? scores[t] : block_max;
+                    const float correction = expf(running_max[r][i] - block_max);
+                    float sum = running_sum[r][i] * correction;
+                    float *a = acc[r][i];
+                    for (int64_t d = 0; d < head_dim; d++) a[d] *= correction;
+                    for (int64_t t = 0; t < rn; t++) scores[t] = expf(scores[t] - block_max);
+                    for (int64_t t = 0; t < rn; t++) sum += scores[t];
+                    block_values(a, scores, vb, row_stride, rn, head_dim);
+                    running_max[r][i] = block_max;
+                    running_sum[r][i] = sum;
                 }
             }
         }
         for (int64_t r = 0; r < rows; r++)
-            for (int64_t i = 0; i < num_heads; i++) {
-                float *o = out + ((first + r) * num_heads + i) * head_dim;
+            for (int64_t i = 0; i < groups; i++) {
+                float *o = out + ((first + r) * num_heads + h * groups + i) * head_dim;
                 const float inv = running_sum[r][i] > 0.0f ? 1.0f / running_sum[r][i] : 0.0f;
                 for (int64_t d = 0; d < head_dim; d++) o[d] = acc[r][i][d] * inv;
             }

@@ -1,0 +1,103 @@
+/* Every decoder layer of a step, and the final norm, in one call: the same kernels, in the same
+ * order and on the same values as rillet/model/llama.py's forward, so the result is bit for bit
+ * the one the Python loop computes. What it saves is the loop itself: at a batch of one token,
+ * calling ten kernels a layer from Python took about as long as the kernels.
+ *
+ * The kernels live in their own libraries, built with their own flags (matmuls without fp
+ * contraction, the others with -ffast-math); Python hands over their addresses.
+ *
+ * hidden: [T, dim] float32, the embeddings in; the residual stream out (as the Python loop
+ * leaves it). out: [T, dim], the final RMSNorm of the stream. Returns 0, or the failing kernel's
+ * status (a matmul's allocation, attention's size limits).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int (*matmul_fn)(const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, float *y);
+typedef void (*add_rms_norm_fn)(float *hidden, const float *delta, const float *weight, float *out, int64_t rows,
+                                int64_t dim, float eps);
+typedef void (*rope_fn)(float *x, const float *cos, const float *sin, int64_t rows, int64_t row_stride,
+                        int64_t heads, int64_t dim);
+typedef void (*silu_mul_fn)(const float *x, float *out, int64_t rows, int64_t width);
+typedef void (*write_kv_fn)(const float *keys, const float *values, int64_t row_stride, const int64_t *slots,
+                            int64_t rows, int64_t width, void *cache, int64_t num_slots, int half);
+typedef int (*attention_fn)(const float *q, const void *cache, const int64_t *block_tables,
+                            const int64_t *context_lens, float *out, int64_t num_seqs, int64_t num_heads,
+                            int64_t num_kv_heads, int64_t head_dim, int64_t num_blocks, int64_t block_size,
+                            int64_t table_width, float scale);
+
+typedef struct {
+    matmul_fn multiply;
+    const uint8_t *packed;
+    int64_t in_features, out_features;
+} linear_t;
+
+typedef struct {
+    const float *attn_norm, *mlp_norm;
+    linear_t qkv, o, gate_up, down;
+} layer_t;
+
+typedef struct {
+    int64_t num_layers, hidden_size, intermediate_size, num_heads, num_kv_heads, head_dim;
+    float eps, scale;
+    add_rms_norm_fn add_rms_norm;
+    rope_fn rope;
+    silu_mul_fn silu_mul;
+    write_kv_fn write_kv;
+    const float *final_norm;
+    const layer_t *layers;
+} decoder_t;
+
+/* The paged cache of every layer: [2, num_blocks, block_size, kv_heads, head_dim] each. */
+typedef struct {
+    void *const *layers;
+    int64_t num_blocks, block_size;
+    int half;
+    attention_fn attention;
+} kv_caches_t;
+
+static int linear(const linear_t *l, const float *x, int64_t rows, float *y) {
+    return l->multiply(x, rows, l->in_features, l->packed, l->out_features, y);
+}
+
+int run_decoder_layers(const decoder_t *d, const kv_caches_t *caches, float *hidden, float *out, int64_t T,
+                       const float *cos, const float *sin, const int64_t *slots, const int64_t *block_tables,
+                       const int64_t *context_lens, int64_t table_width) {
+    const int64_t dim = d->hidden_size, hd = d->head_dim;
+    const int64_t q_width = d->num_heads * hd, kv_width = d->num_kv_heads * hd;
+    const int64_t qkv_width = q_width + 2 * kv_width, inter = d->intermediate_size;
+    const int64_t sizes[] = {T * dim, T * qkv_width, T * q_width, T * q_width, T * dim, T * 2 * inter, T * inter};
+    float *buffers[7];
+    int64_t total = 0;
+    for (int i = 0; i < 7; i++) total += sizes[i];
+    float *scratch = malloc((size_t)total * sizeof(float));
+    if (scratch == NULL) return -1;
+    float *p = scratch;
+    for (int i = 0; i < 7; i++) buffers[i] = p, p += sizes[i];
+    float *x = buffers[0], *qkv = buffers[1], *q = buffers[2], *attn = buffers[3], *delta = buffers[4];
+    float *gate_up = buffers[5], *act = buffers[6];
+    const int64_t num_slots = caches->num_blocks * caches->block_size;
+    int status = 0;
+    for (int64_t i = 0; i < d->num_layers && status == 0; i++) {
+        const layer_t *l = d->layers + i;
+        void *cache = caches->layers[i];
+        d->add_rms_norm(hidden, i == 0 ? NULL : delta, l->attn_norm, x, T, dim, d->eps);
+        if ((status = linear(&l->qkv, x, T, qkv)) != 0) break;
+        d->rope(qkv, cos, sin, T, qkv_width, d->num_heads + d->num_kv_heads, hd);
+        d->write_kv(qkv + q_width, qkv + q_width + kv_width, qkv_width, slots, T, kv_width, cache, num_slots,
+                    caches->half);
+        for (int64_t t = 0; t < T; t++) memcpy(q + t * q_width, qkv + t * qkv_width, q_width * sizeof(float));
+        if ((status = caches->attention(q, cache, block_tables, context_lens, attn, T, d->num_heads, d->num_kv_heads,
+                                        hd, caches->num_blocks, caches->block_size, table_width, d->scale)) != 0)
+            break;
+        if ((status = linear(&l->o, attn, T, delta)) != 0) break;
+        d->add_rms_norm(hidden, delta, l->mlp_norm, x, T, dim, d->eps);
+        if ((status = linear(&l->gate_up, x, T, gate_up)) != 0) break;
+        d->silu_mul(gate_up, act, T, inter);
+        status = linear(&l->down, act, T, delta);
+    }
+    if (status == 0) d->add_rms_norm(hidden, d->num_layers ? delta : NULL, d->final_norm, out, T, dim, d->eps);
+    free(scratch);
+    return status;
+}

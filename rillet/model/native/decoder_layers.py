@@ -1,0 +1,115 @@
+"""The decoder layers of a step in one call of decoder_layers.c, where every piece of the layer
+has a native kernel: matrices in the file's blocks (the quantized formats), LayerOps in C, the
+paged attention kernel for the cache's dtype. It computes bit for bit what LlamaModel's Python
+loop over the same kernels does, without that loop's per-kernel cost.
+"""
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+
+import torch
+
+from rillet.model import native
+from rillet.model.attention_metadata import AttentionMetadata
+
+_I64, _F32, _PTR = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
+# decode_attention.c's fixed buffers: beyond these it declines and PyTorch's attention runs.
+MAX_HEADS, MAX_HEAD_DIM, MAX_BLOCK_SIZE = 64, 256, 64
+
+
+class _Linear(ctypes.Structure):
+    _fields_ = [("multiply", _PTR), ("packed", _PTR), ("in_features", _I64), ("out_features", _I64)]
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [("attn_norm", _PTR), ("mlp_norm", _PTR), ("qkv", _Linear), ("o", _Linear), ("gate_up", _Linear),
+                ("down", _Linear)]
+
+
+class _Decoder(ctypes.Structure):
+    _fields_ = [("num_layers", _I64), ("hidden_size", _I64), ("intermediate_size", _I64), ("num_heads", _I64),
+                ("num_kv_heads", _I64), ("head_dim", _I64), ("eps", _F32), ("scale", _F32),
+                ("add_rms_norm", _PTR), ("rope", _PTR), ("silu_mul", _PTR), ("write_kv", _PTR),
+                ("final_norm", _PTR), ("layers", ctypes.POINTER(_Layer))]
+
+
+class _Caches(ctypes.Structure):
+    _fields_ = [("layers", ctypes.POINTER(_PTR)), ("num_blocks", _I64), ("block_size", _I64),
+                ("half", ctypes.c_int), ("attention", _PTR)]
+
+
+def _address(function) -> int:
+    return ctypes.cast(function, _PTR).value
+
+
+class NativeDecoder:
+    """Built once per model by build(); call it for a step where supports() says so."""
+
+    def __init__(self, function, decoder: _Decoder, keep_alive: list) -> None:
+        self._function = function
+        self._decoder = decoder
+        self._keep_alive = keep_alive  # the tensors and arrays the struct points into
+        self._caches: tuple[tuple[int, ...], _Caches, list[torch.Tensor]] | None = None
+
+    @classmethod
+    def build(cls, model) -> NativeDecoder | None:
+        """For a LlamaModel; None where some piece has no native kernel here."""
+        c = model.config
+        lib = native.library("decoder_layers")
+        ops = model.ops.lib
+        if lib is None or ops is None or c.num_heads > MAX_HEADS or c.head_dim > MAX_HEAD_DIM:
+            return None
+        norms = [model.norm] + [w for layer in model.layers for w in (layer.attn_norm, layer.mlp_norm)]
+        if any(w.dtype != torch.float32 or not w.is_contiguous() for w in norms):
+            return None
+        layers = (_Layer * c.num_layers)()
+        for layer, entry in zip(model.layers, layers):
+            for name in ("qkv", "o", "gate_up", "down"):
+                kernel = getattr(layer, f"{name}_proj").native_kernel()
+                if kernel is None:
+                    return None
+                address, packed, in_features, out_features = kernel
+                setattr(entry, name, _Linear(address, packed.data_ptr(), in_features, out_features))
+            entry.attn_norm, entry.mlp_norm = layer.attn_norm.data_ptr(), layer.mlp_norm.data_ptr()
+        decoder = _Decoder(c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads, c.head_dim,
+                           c.rms_norm_eps, c.head_dim ** -0.5, _address(ops.add_rms_norm), _address(ops.rope),
+                           _address(ops.silu_mul), _address(ops.write_kv), model.norm.data_ptr(), layers)
+        function = lib.run_decoder_layers
+        function.restype = ctypes.c_int
+        function.argtypes = [ctypes.POINTER(_Decoder), ctypes.POINTER(_Caches), _PTR, _PTR, _I64, _PTR, _PTR, _PTR,
+                             _PTR, _PTR, _I64]
+        return cls(function, decoder, [layers, model])
+
+    def supports(self, kv_caches: Sequence[torch.Tensor]) -> bool:
+        cache = kv_caches[0]
+        return (cache.device.type == "cpu" and cache.shape[2] <= MAX_BLOCK_SIZE
+                and native.decode_attention_address(cache.dtype) is not None
+                and all(c.is_contiguous() and c.dtype == cache.dtype for c in kv_caches))
+
+    def __call__(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                 kv_caches: Sequence[torch.Tensor], meta: AttentionMetadata) -> torch.Tensor:
+        """hidden: [T, dim] float32 embeddings (becomes the residual stream); cos, sin: [T, head_dim]
+        float32. Returns the final norm of the stream, [T, dim]."""
+        assert hidden.dtype == torch.float32 and hidden.is_contiguous()
+        caches = self._caches_struct(kv_caches)
+        rows = meta.query_rows()
+        tables, lens = rows.block_tables.contiguous(), rows.context_lens.contiguous()
+        slots, cos, sin = meta.slot_mapping.contiguous(), cos.contiguous(), sin.contiguous()
+        out = torch.empty_like(hidden)
+        status = self._function(ctypes.byref(self._decoder), ctypes.byref(caches), hidden.data_ptr(), out.data_ptr(),
+                                hidden.shape[0], cos.data_ptr(), sin.data_ptr(), slots.data_ptr(),
+                                tables.data_ptr(), lens.data_ptr(), tables.shape[1])
+        if status != 0:
+            raise RuntimeError(f"run_decoder_layers failed (status {status})")
+        return out
+
+    def _caches_struct(self, kv_caches: Sequence[torch.Tensor]) -> _Caches:
+        """The engine allocates its caches once: their struct is built once and kept."""
+        key = tuple(c.data_ptr() for c in kv_caches)
+        if self._caches is None or self._caches[0] != key:
+            first = kv_caches[0]
+            caches = _Caches((_PTR * len(key))(*key), first.shape[1], first.shape[2], int(first.dtype == torch.float16),
+                             native.decode_attention_address(first.dtype))
+            self._caches = (key, caches, list(kv_caches))  # the tensors stay alive while the struct points at them
+        return self._caches[1]
