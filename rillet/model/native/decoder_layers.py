@@ -56,14 +56,14 @@ class NativeDecoder:
     def build(cls, model) -> NativeDecoder | None:
         """For a LlamaModel; None where some piece has no native kernel here."""
         c = model.config
-        lib = native.library("decoder_layers")
         ops = model.ops.lib
-        if lib is None or ops is None or c.num_heads > MAX_HEADS or c.head_dim > MAX_HEAD_DIM:
+        if ops is None or c.num_heads > MAX_HEADS or c.head_dim > MAX_HEAD_DIM:
             return None
         norms = [model.norm] + [w for layer in model.layers for w in (layer.attn_norm, layer.mlp_norm)]
         if any(w.dtype != torch.float32 or not w.is_contiguous() for w in norms):
             return None
         layers = (_Layer * c.num_layers)()
+        keep_alive: list = [layers, norms]
         for layer, entry in zip(model.layers, layers):
             for name in ("qkv", "o", "gate_up", "down"):
                 kernel = getattr(layer, f"{name}_proj").native_kernel()
@@ -71,7 +71,11 @@ class NativeDecoder:
                     return None
                 address, packed, in_features, out_features = kernel
                 setattr(entry, name, _Linear(address, packed.data_ptr(), in_features, out_features))
+                keep_alive.append(packed)
             entry.attn_norm, entry.mlp_norm = layer.attn_norm.data_ptr(), layer.mlp_norm.data_ptr()
+        lib = native.library("decoder_layers")
+        if lib is None:
+            return None
         decoder = _Decoder(c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads, c.head_dim,
                            c.rms_norm_eps, c.head_dim ** -0.5, _address(ops.add_rms_norm), _address(ops.rope),
                            _address(ops.silu_mul), _address(ops.write_kv), model.norm.data_ptr(), layers)
@@ -79,7 +83,7 @@ class NativeDecoder:
         function.restype = ctypes.c_int
         function.argtypes = [ctypes.POINTER(_Decoder), ctypes.POINTER(_Caches), _PTR, _PTR, _I64, _PTR, _PTR, _PTR,
                              _PTR, _PTR, _I64]
-        return cls(function, decoder, [layers, model])
+        return cls(function, decoder, keep_alive)
 
     def supports(self, kv_caches: Sequence[torch.Tensor]) -> bool:
         cache = kv_caches[0]
