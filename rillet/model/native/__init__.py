@@ -99,10 +99,14 @@ def _decode_attention_function(dtype: torch.dtype):
     return function
 
 
-def decode_attention_address(dtype: torch.dtype) -> int | None:
-    """The address of the attention kernel for a cache of dtype, for other native code to call."""
-    function = _decode_attention_function(dtype)
+def address(function) -> int | None:
+    """A loaded C function's address, for other native code to call; None for None."""
     return None if function is None else ctypes.cast(function, _PTR).value
+
+
+def decode_attention_address(dtype: torch.dtype) -> int | None:
+    """The attention kernel for a cache of dtype."""
+    return address(_decode_attention_function(dtype))
 
 
 def paged_decode_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Tensor,
@@ -148,8 +152,7 @@ def _probe_matmul(function) -> bool:
 
 
 def matmul_address(kind: str, name: str = "quant_matmul") -> int | None:
-    function = _matmul_function(name, kind)
-    return None if function is None else ctypes.cast(function, _PTR).value
+    return address(_matmul_function(name, kind))
 
 
 def quant_matmul_available(kind: str, name: str = "quant_matmul") -> bool:

@@ -39,10 +39,6 @@ class _Caches(ctypes.Structure):
                 ("half", ctypes.c_int), ("attention", _PTR)]
 
 
-def _address(function) -> int:
-    return ctypes.cast(function, _PTR).value
-
-
 class NativeDecoder:
     """Built once per model by build(); call it for a step where supports() says so."""
 
@@ -77,8 +73,8 @@ class NativeDecoder:
         if lib is None:
             return None
         decoder = _Decoder(c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads, c.head_dim,
-                           c.rms_norm_eps, c.head_dim ** -0.5, _address(ops.add_rms_norm), _address(ops.rope),
-                           _address(ops.silu_mul), _address(ops.write_kv), model.norm.data_ptr(), layers)
+                           c.rms_norm_eps, c.head_dim ** -0.5, native.address(ops.add_rms_norm), native.address(ops.rope),
+                           native.address(ops.silu_mul), native.address(ops.write_kv), model.norm.data_ptr(), layers)
         function = lib.run_decoder_layers
         function.restype = ctypes.c_int
         function.argtypes = [ctypes.POINTER(_Decoder), ctypes.POINTER(_Caches), _PTR, _PTR, _I64, _PTR, _PTR, _PTR,
