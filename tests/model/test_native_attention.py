@@ -54,3 +54,25 @@ def test_loading_the_kernels_leaves_subnormal_floats_alone():
     """A library linked with -ffast-math would switch the whole process to flush-to-zero."""
     native.library("decode_attention")
     assert torch.tensor([1e-40]).mul(1.0).item() > 0
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
+def test_rows_of_one_prefill_chunk_match_each_row_alone(monkeypatch, kv_dtype):
+    # 40 tokens of one sequence share its block table: the kernel takes them in tasks of several
+    # rows. Each row must come out exactly as when it is computed alone, and match PyTorch.
+    generator = torch.Generator().manual_seed(7)
+    block_size, width, rows = 16, 6, 40
+    cache = torch.randn(2, width + 1, block_size, 3, 64, generator=generator).to(kv_dtype)
+    table = (torch.randperm(width, generator=generator) + 1).view(1, width)
+    context_lens = torch.arange(50, 50 + rows)
+    q = torch.randn(rows, 9, 64, generator=generator)
+    tables = table.expand(rows, width).contiguous()
+    together = native.paged_decode_attention(q, cache, tables, context_lens)
+    alone = torch.cat([native.paged_decode_attention(q[i:i + 1], cache, table, context_lens[i:i + 1])
+                       for i in range(rows)])
+    assert together is not None and torch.equal(together, alone)
+    meta = AttentionMetadata(list(range(rows + 1)), context_lens.tolist(), tables, torch.zeros(rows, dtype=torch.long),
+                             block_size)
+    monkeypatch.setattr(native, "paged_decode_attention", lambda *args: None)
+    expected = attention._decode_attention(q, cache, meta.decode_batch())
+    assert (together - expected).abs().max().item() < 1e-5

@@ -8,9 +8,9 @@
  * q, out: [rows, num_heads, head_dim] float32; block_tables: [rows, table_width] int64 (the
  *        argument names say seqs: for decode each row is one sequence)
  * Query heads h * groups .. (h + 1) * groups - 1 share kv head h (grouped-query attention).
- * Returns 0, or -1 when a size is beyond the fixed buffers below (the caller falls back).
- * Work is split by rows, up to 4 of one sequence together, and by kv head; each reads its blocks
- * in order.
+ * Returns 0, or -1 when a size is beyond the limits below or memory runs out (the caller falls
+ * back). Work is split by rows, up to 16 of one sequence together, and by kv head; each reads its
+ * blocks in order.
  */
 #include <math.h>
 #include <stdint.h>
@@ -21,7 +21,7 @@
 #define MAX_HEAD_DIM 256
 #define MAX_BLOCK_SIZE 64
 #define NEG_HUGE (-1e30f)
-#define ROWS_PER_TASK 4
+#define ROWS_PER_TASK 16
 
 #if defined(__F16C__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -123,76 +123,90 @@ static inline __attribute__((always_inline)) int attend(
     /* A job is one task's rows and one kv head (with the query heads that share it): heads are
      * independent, so a lone decode row still spreads over the threads. Each row's arithmetic is
      * the same whichever rows share its task: its blocks front to back. */
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t job = 0; job < tasks * num_kv_heads; job++) {
-        const int64_t task = job / num_kv_heads, h = job % num_kv_heads;
-        const int64_t first = task_start[task], rows = task_start[task + 1] - first;
-        float acc[ROWS_PER_TASK][MAX_HEADS][MAX_HEAD_DIM]; /* [row][query head of this kv head][d] */
-        float running_max[ROWS_PER_TASK][MAX_HEADS], running_sum[ROWS_PER_TASK][MAX_HEADS];
-        float keys[MAX_BLOCK_SIZE * MAX_HEAD_DIM], values[MAX_BLOCK_SIZE * MAX_HEAD_DIM];
+    int failed = 0;
+#pragma omp parallel
+    {
+        /* Each thread's buffers: the running sums of a task's rows, [row][query head of this kv
+         * head][d], and one block's keys and values converted. */
+        float *acc = malloc(sizeof(float) * ROWS_PER_TASK * groups * head_dim);
+        float *running_max = malloc(sizeof(float) * ROWS_PER_TASK * groups);
+        float *running_sum = malloc(sizeof(float) * ROWS_PER_TASK * groups);
+        float *keys = malloc(sizeof(float) * block_size * head_dim), *values = malloc(sizeof(float) * block_size * head_dim);
         float scores[MAX_BLOCK_SIZE + 8];
-        int64_t longest = 0;
-        for (int64_t r = 0; r < rows; r++) {
-            for (int64_t i = 0; i < groups; i++) {
-                running_max[r][i] = NEG_HUGE;
-                running_sum[r][i] = 0.0f;
-                for (int64_t d = 0; d < head_dim; d++) acc[r][i][d] = 0.0f;
-            }
-            longest = context_lens[first + r] > longest ? context_lens[first + r] : longest;
+        const int ok = acc != NULL && running_max != NULL && running_sum != NULL && keys != NULL && values != NULL;
+        if (!ok) {
+#pragma omp atomic write
+            failed = 1;
         }
-        const int64_t *table = block_tables + first * table_width;
-        for (int64_t start = 0; start < longest; start += block_size) {
-            const int64_t block = table[start / block_size];
-            const int64_t n = longest - start < block_size ? longest - start : block_size;
-            if (start + block_size < longest) { /* the next block's keys and values, while this one computes */
-                const char *next = (const char *)cache + (table[start / block_size + 1] * block_stride + h * head_dim) * element;
-                const int64_t next_n = longest - start - block_size < block_size ? longest - start - block_size : block_size;
-                for (int64_t t = 0; t < next_n; t++)
-                    for (int64_t line = 0; line < head_dim * element; line += 64) {
-                        __builtin_prefetch(next + t * token_stride * element + line);
-                        __builtin_prefetch(next + (values_offset + t * token_stride) * element + line);
-                    }
-            }
-            const int64_t offset = block * block_stride + h * head_dim;
-            /* Rows of keys and values: float32 read in place, float16 converted first. */
-            const float *kb = (const float *)cache + offset, *vb = kb + values_offset;
-            int64_t row_stride = token_stride;
-            if (half) {
-                const _Float16 *hk = (const _Float16 *)cache + offset;
-                load_half_rows(keys, hk, n, token_stride, head_dim);
-                load_half_rows(values, hk + values_offset, n, token_stride, head_dim);
-                kb = keys, vb = values, row_stride = head_dim;
-            }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t job = 0; job < tasks * num_kv_heads; job++) {
+            if (!ok) continue;
+            const int64_t task = job / num_kv_heads, h = job % num_kv_heads;
+            const int64_t first = task_start[task], rows = task_start[task + 1] - first;
+            int64_t longest = 0;
             for (int64_t r = 0; r < rows; r++) {
-                const int64_t len = context_lens[first + r];
-                if (start >= len) continue;
-                const int64_t rn = len - start < block_size ? len - start : block_size;
-                const float *qs = q + ((first + r) * num_heads + h * groups) * head_dim;
                 for (int64_t i = 0; i < groups; i++) {
-                    float block_max = running_max[r][i];
-                    block_scores(qs + i * head_dim, kb, row_stride, rn, head_dim, scale, scores);
-                    for (int64_t t = 0; t < rn; t++) block_max = scores[t] > block_max ? scores[t] : block_max;
-                    const float correction = expf(running_max[r][i] - block_max);
-                    float sum = running_sum[r][i] * correction;
-                    float *a = acc[r][i];
-                    for (int64_t d = 0; d < head_dim; d++) a[d] *= correction;
-                    for (int64_t t = 0; t < rn; t++) scores[t] = expf(scores[t] - block_max);
-                    for (int64_t t = 0; t < rn; t++) sum += scores[t];
-                    block_values(a, scores, vb, row_stride, rn, head_dim);
-                    running_max[r][i] = block_max;
-                    running_sum[r][i] = sum;
+                    running_max[r * groups + i] = NEG_HUGE;
+                    running_sum[r * groups + i] = 0.0f;
+                    for (int64_t d = 0; d < head_dim; d++) acc[(r * groups + i) * head_dim + d] = 0.0f;
+                }
+                longest = context_lens[first + r] > longest ? context_lens[first + r] : longest;
+            }
+            const int64_t *table = block_tables + first * table_width;
+            for (int64_t start = 0; start < longest; start += block_size) {
+                const int64_t block = table[start / block_size];
+                const int64_t n = longest - start < block_size ? longest - start : block_size;
+                if (start + block_size < longest) { /* the next block's keys and values, while this one computes */
+                    const char *next = (const char *)cache + (table[start / block_size + 1] * block_stride + h * head_dim) * element;
+                    const int64_t next_n = longest - start - block_size < block_size ? longest - start - block_size : block_size;
+                    for (int64_t t = 0; t < next_n; t++)
+                        for (int64_t line = 0; line < head_dim * element; line += 64) {
+                            __builtin_prefetch(next + t * token_stride * element + line);
+                            __builtin_prefetch(next + (values_offset + t * token_stride) * element + line);
+                        }
+                }
+                const int64_t offset = block * block_stride + h * head_dim;
+                /* Rows of keys and values: float32 read in place, float16 converted first. */
+                const float *kb = (const float *)cache + offset, *vb = kb + values_offset;
+                int64_t row_stride = token_stride;
+                if (half) {
+                    const _Float16 *hk = (const _Float16 *)cache + offset;
+                    load_half_rows(keys, hk, n, token_stride, head_dim);
+                    load_half_rows(values, hk + values_offset, n, token_stride, head_dim);
+                    kb = keys, vb = values, row_stride = head_dim;
+                }
+                for (int64_t r = 0; r < rows; r++) {
+                    const int64_t len = context_lens[first + r];
+                    if (start >= len) continue;
+                    const int64_t rn = len - start < block_size ? len - start : block_size;
+                    const float *qs = q + ((first + r) * num_heads + h * groups) * head_dim;
+                    for (int64_t i = 0; i < groups; i++) {
+                        float block_max = running_max[r * groups + i];
+                        block_scores(qs + i * head_dim, kb, row_stride, rn, head_dim, scale, scores);
+                        for (int64_t t = 0; t < rn; t++) block_max = scores[t] > block_max ? scores[t] : block_max;
+                        const float correction = expf(running_max[r * groups + i] - block_max);
+                        float sum = running_sum[r * groups + i] * correction;
+                        float *a = acc + (r * groups + i) * head_dim;
+                        for (int64_t d = 0; d < head_dim; d++) a[d] *= correction;
+                        for (int64_t t = 0; t < rn; t++) scores[t] = expf(scores[t] - block_max);
+                        for (int64_t t = 0; t < rn; t++) sum += scores[t];
+                        block_values(a, scores, vb, row_stride, rn, head_dim);
+                        running_max[r * groups + i] = block_max;
+                        running_sum[r * groups + i] = sum;
+                    }
                 }
             }
+            for (int64_t r = 0; r < rows; r++)
+                for (int64_t i = 0; i < groups; i++) {
+                    float *o = out + ((first + r) * num_heads + h * groups + i) * head_dim;
+                    const float inv = running_sum[r * groups + i] > 0.0f ? 1.0f / running_sum[r * groups + i] : 0.0f;
+                    for (int64_t d = 0; d < head_dim; d++) o[d] = acc[(r * groups + i) * head_dim + d] * inv;
+                }
         }
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t i = 0; i < groups; i++) {
-                float *o = out + ((first + r) * num_heads + h * groups + i) * head_dim;
-                const float inv = running_sum[r][i] > 0.0f ? 1.0f / running_sum[r][i] : 0.0f;
-                for (int64_t d = 0; d < head_dim; d++) o[d] = acc[r][i][d] * inv;
-            }
+        free(acc), free(running_max), free(running_sum), free(keys), free(values);
     }
     free(task_start);
-    return 0;
+    return failed ? -1 : 0;
 }
 
 /* Entry points: the common head sizes get loops the compiler unrolls for their exact length. */
