@@ -1,6 +1,6 @@
 """Time to first token of a long prompt, one request at a time, over HTTP (streamed, max_tokens 8).
 
-    python bench/long_prompt.py --base-url http://127.0.0.1:8000/v1 --words 700 --repeats 3
+    python bench/long_prompt.py --base-url http://127.0.0.1:8000/v1 --words 840 --repeats 3
 
 Each request starts with a different number, so no prompt shares a cached prefix with another.
 Prints one JSON object: the prompt's token count as the server reports it, and each TTFT in s.
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
     parser.add_argument("--model", default="SmolLM2-135M-Instruct")
     parser.add_argument("--api-key", default="none")
-    parser.add_argument("--words", type=int, default=700, help="words of filler text (700 is about 1,000 tokens)")
+    parser.add_argument("--words", type=int, default=840, help="words of filler text (840 is about 1,000 tokens with SmolLM2)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     headers = {"Authorization": f"Bearer {args.api_key}"}

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # rillet and the reference peer (llama-cpp-python, ../shared/peers) measured back to back in one run,
 # one server at a time, with the same load: bench/serve.py at concurrency 1 4 16 64, max_tokens 128,
-# temperature 0. Prints one JSON line per server and level, tagged with "server".
+# temperature 0, then bench/long_prompt.py (time to first token of a prompt of about 1,000 tokens).
+# Prints one JSON line per server and measurement, tagged with "server".
 #
 #   bash bench/side_by_side.sh [ROUNDS]        (run `make install` first; the peer installs itself)
 #   RILLET_ARGS="--weights quantized-int8" bash bench/side_by_side.sh 3     (rillet with other flags)
+#   PEER_CONCURRENCY="1" bash bench/side_by_side.sh      (the peer only where it is the drift reference)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-1}
@@ -22,15 +24,19 @@ wait_ready() {  # port
   return 1
 }
 
-measure() {  # name port
-  wait_ready "$2"
-  $PY bench/serve.py --base-url "http://127.0.0.1:$2/v1" --model SmolLM2-135M-Instruct \
-    --concurrency 1 4 16 64 --rounds "$ROUNDS" | sed "s/^{/{\"server\": \"$1\", /"
+measure() {  # name port concurrency...
+  local name=$1 port=$2
+  shift 2
+  wait_ready "$port"
+  $PY bench/serve.py --base-url "http://127.0.0.1:$port/v1" --model SmolLM2-135M-Instruct \
+    --concurrency "$@" --rounds "$ROUNDS" | sed "s/^{/{\"server\": \"$name\", /"
+  $PY bench/long_prompt.py --base-url "http://127.0.0.1:$port/v1" --model SmolLM2-135M-Instruct \
+    --repeats 3 | sed "s/^{/{\"server\": \"$name\", /"
 }
 
 .venv/bin/rillet serve --port $PORT_RILLET ${RILLET_ARGS:-} --log-level warning >/tmp/side_by_side_rillet.log 2>&1 &
 pid=$!
-measure rillet $PORT_RILLET
+measure rillet $PORT_RILLET 1 4 16 64
 # The server and its engine process (and multiprocessing's resource tracker), together.
 rss_kb=0
 for p in $pid $(pgrep -P "$pid"); do rss_kb=$(( rss_kb + $(awk '/VmRSS/ {print $2}' /proc/$p/status) )); done
@@ -40,5 +46,5 @@ kill $pid; wait $pid 2>/dev/null || true
 bash "$PEER" install >/dev/null
 bash "$PEER" start $PORT_PEER >/tmp/side_by_side_peer.log 2>&1 &
 pid=$!
-measure llama-cpp-python $PORT_PEER
+measure llama-cpp-python $PORT_PEER ${PEER_CONCURRENCY:-1 4 16 64}
 kill $pid; wait $pid 2>/dev/null || true
