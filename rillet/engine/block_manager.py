@@ -1,27 +1,47 @@
 """Paged KV memory: a pool of fixed-size blocks with refcounts and a prefix cache.
 
-Every full block is identified by a hash chained on the hash of the block before it, so
-equal hashes mean equal token prefixes. A block whose refcount drops to zero keeps its
-contents and stays findable by hash until the pool needs it for something else; free
-blocks are reused least recently freed first.
+Every full block is found by a key chained on the key of the block before it: a keyed BLAKE2b
+digest of (parent key, token ids), its key drawn at random per process, so nobody can craft a
+prompt whose key lands on another's block. A hit is then checked, not trusted: the cached block
+must hold the same token ids and must have been computed after the very block the sequence holds
+before it (each block's contents get a fresh `content_id` whenever it is reallocated), so a hit
+means the same whole prefix even if two keys collided. A block whose refcount drops to zero keeps
+its contents and stays findable until the pool needs it for something else; free blocks are
+reused least recently freed first.
 """
 from __future__ import annotations
 
+import array
+import hashlib
+import itertools
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from rillet.engine.sequence import Sequence
+
+_HASH_KEY = os.urandom(32)
+# The parent of a sequence's first block.
+NO_PARENT = -1
 
 
 @dataclass(slots=True)
 class Block:
     block_id: int
     ref_count: int = 0
-    block_hash: int | None = None
+    # Identifies what the block holds; a new one each time the block is allocated anew.
+    content_id: int = 0
+    # Set while the block is in the prefix cache: its key, its tokens, and the content_id of the
+    # block computed before it in the sequence that filled it.
+    block_hash: bytes | None = None
+    token_ids: tuple[int, ...] | None = None
+    parent_content_id: int = NO_PARENT
 
 
-def hash_block(parent_hash: int | None, token_ids: tuple[int, ...]) -> int:
-    return hash((parent_hash, token_ids))
+def hash_block(parent_hash: bytes | None, token_ids: tuple[int, ...]) -> bytes:
+    digest = hashlib.blake2b(parent_hash or b"", digest_size=16, key=_HASH_KEY)
+    digest.update(array.array("q", token_ids).tobytes())
+    return digest.digest()
 
 
 class BlockManager:
@@ -31,7 +51,8 @@ class BlockManager:
         self.enable_prefix_caching = enable_prefix_caching
         self._blocks = [Block(i) for i in range(num_blocks)]
         self._free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
-        self._cached: dict[int, int] = {}
+        self._cached: dict[bytes, int] = {}
+        self._content_ids = itertools.count(1)
         # (source, destination) block copies the model runner must do before the next forward.
         self.pending_copies: list[tuple[int, int]] = []
         self.prefix_cache_queries = 0
@@ -54,21 +75,31 @@ class BlockManager:
         """
         if not self.enable_prefix_caching or seq.block_table:
             return 0
-        max_blocks = (seq.num_tokens - 1) // self.block_size
-        self.prefix_cache_queries += max_blocks
-        parent_hash: int | None = None
-        for index in range(max_blocks):
-            block_hash = hash_block(parent_hash, self._block_tokens(seq, index))
+        parent_hash: bytes | None = None
+        parent_content_id = NO_PARENT
+        for index in range(self._num_lookup_blocks(seq)):
+            tokens = self._block_tokens(seq, index)
+            block_hash = hash_block(parent_hash, tokens)
             block_id = self._cached.get(block_hash)
             if block_id is None:
                 break
+            block = self._blocks[block_id]
+            if block.token_ids != tokens or block.parent_content_id != parent_content_id:
+                break  # the key collided: another prefix's block
             self._take(block_id)
             seq.block_table.append(block_id)
             seq.block_hashes.append(block_hash)
-            parent_hash = block_hash
-        self.prefix_cache_hits += len(seq.block_table)
+            parent_hash, parent_content_id = block_hash, block.content_id
         seq.num_computed_tokens = len(seq.block_table) * self.block_size
         return seq.num_computed_tokens
+
+    def record_prefix_lookup(self, seq: Sequence, num_hit_tokens: int) -> None:
+        """Counts a sequence's lookup (claim_cached_prefix found num_hit_tokens) in the hit-rate
+        figures once, when it is admitted: a sequence may try, and wait, for many steps."""
+        if self.enable_prefix_caching and not seq.prefix_lookup_recorded:
+            self.prefix_cache_queries += self._num_lookup_blocks(seq)
+            self.prefix_cache_hits += num_hit_tokens // self.block_size
+            seq.prefix_lookup_recorded = True
 
     def register_full_blocks(self, seq: Sequence) -> None:
         """Publishes the sequence's newly computed full blocks to the prefix cache."""
@@ -77,12 +108,14 @@ class BlockManager:
         num_full = min(seq.num_computed_tokens // self.block_size, len(seq.block_table))
         for index in range(len(seq.block_hashes), num_full):
             parent_hash = seq.block_hashes[-1] if seq.block_hashes else None
-            block_hash = hash_block(parent_hash, self._block_tokens(seq, index))
+            tokens = self._block_tokens(seq, index)
+            block_hash = hash_block(parent_hash, tokens)
             seq.block_hashes.append(block_hash)
             block = self._blocks[seq.block_table[index]]
             # If one step computed the same prefix twice, the first copy is the cached one.
             if block.block_hash is None and block_hash not in self._cached:
-                block.block_hash = block_hash
+                block.block_hash, block.token_ids = block_hash, tokens
+                block.parent_content_id = self._blocks[seq.block_table[index - 1]].content_id if index else NO_PARENT
                 self._cached[block_hash] = block.block_id
 
     # -- allocation -----------------------------------------------------------------
@@ -122,6 +155,9 @@ class BlockManager:
 
     # -- internals ------------------------------------------------------------------
 
+    def _num_lookup_blocks(self, seq: Sequence) -> int:
+        return (seq.num_tokens - 1) // self.block_size
+
     def _block_tokens(self, seq: Sequence, index: int) -> tuple[int, ...]:
         start = index * self.block_size
         return tuple(seq.token_ids[start:start + self.block_size])
@@ -138,8 +174,9 @@ class BlockManager:
         block = self._blocks[block_id]
         if block.block_hash is not None:
             del self._cached[block.block_hash]
-            block.block_hash = None
+            block.block_hash, block.token_ids, block.parent_content_id = None, None, NO_PARENT
         block.ref_count = 1
+        block.content_id = next(self._content_ids)
         return block_id
 
     def _take(self, block_id: int) -> None:

@@ -99,12 +99,13 @@ class Scheduler:
             seq = self.waiting[0]
             if self._num_running_slots() + 1 + seq.pending_forks > self.max_num_seqs:
                 return
-            self.block_manager.claim_cached_prefix(seq)
+            num_hit_tokens = self.block_manager.claim_cached_prefix(seq)
             num_new = min(seq.num_uncomputed_tokens, budget)
             if not self.block_manager.allocate_slots(seq, num_new):
                 # Give the claimed prefix back so waiting sequences never hold blocks.
                 self.block_manager.free(seq)
                 return
+            self.block_manager.record_prefix_lookup(seq, num_hit_tokens)
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)

@@ -31,8 +31,10 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     # Tokens whose K/V are in the cache. Everything past it is still to be computed.
     num_computed_tokens: int = 0
-    # Prefix-cache hash of each full, computed block of this sequence, in order.
-    block_hashes: list[int] = field(default_factory=list)
+    # Prefix-cache key of each full, computed block of this sequence, in order.
+    block_hashes: list[bytes] = field(default_factory=list)
+    # Its prefix-cache lookup has been counted in the hit-rate figures (once, however often it waits).
+    prefix_lookup_recorded: bool = False
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: str | None = None
     # Choices that still have to be forked off this one once its prompt is computed (n > 1).

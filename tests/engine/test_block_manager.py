@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from rillet.engine.block_manager import BlockManager
+from rillet.engine import block_manager
+from rillet.engine.block_manager import BlockManager, hash_block
 
 from .helpers import make_seq
 
@@ -110,3 +111,33 @@ def test_fork_shares_blocks_and_copies_the_partial_block_on_write():
     bm.free(parent)
     bm.free(child)
     assert bm.num_free_blocks == 8
+
+
+def test_keys_are_keyed_digests_of_the_parent_key_and_the_tokens():
+    first = hash_block(None, (1, 2, 3, 4))
+    assert isinstance(first, bytes) and len(first) == 16
+    assert hash_block(None, (1, 2, 3, 4)) == first
+    assert hash_block(first, (1, 2, 3, 4)) != first != hash_block(None, (1, 2, 3, 5))
+    # Python's hash() of small ints is the int itself: (-2, ...) and (-1, ...) would be keyed alike by it.
+    assert hash_block(None, (-1,)) != hash_block(None, (-2,))
+
+
+def test_a_colliding_key_is_turned_down_by_the_tokens_of_the_block(monkeypatch):
+    monkeypatch.setattr(block_manager, "hash_block", lambda parent, tokens: b"collision")
+    bm = BlockManager(num_blocks=16, block_size=4)
+    compute(bm, make_seq([1, 2, 3, 4, 5, 6, 7, 8, 9]), 9)
+    other = make_seq([9, 9, 9, 9, 5, 6, 7, 8, 9])
+    assert bm.claim_cached_prefix(other) == 0 and other.block_table == []
+    same = make_seq([1, 2, 3, 4, 50, 60, 70, 80, 90])
+    assert bm.claim_cached_prefix(same) == 4
+
+
+def test_a_colliding_key_is_turned_down_by_the_block_computed_before_it(monkeypatch):
+    """A key that ignored the parent would find [5, 6, 7, 8], computed after [1, 2, 3, 4], as the
+    first block of a prompt that starts with [5, 6, 7, 8]: its keys and values are not that block's."""
+    monkeypatch.setattr(block_manager, "hash_block", lambda parent, tokens: bytes(tokens))
+    bm = BlockManager(num_blocks=16, block_size=4)
+    compute(bm, make_seq([1, 2, 3, 4, 5, 6, 7, 8, 9]), 9)
+    assert bm.claim_cached_prefix(make_seq([5, 6, 7, 8, 9, 10])) == 0
+    assert bm.claim_cached_prefix(make_seq([1, 2, 3, 4, 5, 6, 7, 8, 0])) == 8
+

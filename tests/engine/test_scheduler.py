@@ -96,3 +96,22 @@ def test_second_request_with_same_prefix_computes_only_new_tokens():
     scheduler.add(second)
     step = run_step(scheduler)
     assert step[second.seq_id] == 3
+
+
+def test_a_waiting_sequences_prefix_hits_are_counted_once_however_long_it_waits():
+    bm = BlockManager(num_blocks=32, block_size=4)
+    scheduler = Scheduler(bm, max_num_seqs=1, max_num_batched_tokens=64)
+    system = list(range(100, 120))  # 5 full blocks
+    first = make_seq(system + [1, 2], max_tokens=3)
+    scheduler.add(first)
+    run_step(scheduler)
+    second = make_seq(system + [3, 4, 5])
+    scheduler.add(second)
+    for _ in range(2):  # first runs on; second waits, looking its prefix up each step
+        run_step(scheduler)
+    assert second.status is SequenceStatus.WAITING
+    scheduler.finish(first)
+    run_step(scheduler)
+    assert second.status is SequenceStatus.RUNNING
+    # Each sequence counted once: the full blocks before its last token, 5 each; second found all 5.
+    assert (bm.prefix_cache_queries, bm.prefix_cache_hits) == (5 + 5, 5)
