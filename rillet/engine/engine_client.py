@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+from rillet.engine.errors import RequestFailedError
 from rillet.engine.outputs import RequestOutput
 from rillet.engine.sampling_params import SamplingParams
 from rillet.engine.stats import EngineStats
@@ -62,7 +63,7 @@ class EngineClient:
         for output in outputs:
             stream = self._streams.get(output.request_id)
             if stream is not None:
-                stream.put_nowait(output)
+                stream.put_nowait(output if output.error is None else RequestFailedError(output.error))
 
     def _dispatch_error(self, request_id: str, error: Exception) -> None:
         stream = self._streams.get(request_id)

@@ -6,12 +6,16 @@ Commands are tuples: ("add", request_id, prompt_token_ids, params), ("abort", re
 """
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
+from rillet.engine.errors import RequestFailedError, RequestRejectedError
 from rillet.engine.llm_engine import LLMEngine
 from rillet.engine.outputs import RequestOutput
 
 STOP = ("stop",)
+
+log = logging.getLogger("rillet.engine")
 
 
 class LoopIO(Protocol):
@@ -22,31 +26,43 @@ class LoopIO(Protocol):
         """One step's outputs (possibly none: a prefill chunk samples nothing)."""
 
     def fail_request(self, request_id: str, error: Exception) -> None:
-        """A request the engine refused (a ValueError such as PromptTooLongError)."""
+        """A request the engine refused (a RequestRejectedError) or could not take in."""
 
     def commands_handled(self) -> None:
         """Commands changed the engine's state (an abort freed blocks, an add queued a request)."""
 
 
 def run_engine_loop(engine: LLMEngine, io: LoopIO) -> None:
-    """Runs until a stop command (or the command source closing); an error in a step propagates."""
+    """Runs until a stop command (or the command source closing); an error in a step that is not
+    one request's propagates. An engine that has work but can schedule none of it (engine.stalled)
+    waits for the next command instead of spinning: only a command can change what it can run."""
     while True:
-        block = not engine.has_work
+        block = not engine.has_work or engine.stalled
         handled = False
         while (command := io.receive(block)) is not None:
             block, handled = False, True
             kind = command[0]
             if kind == "add":
-                _, request_id, prompt_token_ids, params = command
-                try:
-                    engine.add_request(request_id, prompt_token_ids, params)
-                except ValueError as error:
-                    io.fail_request(request_id, error)
+                _add(engine, io, *command[1:])
             elif kind == "abort":
                 engine.abort_request(command[1])
             elif kind == "stop":
                 return
         if handled:
             io.commands_handled()
-        if engine.has_work:
-            io.publish(engine.step())
+        if engine.has_work and not engine.stalled:
+            outputs = engine.step()
+            if engine.stalled:
+                log.warning("the engine has %d waiting sequences and can schedule none of them; "
+                            "it waits for the next request or abort", len(engine.scheduler.waiting))
+            io.publish(outputs)
+
+
+def _add(engine: LLMEngine, io: LoopIO, request_id: str, prompt_token_ids: list[int], params) -> None:
+    try:
+        engine.add_request(request_id, prompt_token_ids, params)
+    except RequestRejectedError as error:
+        io.fail_request(request_id, error)
+    except Exception as error:  # one request's data must not stop the engine
+        log.exception("request %s could not be added to the engine", request_id)
+        io.fail_request(request_id, RequestFailedError(f"{type(error).__name__} while adding the request"))

@@ -10,19 +10,24 @@ hands each message to the event loop, and stats() returns the latest snapshot.
 Lifetime: the child ignores SIGINT and SIGTERM (a Ctrl-C or a group-wide SIGTERM is the parent's to
 handle: it finishes the requests in flight first), exits on a stop command or when the parent's
 end of the command pipe closes, and is killed by the kernel if the parent dies (PR_SET_PDEATHSIG).
+
+A child that dies on its own (killed, out of memory, an engine failure) fails every request in
+flight with EngineDeadError; the reader thread then launches a new one, and the engine is alive
+again once it is ready. After more deaths within a window than RestartPolicy allows, it gives up
+and calls on_give_up, so that the server can exit and a service manager restart it.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import fcntl
 import logging
 import multiprocessing
 import os
-import signal
-import sys
 import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Protocol
@@ -30,12 +35,11 @@ from typing import Protocol
 import torch
 
 from rillet.engine.config import EngineConfig
+from rillet.engine.engine_child import EngineReady, child_main
 from rillet.engine.engine_client import EngineClient, EngineDeadError
-from rillet.engine.engine_loop import STOP, run_engine_loop
+from rillet.engine.engine_loop import STOP
 from rillet.engine.llm_engine import LLMEngine
-from rillet.engine.outputs import RequestOutput
 from rillet.engine.stats import EngineStats
-from rillet.model.errors import ModelLoadError
 
 log = logging.getLogger("rillet.engine")
 
@@ -69,21 +73,29 @@ class ModelEngineSpec:
 
 
 @dataclass(slots=True, frozen=True)
-class EngineReady:
-    """The child's first message once its engine is built."""
+class RestartPolicy:
+    """A dead engine process is replaced up to max_restarts times within window_seconds."""
 
-    max_model_len: int
-    weight_format: str
-    stats: EngineStats
+    max_restarts: int = 3
+    window_seconds: float = 60.0
 
 
 class EngineProcess(EngineClient):
     """launch() and wait_ready() before the event loop runs; then start(), generate(), shutdown()."""
 
-    def __init__(self, spec: EngineSpec, log_level: str = "INFO", log_format: str = logging.BASIC_FORMAT) -> None:
+    def __init__(self, spec: EngineSpec, log_level: str = "INFO", log_format: str = logging.BASIC_FORMAT,
+                 restart_policy: RestartPolicy = RestartPolicy(),
+                 on_give_up: Callable[[], None] | None = None) -> None:
         super().__init__()
         self._spec = spec
         self._log_settings = (log_level, log_format)
+        self._restart_policy = restart_policy
+        # Called on the event loop when the engine process died more often than the policy allows.
+        self.on_give_up = on_give_up
+        self._deaths: deque[float] = deque()
+        self.num_restarts = 0
+        # Held while the child is replaced, so that shutdown() never misses a new child.
+        self._lock = threading.Lock()
         self._process: multiprocessing.process.BaseProcess | None = None
         self._commands: Connection | None = None  # parent -> child
         self._outputs: Connection | None = None  # child -> parent
@@ -111,7 +123,7 @@ class EngineProcess(EngineClient):
         self._outputs, child_outputs = context.Pipe(duplex=False)
         _grow_pipe(self._commands)
         self._process = context.Process(
-            target=_child_main, name="rillet-engine",
+            target=child_main, name="rillet-engine",
             args=(self._spec, child_commands, child_outputs, os.getpid(), self._log_settings))
         self._process.start()
         # Only the child holds its ends now, so its exit reads as EOF here and ours as EOF there.
@@ -131,7 +143,7 @@ class EngineProcess(EngineClient):
             raise EngineStartError(message[1])
         ready: EngineReady = message[1]
         self._stats = ready.stats
-        self._alive = True
+        self._alive = not self._stopping
         return ready
 
     def start(self) -> None:
@@ -143,8 +155,9 @@ class EngineProcess(EngineClient):
     def shutdown(self, timeout: float = 10) -> None:
         """Stops the child (killed if it has not stopped within timeout seconds; 0 kills it at
         once) and waits for it to end."""
-        self._stopping = True
-        self._alive = False
+        with self._lock:
+            self._stopping = True
+            self._alive = False
         if self._process is None:
             return
         with contextlib.suppress(OSError):
@@ -169,6 +182,23 @@ class EngineProcess(EngineClient):
     # -- the reader thread ----------------------------------------------------------
 
     def _read_outputs(self) -> None:
+        """Hands the child's messages to the event loop; when a child dies, fails its requests and
+        replaces it, or gives up."""
+        while True:
+            reason = self._read_until_exit()
+            if self._stopping:
+                return
+            self._alive = False
+            self._process.join(timeout=5)
+            log.error("%s (exit code %s); every request in flight fails", reason, self._process.exitcode)
+            self._on_loop_and_wait(self._fail_all, EngineDeadError(reason))
+            if not self._restart():
+                if not self._stopping:
+                    self._on_loop(self._give_up)
+                return
+
+    def _read_until_exit(self) -> str:
+        """Reads messages until the child's end of the pipe closes; returns why it closed."""
         reason = "the engine process exited unexpectedly"
         while True:
             try:
@@ -186,16 +216,56 @@ class EngineProcess(EngineClient):
                 self._on_loop(self._dispatch_error, message[1], message[2])
             elif kind == "died":
                 reason = message[1]
-        if self._stopping:
-            return
-        self._alive = False
-        self._process.join(timeout=5)
-        log.error("%s (exit code %s); every request in flight fails", reason, self._process.exitcode)
-        self._on_loop(self._fail_all, EngineDeadError(reason))
+        return reason
+
+    def _restart(self) -> bool:
+        """Launches a new child and waits until it is ready; False when the policy says no more
+        restarts, when the new child cannot start, or when shutdown() has begun."""
+        now = time.monotonic()
+        self._deaths.append(now)
+        while self._deaths and self._deaths[0] < now - self._restart_policy.window_seconds:
+            self._deaths.popleft()
+        if len(self._deaths) > self._restart_policy.max_restarts:
+            log.critical("the engine process died %d times within %g s; giving up", len(self._deaths),
+                         self._restart_policy.window_seconds)
+            return False
+        with self._lock:
+            if self._stopping:
+                return False
+            for connection in (self._commands, self._outputs):
+                connection.close()
+            log.warning("starting a new engine process")
+            self.launch()
+        try:
+            self.wait_ready()
+        except EngineStartError as error:
+            if not self._stopping:
+                log.critical("the new engine process could not start: %s", error)
+            return False
+        self.num_restarts += 1
+        log.warning("the new engine process is ready, %.1f s after the last one died", time.monotonic() - now)
+        return True
+
+    def _give_up(self) -> None:
+        if self.on_give_up is not None:
+            self.on_give_up()
 
     def _on_loop(self, callback, *args) -> None:
         with contextlib.suppress(RuntimeError):  # the event loop has closed: nobody is listening
             self._loop.call_soon_threadsafe(callback, *args)
+
+    def _on_loop_and_wait(self, callback, *args) -> None:
+        """Runs callback on the event loop and waits until it has run (or the loop is gone)."""
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                callback(*args)
+            finally:
+                done.set()
+
+        self._on_loop(run)
+        done.wait(timeout=10)
 
 
 def _grow_pipe(connection: Connection) -> None:
@@ -203,70 +273,3 @@ def _grow_pipe(connection: Connection) -> None:
     burst of requests arriving during a long step does not block the event loop on a full pipe."""
     with contextlib.suppress(OSError, AttributeError):
         fcntl.fcntl(connection.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
-
-
-# -- the child process ----------------------------------------------------------------
-
-
-def _child_main(spec: EngineSpec, commands: Connection, outputs: Connection, parent_pid: int,
-                log_settings: tuple[str, str]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent(parent_pid)
-    logging.basicConfig(level=log_settings[0], format=log_settings[1])
-    torch.set_num_threads(spec.config.resolved_num_threads())
-    try:
-        engine, weight_format = spec.build()
-    except ModelLoadError as error:
-        outputs.send(("load_error", str(error)))
-        sys.exit(1)
-    except Exception as error:
-        log.exception("the engine could not be built")
-        outputs.send(("load_error", f"the engine could not be built: {type(error).__name__}: {error}"))
-        sys.exit(1)
-    outputs.send(("ready", EngineReady(engine.max_model_len, weight_format, engine.stats())))
-    try:
-        run_engine_loop(engine, _PipeIO(commands, outputs, engine))
-    except (BrokenPipeError, ConnectionResetError):
-        return  # the parent has gone; nobody wants the outputs
-    except BaseException:
-        log.exception("engine loop failed")
-        with contextlib.suppress(OSError):
-            outputs.send(("died", "the engine stopped on an internal error"))
-        sys.exit(1)
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Asks Linux to SIGKILL this process when its parent dies, however the parent dies."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # it died before the request above took effect
-        os._exit(1)
-
-
-class _PipeIO:
-    """The loop's side in the child: commands from the parent's pipe, results up the other."""
-
-    def __init__(self, commands: Connection, outputs: Connection, engine: LLMEngine) -> None:
-        self._commands = commands
-        self._outputs = outputs
-        self._engine = engine
-
-    def receive(self, block: bool) -> tuple | None:
-        if not block and not self._commands.poll():
-            return None
-        try:
-            return self._commands.recv()
-        except EOFError:
-            return STOP
-
-    def publish(self, outputs: list[RequestOutput]) -> None:
-        self._outputs.send(("outputs", outputs, self._engine.stats()))
-
-    def fail_request(self, request_id: str, error: Exception) -> None:
-        self._outputs.send(("failed", request_id, error))
-
-    def commands_handled(self) -> None:
-        self._outputs.send(("stats", self._engine.stats()))

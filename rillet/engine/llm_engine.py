@@ -1,33 +1,45 @@
-"""The synchronous engine core: requests in, one batched model step at a time, deltas out."""
+"""The synchronous engine core: requests in, one batched model step at a time, deltas out.
+
+An exception raised for one request's data (in its part of the forward, its sampling, its
+detokenization) ends that request with an error output and the engine runs on: the failed part
+is run again one request at a time to find whose it was. Only a failure shared by every request
+of a batch is the engine's own, and propagates.
+"""
 from __future__ import annotations
 
 import itertools
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
 from rillet.engine.block_manager import BlockManager
 from rillet.engine.config import EngineConfig
 from rillet.engine.detokenizer import IncrementalDetokenizer
+from rillet.engine.errors import PromptTooLongError, TooManyChoicesError
 from rillet.engine.model_runner import ModelRunner
 from rillet.engine.outputs import ChoiceDelta, RequestOutput, TokenLogprob
 from rillet.engine.sampler import Sampler
 from rillet.engine.sampling_params import SamplingParams
-from rillet.engine.scheduler import Scheduler
+from rillet.engine.scheduler import Scheduler, SchedulerOutput
 from rillet.engine.sequence import Sequence
 from rillet.engine.stats import EngineStats
 from rillet.engine.stop_checker import StopChecker
 
+__all__ = ["LLMEngine", "PromptTooLongError"]
 
-class PromptTooLongError(ValueError):
-    """The prompt leaves no room for a single generated token."""
-
+log = logging.getLogger("rillet.engine")
+T = TypeVar("T")
 
 @dataclass(slots=True)
 class _Request:
     request_id: str
     num_prompt_tokens: int
     num_unfinished: int
+    # It has been scheduled (left the queue); its caller has been told.
+    started: bool = False
 
 
 class LLMEngine:
@@ -47,6 +59,8 @@ class LLMEngine:
         self._seq_ids = itertools.count()
         self.num_computed_prompt_tokens = 0
         self.num_generated_tokens = 0
+        # The last step found nothing it could run; nothing changes until a request comes or goes.
+        self.stalled = False
 
     @property
     def has_work(self) -> bool:
@@ -67,9 +81,14 @@ class LLMEngine:
         )
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Queues a request, or raises a RequestRejectedError for one the engine could never run."""
         if not prompt_token_ids or len(prompt_token_ids) >= self.max_model_len:
             raise PromptTooLongError(
                 f"the prompt has {len(prompt_token_ids)} tokens; the context holds {self.max_model_len}")
+        if params.n > self.config.max_num_seqs:
+            raise TooManyChoicesError(f"n is {params.n}, but this server runs at most "
+                                      f"{self.config.max_num_seqs} sequences at once")
+        self.stalled = False
         limit = self.max_model_len
         if params.max_tokens is not None:
             limit = min(limit, len(prompt_token_ids) + params.max_tokens)
@@ -79,41 +98,132 @@ class LLMEngine:
         self.scheduler.add(seq)
 
     def abort_request(self, request_id: str) -> None:
+        self.stalled = False
         for seq in self.scheduler.abort_request(request_id):
             self._generators.pop(seq.seq_id, None)
         self._requests.pop(request_id, None)
 
     def step(self) -> list[RequestOutput]:
         batch = self.scheduler.schedule()
+        self.stalled = batch.is_empty and not batch.preempted
         if batch.is_empty:
             return []
-        sampling_seqs, logits = self.runner.run(batch)
+        failed: list[RequestOutput] = []
+        sampling_seqs, logits = self._forward(batch, failed)
         for seq, num_new in batch.scheduled:
+            if seq.is_finished:
+                continue  # failed in the forward
             if seq.num_computed_tokens < seq.num_prompt_tokens:
                 self.num_computed_prompt_tokens += min(num_new, seq.num_prompt_tokens - seq.num_computed_tokens)
             seq.num_computed_tokens += num_new
             self.block_manager.register_full_blocks(seq)
-        if logits is None:
-            return []
-        sampling_seqs, rows = self._fork_choices(sampling_seqs)
-        logits = logits.index_select(0, torch.tensor(rows, dtype=torch.long, device=logits.device))
-        wanted = [i for i, s in enumerate(sampling_seqs) if s.params.logprobs is not None]
-        # A copy taken before sampling, which transforms its logits in place.
-        model_logits = logits.index_select(0, torch.tensor(wanted, dtype=torch.long, device=logits.device))
-        tokens = self.sampler.sample(
-            logits,
-            [s.params for s in sampling_seqs],
-            [s.output_token_ids for s in sampling_seqs],
-            [self._generators.get(s.seq_id) for s in sampling_seqs],
-        )
-        logprobs: list[TokenLogprob | None] = [None] * len(tokens)
-        if wanted:
-            entries = self.sampler.logprobs(model_logits, [tokens[i] for i in wanted],
-                                            [sampling_seqs[i].params.logprobs for i in wanted])
-            for i, entry in zip(wanted, entries):
-                logprobs[i] = entry
-        self.num_generated_tokens += len(tokens)
-        return self._collect_outputs(sampling_seqs, tokens, logprobs)
+        outputs = failed
+        if logits is not None:
+            sampling_seqs, rows = self._fork_choices(sampling_seqs)
+            tokens = self._sample(sampling_seqs, logits, rows, failed)
+            logprobs = self._logprobs(sampling_seqs, logits, rows, tokens, failed)
+            outputs = failed + self._collect_outputs(sampling_seqs, tokens, logprobs, failed)
+        return self._with_start_notices(batch, outputs)
+
+    def _with_start_notices(self, batch: SchedulerOutput, outputs: list[RequestOutput]) -> list[RequestOutput]:
+        """The step that first schedules a request tells its caller that it has left the queue:
+        with its first tokens, or with an output of no deltas while its prompt is still computed."""
+        answered = {output.request_id for output in outputs}
+        for seq, _ in batch.scheduled:
+            request = self._requests.get(seq.request_id)
+            if request is not None and not request.started:
+                request.started = True
+                if seq.request_id not in answered:
+                    outputs.append(RequestOutput(seq.request_id, request.num_prompt_tokens, []))
+        return outputs
+
+    # -- the parts of a step, each run again request by request if it fails ------------
+
+    def _forward(self, batch: SchedulerOutput, failed: list[RequestOutput]) -> tuple[list[Sequence], torch.Tensor | None]:
+        self.runner.copy_blocks(batch.block_copies)
+        groups: dict[str, list[tuple[Sequence, int]]] = {}
+        for seq, num_new in batch.scheduled:
+            groups.setdefault(seq.request_id, []).append((seq, num_new))
+
+        def run_group(scheduled: list[tuple[Sequence, int]]) -> tuple[list[Sequence], torch.Tensor | None]:
+            return self.runner.run(scheduled)
+
+        results = self._isolated(lambda: [self.runner.run(batch.scheduled)], run_group, list(groups.values()),
+                                 list(groups), failed)
+        seqs = [seq for result in results if result is not None for seq in result[0]]
+        logits = [result[1] for result in results if result is not None and result[1] is not None]
+        return seqs, (torch.cat(logits) if len(logits) > 1 else logits[0] if logits else None)
+
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor, rows: list[int],
+                failed: list[RequestOutput]) -> list[int | None]:
+        def sample(indices: list[int]) -> list[int]:
+            # A fresh selection each time: the sampler transforms its logits in place.
+            chosen = [seqs[i] for i in indices]
+            return self.sampler.sample(self._rows(logits, [rows[i] for i in indices]), [s.params for s in chosen],
+                                       [s.output_token_ids for s in chosen],
+                                       [self._generators.get(s.seq_id) for s in chosen])
+
+        everyone = list(range(len(seqs)))
+        results = self._isolated(lambda: sample(everyone), lambda i: sample([i])[0], everyone,
+                                 [s.request_id for s in seqs], failed)
+        return results
+
+    def _logprobs(self, seqs: list[Sequence], logits: torch.Tensor, rows: list[int], tokens: list[int | None],
+                  failed: list[RequestOutput]) -> list[TokenLogprob | None]:
+        wanted = [i for i, s in enumerate(seqs) if s.params.logprobs is not None and tokens[i] is not None]
+        if not wanted:
+            return [None] * len(seqs)
+
+        def compute(indices: list[int]) -> list[TokenLogprob]:
+            return self.sampler.logprobs(self._rows(logits, [rows[i] for i in indices]), [tokens[i] for i in indices],
+                                         [seqs[i].params.logprobs for i in indices])
+
+        entries = self._isolated(lambda: compute(wanted), lambda i: compute([i])[0], wanted,
+                                 [seqs[i].request_id for i in wanted], failed)
+        logprobs: list[TokenLogprob | None] = [None] * len(seqs)
+        for i, entry in zip(wanted, entries):
+            logprobs[i] = entry
+        return logprobs
+
+    def _isolated(self, run_all: Callable[[], list[T]], run_one: Callable[..., T], items: list,
+                  request_ids: list[str], failed: list[RequestOutput]) -> list[T | None]:
+        """run_all() gives one result per item. If it raises, each item is run alone with run_one;
+        the requests whose items raise fail (their results are None), and the rest go on. If every
+        item of more than one request fails, the failure is the engine's and is raised."""
+        try:
+            return run_all()
+        except Exception as error:
+            if len(set(request_ids)) < 2:
+                self._fail(request_ids[0], error, failed)
+                return [None] * len(items)
+            shared_error = error
+        results: list[T | None] = []
+        for item, request_id in zip(items, request_ids):
+            if request_id not in self._requests:
+                results.append(None)  # failed on an earlier item
+                continue
+            try:
+                results.append(run_one(item))
+            except Exception as error:
+                self._fail(request_id, error, failed)
+                results.append(None)
+        if all(result is None for result in results):
+            raise shared_error
+        return results
+
+    def _fail(self, request_id: str, error: Exception, failed: list[RequestOutput]) -> None:
+        """Ends a request whose data made a step raise; the caller's next stages skip its sequences."""
+        log.error("request %s failed in the engine; the engine runs on", request_id, exc_info=error)
+        request = self._requests.get(request_id)
+        if request is None:
+            return
+        self.abort_request(request_id)
+        failed.append(RequestOutput(request_id, request.num_prompt_tokens, [], finished=True,
+                                    error=f"{type(error).__name__} while running the request"))
+
+    @staticmethod
+    def _rows(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        return logits.index_select(0, torch.tensor(rows, dtype=torch.long, device=logits.device))
 
     def _fork_choices(self, sampling_seqs: list[Sequence]) -> tuple[list[Sequence], list[int]]:
         """A request with n > 1 computes its prompt once; then its other choices fork off it."""
@@ -132,11 +242,19 @@ class LLMEngine:
             seq.pending_forks = 0
         return seqs, rows
 
-    def _collect_outputs(self, seqs: list[Sequence], tokens: list[int],
-                         logprobs: list[TokenLogprob | None]) -> list[RequestOutput]:
+    def _collect_outputs(self, seqs: list[Sequence], tokens: list[int | None],
+                         logprobs: list[TokenLogprob | None], failed: list[RequestOutput]) -> list[RequestOutput]:
         by_request: dict[str, RequestOutput] = {}
         for seq, token, logprob in zip(seqs, tokens, logprobs):
-            delta = self._append_token(seq, token, logprob)
+            if seq.request_id not in self._requests:
+                continue  # failed earlier in this step
+            try:
+                delta = self._append_token(seq, token, logprob)
+            except Exception as error:
+                self._fail(seq.request_id, error, failed)
+                by_request.pop(seq.request_id, None)
+                continue
+            self.num_generated_tokens += 1
             request = self._requests[seq.request_id]
             out = by_request.get(seq.request_id)
             if out is None:
@@ -164,6 +282,8 @@ class LLMEngine:
             elif seq.num_tokens >= seq.max_total_tokens:
                 finish_reason = "length"
                 text += seq.stop_checker.feed(seq.detokenizer.flush())
+                if seq.stop_checker.stopped:  # the held-back text completed a stop string
+                    finish_reason = "stop"
         if finish_reason is not None and not seq.stop_checker.stopped:
             text += seq.stop_checker.flush()
         entries = None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from rillet.engine.scheduler import SchedulerOutput
 from rillet.engine.sequence import Sequence
 from rillet.model.attention_metadata import AttentionMetadata
 
@@ -18,9 +17,9 @@ class ModelRunner:
         self.kv_caches: list[torch.Tensor] = model.allocate_kv_cache(num_blocks, block_size, kv_dtype)
 
     @torch.inference_mode()
-    def run(self, batch: SchedulerOutput) -> tuple[list[Sequence], torch.Tensor | None]:
-        """Returns the sequences that sample this step and their logits, one row each."""
-        self._copy_blocks(batch.block_copies)
+    def run(self, scheduled: list[tuple[Sequence, int]]) -> tuple[list[Sequence], torch.Tensor | None]:
+        """Computes each sequence's next num_new tokens; returns the sequences that sample this step
+        and their logits, one row each. Call copy_blocks first with the step's block copies."""
         input_ids: list[int] = []
         positions: list[int] = []
         slot_mapping: list[int] = []
@@ -28,7 +27,7 @@ class ModelRunner:
         context_lens: list[int] = []
         sampling_rows: list[int] = []
         sampling_seqs: list[Sequence] = []
-        for seq, num_new in batch.scheduled:
+        for seq, num_new in scheduled:
             start = seq.num_computed_tokens
             end = start + num_new
             input_ids.extend(seq.token_ids[start:end])
@@ -44,7 +43,7 @@ class ModelRunner:
         meta = AttentionMetadata(
             query_start=query_start,
             context_lens=context_lens,
-            block_tables=self._block_tables(batch),
+            block_tables=self._block_tables(scheduled),
             slot_mapping=torch.tensor(slot_mapping, dtype=torch.long, device=self.device),
             block_size=self.block_size,
         )
@@ -59,12 +58,14 @@ class ModelRunner:
         rows = torch.tensor(sampling_rows, dtype=torch.long, device=self.device)
         return sampling_seqs, self.model.compute_logits(hidden.index_select(0, rows))
 
-    def _block_tables(self, batch: SchedulerOutput) -> torch.Tensor:
-        width = max(len(seq.block_table) for seq, _ in batch.scheduled)
-        rows = [seq.block_table + [0] * (width - len(seq.block_table)) for seq, _ in batch.scheduled]
+    def _block_tables(self, scheduled: list[tuple[Sequence, int]]) -> torch.Tensor:
+        width = max(len(seq.block_table) for seq, _ in scheduled)
+        rows = [seq.block_table + [0] * (width - len(seq.block_table)) for seq, _ in scheduled]
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
-    def _copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+    @torch.inference_mode()
+    def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        """The (source, destination) copies of copy-on-write, before the step's forward reads them."""
         if not copies:
             return
         src = torch.tensor([s for s, _ in copies], dtype=torch.long, device=self.device)

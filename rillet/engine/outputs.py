@@ -31,5 +31,7 @@ class RequestOutput:
     request_id: str
     num_prompt_tokens: int
     deltas: list[ChoiceDelta]
-    # True on the request's last output: every choice has finished.
+    # True on the request's last output: every choice has finished, or the request failed.
     finished: bool = False
+    # Set when the engine failed the request while running it (the deltas are then empty).
+    error: str | None = None

@@ -1,6 +1,6 @@
 """The engine loop in a child process (EngineProcess) and on a thread (AsyncEngine), over the toy
 model: outputs, stats snapshots, refused requests, aborts, and how the child ends: a stop, a
-failed build, a failed step, a SIGKILL, and its parent dying."""
+failed build, a failed step, a SIGKILL (and the new child that replaces it), and its parent dying."""
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +17,9 @@ import pytest
 from rillet.engine.async_engine import AsyncEngine
 from rillet.engine.config import EngineConfig
 from rillet.engine.engine_client import EngineDeadError
-from rillet.engine.engine_process import EngineProcess, EngineStartError
-from rillet.engine.llm_engine import LLMEngine, PromptTooLongError
+from rillet.engine.engine_process import EngineProcess, EngineStartError, RestartPolicy
+from rillet.engine.errors import PromptTooLongError, RequestFailedError, TooManyChoicesError
+from rillet.engine.llm_engine import LLMEngine
 from rillet.engine.sampling_params import SamplingParams
 from rillet.model.errors import ModelLoadError
 
@@ -49,6 +50,7 @@ class ToyEngineSpec:
         block_size=4, kv_cache_tokens=256, max_num_seqs=16, max_num_batched_tokens=32, num_threads=1))
     step_seconds: float = 0.0
     fail_at_call: int | None = None
+    engine_fails: bool = False
     load_error: str | None = None
     build_seconds: float = 0.0
 
@@ -59,7 +61,15 @@ class ToyEngineSpec:
         tokenizer = CharTokenizer()
         tokenizer.stop_token_ids = frozenset()
         model = _SlowToyModel(self.step_seconds, self.fail_at_call)
-        return LLMEngine(model, tokenizer, max_context_len=512, config=self.config), "toy"
+        engine_class = _FailingEngine if self.engine_fails else LLMEngine
+        return engine_class(model, tokenizer, max_context_len=512, config=self.config), "toy"
+
+
+class _FailingEngine(LLMEngine):
+    """Fails in its own bookkeeping, outside any one request's part of a step."""
+
+    def step(self):
+        raise RuntimeError("the engine broke")
 
 
 NUM_BLOCKS = ToyEngineSpec().config.num_blocks
@@ -74,8 +84,8 @@ def engine_process():
     """A launched, ready EngineProcess factory; every one is shut down after the test."""
     launched: list[EngineProcess] = []
 
-    def launch(**spec_fields) -> EngineProcess:
-        engine = EngineProcess(ToyEngineSpec(**spec_fields))
+    def launch(restart_policy: RestartPolicy = RestartPolicy(), **spec_fields) -> EngineProcess:
+        engine = EngineProcess(ToyEngineSpec(**spec_fields), restart_policy=restart_policy)
         launched.append(engine)
         engine.launch()
         engine.wait_ready()
@@ -144,6 +154,8 @@ def test_a_refused_request_fails_alone(engine_process):
         engine.start()
         with pytest.raises(PromptTooLongError):
             await collect(engine, "too-long", list(range(1, 300)), greedy(4))
+        with pytest.raises(TooManyChoicesError, match="n is 17"):
+            await collect(engine, "too-many", [1, 2], SamplingParams(temperature=0, max_tokens=2, n=17))
         assert engine.is_alive
         assert await collect(engine, "fine", [1, 2], greedy(3)) == expected_continuation([1, 2], 3)
 
@@ -172,33 +184,74 @@ def test_a_load_error_comes_back_as_engine_start_error():
     assert engine._process.exitcode == 1
 
 
-def test_a_failed_step_fails_every_open_stream(engine_process):
+def test_a_step_that_fails_for_the_only_request_fails_that_request_and_the_engine_runs_on(engine_process):
     engine = engine_process(step_seconds=0.01, fail_at_call=5)
 
     async def main():
         engine.start()
-        with pytest.raises(EngineDeadError, match="internal error"):
+        with pytest.raises(RequestFailedError, match="RuntimeError"):
             await asyncio.wait_for(collect(engine, "r", [1, 2, 3], greedy(100)), timeout=30)
-        await wait_for(lambda: not engine.is_alive)
-        with pytest.raises(EngineDeadError):
-            await collect(engine, "after", [1], greedy(1))
+        assert engine.is_alive
+        assert await collect(engine, "after", [1, 2], greedy(3)) == expected_continuation([1, 2], 3)
+        await wait_for(lambda: engine.stats().num_free_kv_blocks == NUM_BLOCKS)
 
     asyncio.run(main())
 
 
-def test_a_killed_child_fails_open_streams_instead_of_hanging(engine_process):
+def test_an_engine_failure_ends_the_child_and_after_the_last_restart_gives_up(engine_process):
+    engine = engine_process(engine_fails=True, restart_policy=RestartPolicy(max_restarts=1))
+    gave_up = []
+    engine.on_give_up = lambda: gave_up.append(True)
+
+    async def main():
+        engine.start()
+        with pytest.raises(EngineDeadError, match="internal error"):
+            await asyncio.wait_for(collect(engine, "a", [1, 2, 3], greedy(5)), timeout=30)
+        await wait_for(lambda: engine.is_alive and engine.num_restarts == 1, timeout=30)
+        with pytest.raises(EngineDeadError, match="internal error"):
+            await asyncio.wait_for(collect(engine, "b", [1, 2, 3], greedy(5)), timeout=30)
+        await wait_for(lambda: gave_up == [True])
+        assert not engine.is_alive
+
+    asyncio.run(main())
+
+
+def test_a_killed_child_fails_open_streams_and_a_new_child_takes_over(engine_process):
     engine = engine_process(step_seconds=0.01)
 
     async def main():
         engine.start()
+        first_pid = engine.pid
         outputs = engine.generate("r", [1, 2, 3], greedy(500))
         await anext(outputs)
-        os.kill(engine.pid, signal.SIGKILL)
+        os.kill(first_pid, signal.SIGKILL)
         with pytest.raises(EngineDeadError):
             async with asyncio.timeout(30):
                 async for _ in outputs:
                     pass
+        await wait_for(lambda: engine.is_alive, timeout=30)
+        assert engine.pid != first_pid and engine.num_restarts == 1
+        assert await collect(engine, "after", [1, 2], greedy(3)) == expected_continuation([1, 2], 3)
+
+    asyncio.run(main())
+
+
+def test_more_deaths_than_the_policy_allows_give_up(engine_process):
+    engine = engine_process(restart_policy=RestartPolicy(max_restarts=2, window_seconds=60))
+    gave_up = []
+    engine.on_give_up = lambda: gave_up.append(True)
+
+    async def main():
+        engine.start()
+        for expected_restarts in (1, 2):
+            os.kill(engine.pid, signal.SIGKILL)
+            await wait_for(lambda: engine.num_restarts == expected_restarts and engine.is_alive, timeout=30)
+        assert gave_up == []
+        os.kill(engine.pid, signal.SIGKILL)
+        await wait_for(lambda: gave_up == [True], timeout=30)
         assert not engine.is_alive
+        with pytest.raises(EngineDeadError):
+            await collect(engine, "after", [1], greedy(1))
 
     asyncio.run(main())
 

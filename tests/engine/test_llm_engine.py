@@ -2,7 +2,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
+from rillet.engine import block_manager
 from rillet.engine.config import EngineConfig
+from rillet.engine.errors import TooManyChoicesError
 from rillet.engine.llm_engine import LLMEngine
 from rillet.engine.sampling_params import SamplingParams
 
@@ -95,3 +99,143 @@ def test_max_tokens_sets_finish_reason_length():
     engine.add_request("a", [1, 2], SamplingParams(temperature=0, max_tokens=3))
     reasons = [d.finish_reason for _ in range(10) for out in engine.step() for d in out.deltas]
     assert reasons == [None, None, "length"]
+
+
+# -- one request's failure is its own ------------------------------------------------------
+
+
+class _PoisonedToyModel(ToyModel):
+    """Raises for any batch that holds the token POISON, as a model could for one request's data."""
+
+    POISON = 49
+
+    def forward(self, input_ids, *args):
+        if bool((input_ids == self.POISON).any()):
+            raise RuntimeError("poisoned input")
+        return super().forward(input_ids, *args)
+
+
+def finished_outputs(engine: LLMEngine) -> dict[str, object]:
+    """Runs the engine dry; the last output of each request (an error output, or its final tokens)."""
+    last = {}
+    while engine.has_work:
+        for out in engine.step():
+            if out.finished:
+                last[out.request_id] = out
+    return last
+
+
+def test_too_many_choices_are_refused_before_they_can_block_the_queue():
+    engine = make_engine(max_num_seqs=4)
+    with pytest.raises(TooManyChoicesError, match="n is 5"):
+        engine.add_request("wide", [1, 2], SamplingParams(temperature=0, max_tokens=2, n=5))
+    assert not engine.has_work
+    check(engine, [[1, 2, 3]], max_tokens=3, n=4)
+
+
+def test_a_request_whose_forward_raises_fails_alone_and_the_others_are_exact():
+    engine = LLMEngine(_PoisonedToyModel(), _no_stop_tokenizer(), max_context_len=512,
+                       config=EngineConfig(block_size=4, kv_cache_tokens=256, max_num_seqs=16, max_num_batched_tokens=64))
+    prompts = {"a": [1, 2, 3], "poison": [5, _PoisonedToyModel.POISON, 6], "b": [7, 8, 9, 10, 11]}
+    for request_id, prompt in prompts.items():
+        engine.add_request(request_id, prompt, SamplingParams(temperature=0, max_tokens=4))
+    last = finished_outputs(engine)
+    assert last["poison"].error and last["poison"].deltas == []
+    for request_id in ("a", "b"):
+        assert last[request_id].error is None
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+    check(engine, [prompts["a"], prompts["b"]], max_tokens=4)
+
+
+def test_a_failure_shared_by_every_request_of_a_batch_is_the_engines():
+    engine = LLMEngine(_PoisonedToyModel(), _no_stop_tokenizer(), max_context_len=512,
+                       config=EngineConfig(block_size=4, kv_cache_tokens=256, max_num_batched_tokens=64))
+    for request_id in ("p1", "p2"):
+        engine.add_request(request_id, [_PoisonedToyModel.POISON, 1], SamplingParams(temperature=0, max_tokens=2))
+    with pytest.raises(RuntimeError, match="poisoned input"):
+        engine.step()
+
+
+def test_a_request_whose_sampling_raises_fails_alone():
+    engine = make_engine()
+    # A token id beyond the model's logits: the sampler's index_add raises for this row only.
+    engine.add_request("bad-bias", [1, 2, 3], SamplingParams(temperature=0, max_tokens=4, logit_bias={VOCAB + 5: 1.0}))
+    engine.add_request("good", [1, 2, 3], SamplingParams(temperature=0, max_tokens=4))
+    engine.add_request("good-n2", [4, 5], SamplingParams(temperature=0, max_tokens=3, n=2))
+    tokens = run_all_with_errors(engine)
+    assert tokens["bad-bias"] == "error"
+    assert tokens["good"] == {0: expected_continuation([1, 2, 3], 4)}
+    assert tokens["good-n2"] == {0: expected_continuation([4, 5], 3), 1: expected_continuation([4, 5], 3)}
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+def test_a_request_whose_text_cannot_be_decoded_fails_alone():
+    tokenizer = _no_stop_tokenizer()
+    bad_token = expected_continuation([1, 2], 2)[1]
+
+    def decode(ids, skip_special_tokens=True):
+        if bad_token in ids:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+        return CharTokenizer.decode(tokenizer, ids)
+
+    tokenizer.decode = decode
+    engine = LLMEngine(ToyModel(), tokenizer, max_context_len=512, config=EngineConfig(block_size=4))
+    engine.add_request("undecodable", [1, 2], SamplingParams(temperature=0, max_tokens=4))
+    engine.add_request("fine", [3, 4], SamplingParams(temperature=0, max_tokens=2))
+    tokens = run_all_with_errors(engine)
+    assert tokens == {"undecodable": "error", "fine": {0: expected_continuation([3, 4], 2)}}
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+def run_all_with_errors(engine: LLMEngine) -> dict[str, object]:
+    """Each request's tokens by choice, or "error" for a request the engine failed."""
+    tokens: dict[str, object] = {}
+    while engine.has_work:
+        for out in engine.step():
+            if out.error is not None:
+                tokens[out.request_id] = "error"
+                continue
+            for delta in out.deltas:
+                tokens.setdefault(out.request_id, {}).setdefault(delta.index, []).extend(delta.token_ids)
+    return tokens
+
+
+def _no_stop_tokenizer() -> CharTokenizer:
+    tokenizer = CharTokenizer()
+    tokenizer.stop_token_ids = frozenset()
+    return tokenizer
+
+
+# -- finish reasons, prefix-cache keys -------------------------------------------------------
+
+
+def test_finish_reason_is_stop_when_the_text_flushed_at_max_tokens_completes_a_stop_string():
+    """The last token's text is held back (it ends in a partial character) and flushed at the length
+    limit; the flushed text holds the stop string, so the choice stopped, it was not cut."""
+    tokenizer = _no_stop_tokenizer()
+    held = expected_continuation([1, 2], 3)[2]
+    tokenizer.decode = lambda ids, skip_special_tokens=True: "".join(
+        "x\ufffd" if i == held else chr(i + 64) for i in ids)
+    engine = LLMEngine(ToyModel(), tokenizer, max_context_len=512, config=EngineConfig(block_size=4))
+    engine.add_request("r", [1, 2], SamplingParams(temperature=0, max_tokens=3, stop=["x"]))
+    deltas = [d for _ in range(5) for out in engine.step() for d in out.deltas]
+    assert [d.finish_reason for d in deltas] == [None, None, "stop"]
+    assert "".join(d.text for d in deltas) == "".join(chr(t + 64) for t in expected_continuation([1, 2], 2))
+
+
+def test_prefix_cache_keys_forced_to_collide_never_share_a_block(monkeypatch):
+    """With every key equal, a lookup finds a block of another prompt; the check of its tokens must
+    turn it down, so each prompt's output is the one it has with prefix caching off."""
+    monkeypatch.setattr(block_manager, "hash_block", lambda parent, tokens: b"collision")
+    prompts = [[1, 2, 3, 4, 5, 6, 7, 8, 9], [11, 12, 13, 14, 15, 16, 17, 18, 19], [1, 2, 3, 4, 21, 22, 23, 24, 25]]
+    cached, uncached = make_engine(), make_engine(enable_prefix_caching=False)
+    for engine in (cached, uncached):
+        for i, prompt in enumerate(prompts):  # one after another, so each sees the others' cached blocks
+            engine.add_request(f"r{i}", prompt, SamplingParams(temperature=0, max_tokens=6))
+            run_all(engine)
+    for i, prompt in enumerate(prompts):
+        cached.add_request(f"again{i}", prompt, SamplingParams(temperature=0, max_tokens=6))
+        assert run_all(cached)[f"again{i}"] == {0: expected_continuation(prompt, 6)}
+    # The one block the colliding key names ([1, 2, 3, 4], cached first) was found three times, by the
+    # prompts that start with it: r2, again0 and again2.
+    assert cached.block_manager.prefix_cache_hits == 3

@@ -1,0 +1,96 @@
+"""The engine process's own side: build the engine, then run the loop over two pipes
+(see rillet/engine/engine_process.py for the parent's side and the lifetime rules)."""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+import torch
+
+from rillet.engine.engine_loop import STOP, run_engine_loop
+from rillet.engine.llm_engine import LLMEngine
+from rillet.engine.outputs import RequestOutput
+from rillet.engine.stats import EngineStats
+from rillet.model.errors import ModelLoadError
+
+log = logging.getLogger("rillet.engine")
+
+
+@dataclass(slots=True, frozen=True)
+class EngineReady:
+    """The child's first message once its engine is built."""
+
+    max_model_len: int
+    weight_format: str
+    stats: EngineStats
+
+
+def child_main(spec, commands: Connection, outputs: Connection, parent_pid: int,
+               log_settings: tuple[str, str]) -> None:
+    """The child's entry point: `spec` (an EngineSpec) builds the engine."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent(parent_pid)
+    logging.basicConfig(level=log_settings[0], format=log_settings[1])
+    torch.set_num_threads(spec.config.resolved_num_threads())
+    try:
+        engine, weight_format = spec.build()
+    except ModelLoadError as error:
+        outputs.send(("load_error", str(error)))
+        sys.exit(1)
+    except Exception as error:
+        log.exception("the engine could not be built")
+        outputs.send(("load_error", f"the engine could not be built: {type(error).__name__}: {error}"))
+        sys.exit(1)
+    outputs.send(("ready", EngineReady(engine.max_model_len, weight_format, engine.stats())))
+    try:
+        run_engine_loop(engine, _PipeIO(commands, outputs, engine))
+    except (BrokenPipeError, ConnectionResetError):
+        return  # the parent has gone; nobody wants the outputs
+    except BaseException:
+        log.exception("engine loop failed")
+        with contextlib.suppress(OSError):
+            outputs.send(("died", "the engine stopped on an internal error"))
+        sys.exit(1)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Asks Linux to SIGKILL this process when its parent dies, however the parent dies."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # it died before the request above took effect
+        os._exit(1)
+
+
+class _PipeIO:
+    """The loop's side in the child: commands from the parent's pipe, results up the other."""
+
+    def __init__(self, commands: Connection, outputs: Connection, engine: LLMEngine) -> None:
+        self._commands = commands
+        self._outputs = outputs
+        self._engine = engine
+
+    def receive(self, block: bool) -> tuple | None:
+        if not block and not self._commands.poll():
+            return None
+        try:
+            return self._commands.recv()
+        except EOFError:
+            return STOP
+
+    def publish(self, outputs: list[RequestOutput]) -> None:
+        self._outputs.send(("outputs", outputs, self._engine.stats()))
+
+    def fail_request(self, request_id: str, error: Exception) -> None:
+        self._outputs.send(("failed", request_id, error))
+
+    def commands_handled(self) -> None:
+        self._outputs.send(("stats", self._engine.stats()))
