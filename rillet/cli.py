@@ -20,6 +20,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def build_parser() -> argparse.ArgumentParser:
     from rillet.api import admission
+    from rillet.api.body_limit import DEFAULT_MAX_REQUEST_BYTES
+    from rillet.engine.engine_process import RestartPolicy
     from rillet.model.linear import DEFAULT_WEIGHT_FORMAT, WEIGHT_FORMATS
 
     parser = argparse.ArgumentParser(prog="rillet", description="OpenAI-compatible chat completions server")
@@ -60,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="require this API key on /v1/* (repeatable; also RILLET_API_KEYS, comma-separated)")
     serve.add_argument("--api-keys-file", metavar="PATH",
                        help="a TOML file of [[keys]] with key (or key_sha256), optional id and models")
+    serve.add_argument("--public-metrics", action="store_true",
+                       help="serve /metrics without a key on a server with keys (default: a key is needed)")
+    serve.add_argument("--public-openapi", action="store_true",
+                       help="serve /openapi.json without a key on a server with keys (default: a key is needed)")
     limits = serve.add_argument_group("limits and admission")
     limits.add_argument("--rate-limit-rpm", type=_positive_int, default=None, metavar="N",
                         help="requests per minute per key, a token bucket (default: unlimited; "
@@ -74,8 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="N", help="prompt tokens that may wait for their first token; more get a 503 "
                         f"overloaded (default: {admission.DEFAULT_MAX_QUEUED_TOKENS})")
     limits.add_argument("--queue-timeout", type=float, default=admission.DEFAULT_QUEUE_TIMEOUT, metavar="SECONDS",
-                        help="a request still without its first token after this long is aborted with a 503 "
-                        f"overloaded (default: {admission.DEFAULT_QUEUE_TIMEOUT:g})")
+                        help="a request the engine has not begun to run after this long is aborted with a 503 "
+                        f"overloaded; computing its prompt does not count (default: {admission.DEFAULT_QUEUE_TIMEOUT:g})")
+    limits.add_argument("--max-request-bytes", type=_positive_int, default=DEFAULT_MAX_REQUEST_BYTES, metavar="N",
+                        help="largest request body; a larger one is a 413, refused before it is read "
+                        f"(default: {DEFAULT_MAX_REQUEST_BYTES}, 4 MiB)")
+    restarts = RestartPolicy()
+    serve.add_argument("--engine-restarts", type=int, default=restarts.max_restarts, metavar="N",
+                       help="how often a dead engine process is replaced within --engine-restart-window; one "
+                       f"more death there exits the server with status 1 (default: {restarts.max_restarts})")
+    serve.add_argument("--engine-restart-window", type=float, default=restarts.window_seconds, metavar="SECONDS",
+                       help=f"the window of --engine-restarts (default: {restarts.window_seconds:g})")
     serve.add_argument("--shutdown-grace", type=float, default=30, metavar="SECONDS",
                        help="on SIGTERM or SIGINT, stop accepting connections and give in-flight requests "
                        "this long to finish before cancelling them; then exit 0 (default: 30)")
@@ -137,7 +152,7 @@ def serve(args: argparse.Namespace) -> int:
     fingerprint = "fp_" + hashlib.sha256(
         f"{file_fingerprint(path)} weights={ready.weight_format} {config.describe()}".encode()).hexdigest()[:12]
     try:
-        return asyncio.run(_serve(engine, front, ready.max_model_len, name, fingerprint, keys, args))
+        return asyncio.run(_serve(engine, front, ready.max_model_len, name, fingerprint, keys, config, args))
     finally:
         engine.shutdown()
 
@@ -145,11 +160,12 @@ def serve(args: argparse.Namespace) -> int:
 def _start_engine(path: str, args: argparse.Namespace, config):
     """Starts the engine's child process, which loads the weights, while this process reads the
     tokenizer and chat template; returns once the engine is ready."""
-    from rillet.engine.engine_process import EngineProcess, ModelEngineSpec
+    from rillet.engine.engine_process import EngineProcess, ModelEngineSpec, RestartPolicy
     from rillet.model.loader import load_tokenizer_and_template, release_freed_memory
 
     started = time.perf_counter()
-    engine = EngineProcess(ModelEngineSpec(path, args.weights, config), args.log_level.upper(), LOG_FORMAT)
+    engine = EngineProcess(ModelEngineSpec(path, args.weights, config), args.log_level.upper(), LOG_FORMAT,
+                           RestartPolicy(max(0, args.engine_restarts), args.engine_restart_window))
     try:
         engine.launch()
         # After the launch, so that the engine process keeps the priority this one started with.
@@ -164,7 +180,7 @@ def _start_engine(path: str, args: argparse.Namespace, config):
     return engine, front, ready
 
 
-async def _serve(engine, front, max_context_len: int, name: str, fingerprint: str, keys,
+async def _serve(engine, front, max_context_len: int, name: str, fingerprint: str, keys, config,
                  args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -174,12 +190,25 @@ async def _serve(engine, front, max_context_len: int, name: str, fingerprint: st
     from rillet.api.served_model import ServedModel
 
     served = ServedModel(name=name, tokenizer=front.tokenizer, chat_template=front.chat_template,
-                         max_context_len=max_context_len, fingerprint=fingerprint, created=int(time.time()))
+                         max_context_len=max_context_len, max_num_seqs=config.max_num_seqs,
+                         fingerprint=fingerprint, created=int(time.time()))
+    public_paths = frozenset(path for path, public in (("/metrics", args.public_metrics),
+                                                       ("/openapi.json", args.public_openapi)) if public)
     app = create_app(engine, served, keys, RateLimiter(args.rate_limit_rpm, args.rate_limit_tpm),
-                     admission.AdmissionLimits(args.max_queued_requests, args.max_queued_tokens, args.queue_timeout))
+                     admission.AdmissionLimits(args.max_queued_requests, args.max_queued_tokens, args.queue_timeout),
+                     max_request_bytes=args.max_request_bytes, public_paths=public_paths)
     server = _graceful_server_class()(uvicorn.Config(
         app, host=args.host, port=args.port, log_level="warning", access_log=False,
         timeout_graceful_shutdown=args.shutdown_grace))
+    gave_up = []
+
+    def give_up() -> None:
+        print(f"rillet: error: the engine process died {args.engine_restarts + 1} times within "
+              f"{args.engine_restart_window:g} s; exiting", file=sys.stderr, flush=True)
+        gave_up.append(True)
+        server.should_exit = True
+
+    engine.on_give_up = give_up
     engine.start()
     serving = asyncio.create_task(server.serve())
     while not server.started and not serving.done():
@@ -187,7 +216,7 @@ async def _serve(engine, front, max_context_len: int, name: str, fingerprint: st
     if server.started:
         print(f"rillet: serving {name} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
     await serving
-    return 0 if server.started else 1
+    return 0 if server.started and not gave_up else 1
 
 
 def _graceful_server_class():

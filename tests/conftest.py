@@ -1,6 +1,7 @@
 """Starts the real server once per test session, on a free port, and hands out clients for it."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -61,7 +62,7 @@ class RunningServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()}")
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()[-5000:]}")
             try:
                 if httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200:
                     return
@@ -69,15 +70,19 @@ class RunningServer:
                 pass
             time.sleep(0.3)
         self.stop()
-        raise RuntimeError(f"server not ready after {timeout} s:\n{self.output()}")
+        raise RuntimeError(f"server not ready after {timeout} s:\n{self.output()[-5000:]}")
 
     def processes(self) -> list[int]:
         """The server's live processes: itself, its engine process, multiprocessing's resource tracker."""
         return marked_processes(self.mark)
 
     def engine_pid(self) -> int:
-        with open(f"/proc/{self.process.pid}/task/{self.process.pid}/children") as f:
-            children = [int(pid) for pid in f.read().split()]
+        """The engine process: a child of the server's main thread, or of the thread that replaced
+        a dead one."""
+        children = []
+        for task in os.listdir(f"/proc/{self.process.pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{self.process.pid}/task/{task}/children") as f:
+                children += [int(pid) for pid in f.read().split()]
         for pid in children:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 if b"spawn_main" in f.read():
@@ -88,8 +93,9 @@ class RunningServer:
         wait_until_no_process_left(self.mark, timeout)
 
     def output(self) -> str:
+        """Everything the server has written to stdout and stderr."""
         with open(self.log.name, errors="replace") as f:
-            return f.read()[-5000:]
+            return f.read()
 
     def metric(self, name: str) -> float:
         for line in httpx.get(f"{self.base_url}/metrics").text.splitlines():

@@ -2,8 +2,9 @@
 
 A request waits from the moment it is handed to the engine until its first output (its
 prompt computed, its first token sampled). The requests waiting, and their prompt tokens,
-are bounded; a request beyond either bound, or one that waits longer than the queue timeout,
-gets a fast 503 `overloaded` with Retry-After instead of an unbounded wait.
+are bounded; a request beyond either bound gets a fast 503 `overloaded` with Retry-After instead
+of an unbounded wait. So does one that the engine has not begun to run (scheduled) within the
+queue timeout; the time its prompt then takes to compute does not count.
 """
 from __future__ import annotations
 
@@ -52,15 +53,20 @@ class Admission:
             self.num_waiting_tokens -= num_prompt_tokens
 
     async def first_output(self, outputs: AsyncIterator[RequestOutput], num_prompt_tokens: int) -> RequestOutput:
-        """Waits in the queue for the request's first output. On timeout the request is aborted
-        in the engine (its iterator closed) and the 503 raised."""
+        """Waits in the queue for the request's first output with tokens (or its end). If the
+        engine has not scheduled it within the queue timeout, it is aborted in the engine (its
+        iterator closed) and the 503 raised. The engine's notice that it has scheduled the
+        request (an output of no deltas) stops the clock, and is not returned."""
         with self.waiting(num_prompt_tokens):
             try:
-                return await asyncio.wait_for(anext(outputs), self.limits.queue_timeout)
+                first = await asyncio.wait_for(anext(outputs), self.limits.queue_timeout)
             except TimeoutError:
                 await outputs.aclose()
                 raise overloaded(f"the request waited longer than the queue timeout of "
                                  f"{self.limits.queue_timeout:g} s for the engine") from None
+            while not first.deltas and not first.finished:
+                first = await anext(outputs)
+            return first
 
 
 def overloaded(message: str) -> APIError:

@@ -8,16 +8,19 @@ from prometheus_client import CollectorRegistry
 from rillet.api.access_log import AccessLogMiddleware
 from rillet.api.admission import Admission, AdmissionLimits
 from rillet.api.auth import AuthMiddleware, KeyStore, api_key_of, check_model_allowed
+from rillet.api.body_limit import DEFAULT_MAX_REQUEST_BYTES, BodySizeLimitMiddleware
 from rillet.api.chat import router as chat_router
 from rillet.api.errors import APIError, ErrorKind, install_error_handlers
 from rillet.api.logprobs import LogprobFormatter
 from rillet.api.metrics import ApiMetrics, EngineCollector, metrics_router
-from rillet.api.rate_limit import RateLimiter, RateLimitHeadersMiddleware
+from rillet.api.rate_limit import RateLimiter, RateLimitMiddleware
 from rillet.api.served_model import ServedModel
 
 
 def create_app(engine, served: ServedModel, keys: KeyStore | None = None, rate_limiter: RateLimiter | None = None,
-               admission_limits: AdmissionLimits | None = None) -> FastAPI:
+               admission_limits: AdmissionLimits | None = None, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+               public_paths: frozenset[str] = frozenset()) -> FastAPI:
+    """public_paths: of /metrics and /openapi.json, those that stay open on a server with keys."""
     app = FastAPI(title="rillet", description="OpenAI-compatible chat completions", docs_url=None, redoc_url=None)
     app.state.engine = engine
     app.state.served = served
@@ -28,9 +31,11 @@ def create_app(engine, served: ServedModel, keys: KeyStore | None = None, rate_l
     app.state.metrics = metrics = ApiMetrics(registry)
     metrics.queued_requests.set_function(lambda: admission.num_waiting_requests)
     metrics.queued_prompt_tokens.set_function(lambda: admission.num_waiting_tokens)
-    # The last added runs first: request id and access log, then the key, then its rate-limit headers.
-    app.add_middleware(RateLimitHeadersMiddleware, limiter=app.state.rate_limiter)
-    app.add_middleware(AuthMiddleware, store=keys or KeyStore([]))
+    # The last added runs first: request id and access log, then the key, then its request count and
+    # rate-limit headers, then the bound on the body: all before the route reads the body.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_request_bytes)
+    app.add_middleware(RateLimitMiddleware, limiter=app.state.rate_limiter)
+    app.add_middleware(AuthMiddleware, store=keys or KeyStore([]), public_paths=public_paths)
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
     app.state.logprob_formatter = LogprobFormatter(served.tokenizer)
     install_error_handlers(app)

@@ -1,4 +1,5 @@
-"""API keys: who may call /v1/*, and which models each key may use.
+"""API keys: who may call /v1/* (and /metrics and /openapi.json, unless opened), and which models
+each key may use.
 
 Keys are kept only as SHA-256 hashes and compared in constant time. With no key configured
 the server is open.
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,46 +61,83 @@ class KeyStore:
         plain = [k.strip() for k in plain_keys if k.strip()]
         keys = [ApiKey(f"key-{i + 1}", hash_key(k)) for i, k in enumerate(plain)]
         if keys_file:
-            keys += _read_keys_file(Path(keys_file))
+            keys += _read_keys_file(Path(keys_file), keys)
         return cls(keys)
 
 
-def _read_keys_file(path: Path) -> list[ApiKey]:
+_SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def _read_keys_file(path: Path, earlier: list[ApiKey]) -> list[ApiKey]:
+    """The file's [[keys]]; a setting that is wrong in any way is a KeyConfigError of one line
+    naming its entry."""
     try:
         entries = tomllib.loads(path.read_text(encoding="utf-8")).get("keys", [])
-    except (OSError, tomllib.TOMLDecodeError) as error:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise KeyConfigError(f"cannot read the keys file {path}: {error}") from None
-    keys = []
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise KeyConfigError(f"{path}: keys must be an array of tables, written [[keys]]")
+    keys = list(earlier)
     for i, entry in enumerate(entries):
-        unknown = set(entry) - {"id", "key", "key_sha256", "models", "rpm", "tpm"}
-        if unknown:
-            raise KeyConfigError(f"{path}: keys[{i}] has unsupported settings {sorted(unknown)}")
-        if ("key" in entry) == ("key_sha256" in entry):
-            raise KeyConfigError(f"{path}: keys[{i}] needs exactly one of key and key_sha256")
-        digest = hash_key(entry["key"]) if "key" in entry else bytes.fromhex(entry["key_sha256"])
-        models = entry.get("models")
-        keys.append(ApiKey(str(entry.get("id", f"file-key-{i + 1}")), digest,
-                           None if models is None else frozenset(models),
-                           _limit(entry, "rpm", path, i), _limit(entry, "tpm", path, i)))
-    return keys
+        keys.append(_key_entry(entry, f"{path}: keys[{i}]", i, keys))
+    return keys[len(earlier):]
 
 
-def _limit(entry: dict, name: str, path: Path, index: int) -> int | None:
+def _key_entry(entry: dict, where: str, index: int, earlier: list[ApiKey]) -> ApiKey:
+    unknown = set(entry) - {"id", "key", "key_sha256", "models", "rpm", "tpm"}
+    if unknown:
+        raise KeyConfigError(f"{where} has unsupported settings {sorted(unknown)}")
+    key_id = entry.get("id", f"file-key-{index + 1}")
+    if not isinstance(key_id, str) or not key_id:
+        raise KeyConfigError(f"{where}.id must be a non-empty string")
+    where = f"{where} (id {key_id!r})"
+    if ("key" in entry) == ("key_sha256" in entry):
+        raise KeyConfigError(f"{where} needs exactly one of key and key_sha256")
+    if "key" in entry:
+        if not isinstance(entry["key"], str) or not entry["key"].strip():
+            raise KeyConfigError(f"{where}.key must be a non-empty string")
+        digest = hash_key(entry["key"].strip())
+    else:
+        if not isinstance(entry["key_sha256"], str) or not _SHA256_HEX.match(entry["key_sha256"]):
+            raise KeyConfigError(f"{where}.key_sha256 must be 64 hexadecimal digits, the SHA-256 of the key")
+        digest = bytes.fromhex(entry["key_sha256"])
+    models = entry.get("models")
+    if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) for m in models)):
+        raise KeyConfigError(f"{where}.models must be a list of model names, such as [\"SmolLM2-135M-Instruct\"]")
+    for other in earlier:
+        if other.key_id == key_id:
+            raise KeyConfigError(f"{where}: the id {key_id!r} is used by another key")
+        if hmac.compare_digest(other.key_sha256, digest):
+            raise KeyConfigError(f"{where} has the same key as the key with id {other.key_id!r}")
+    return ApiKey(key_id, digest, None if models is None else frozenset(models),
+                  _limit(entry, "rpm", where), _limit(entry, "tpm", where))
+
+
+def _limit(entry: dict, name: str, where: str) -> int | None:
     value = entry.get(name)
     if value is not None and (type(value) is not int or value < 0):
-        raise KeyConfigError(f"{path}: keys[{index}].{name} must be a whole number, 0 for no limit")
+        raise KeyConfigError(f"{where}.{name} must be a whole number, 0 for no limit")
     return value
 
 
-class AuthMiddleware:
-    """Checks `Authorization: Bearer KEY` on /v1/* before anything else reads the request."""
+# Outside /v1/*, the paths that need a key on a server with keys, unless opened by a flag.
+KEYED_PATHS = frozenset({"/metrics", "/openapi.json"})
 
-    def __init__(self, app, store: KeyStore) -> None:
+
+class AuthMiddleware:
+    """Checks `Authorization: Bearer KEY` on /v1/* and KEYED_PATHS (less the `public_paths`)
+    before anything else reads the request."""
+
+    def __init__(self, app, store: KeyStore, public_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.store = store
+        self.keyed_paths = KEYED_PATHS - public_paths
+
+    def _needs_key(self, path: str) -> bool:
+        return path.startswith("/v1/") or path in self.keyed_paths
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/") and not self.store.is_open:
+        if scope["type"] == "http" and not self.store.is_open and self._needs_key(scope["path"]):
             header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
             scheme, _, presented = header.partition(" ")
             key = self.store.find(presented.strip()) if scheme.lower() == "bearer" else None

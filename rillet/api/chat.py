@@ -23,6 +23,7 @@ from rillet.api.sampling import check_supported, sampling_params, template_messa
 from rillet.api.schemas import ChatCompletionRequest
 from rillet.api.served_model import ServedModel
 from rillet.engine.engine_client import EngineDeadError
+from rillet.engine.errors import PromptTooLongError, RequestFailedError, RequestRejectedError
 from rillet.engine.outputs import RequestOutput
 from rillet.engine.sampling_params import SamplingParams
 from rillet.model.errors import ChatTemplateError
@@ -73,6 +74,9 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
         raise APIError(ErrorKind.MODEL_NOT_FOUND, f"the model {body.model!r} does not exist", "model")
     messages = template_messages(body)
     params = sampling_params(body, served.tokenizer.vocab_size)
+    if params.n > served.max_num_seqs:
+        raise APIError(ErrorKind.INVALID_REQUEST, f"n is {params.n}, but this server runs at most "
+                       f"{served.max_num_seqs} sequences at once", "n")
     prompt = await asyncio.to_thread(_encode_prompt, served, messages)
     _check_context(len(prompt), params, served.max_context_len)
     if not engine.is_alive:
@@ -252,4 +256,10 @@ def _engine_error(request_id: str, error: BaseException) -> APIError:
         return error
     if isinstance(error, EngineDeadError):
         return APIError(ErrorKind.ENGINE_UNAVAILABLE, str(error))
+    if isinstance(error, PromptTooLongError):
+        return APIError(ErrorKind.CONTEXT_LENGTH_EXCEEDED, str(error), error.param)
+    if isinstance(error, RequestRejectedError):
+        return APIError(ErrorKind.INVALID_REQUEST, str(error), error.param)
+    if isinstance(error, RequestFailedError):  # the engine process logged its traceback
+        return internal_error(request_id, error, with_traceback=False)
     return internal_error(request_id, error)

@@ -31,6 +31,7 @@ class ErrorKind(enum.Enum):
     MODEL_NOT_FOUND = ErrorSpec(404, "invalid_request_error", "model_not_found")
     ROUTE_NOT_FOUND = ErrorSpec(404, "invalid_request_error", "not_found")
     METHOD_NOT_ALLOWED = ErrorSpec(405, "invalid_request_error", "method_not_allowed")
+    REQUEST_TOO_LARGE = ErrorSpec(413, "invalid_request_error", "request_too_large")
     # OpenAI names the exhausted limit in `type`.
     RATE_LIMIT_REQUESTS = ErrorSpec(429, "requests", "rate_limit_exceeded")
     RATE_LIMIT_TOKENS = ErrorSpec(429, "tokens", "rate_limit_exceeded")
@@ -67,6 +68,8 @@ def validation_error(exc: RequestValidationError) -> APIError:
     error = _most_specific(errors, _field_path(first))
     param = ".".join(_field_path(error))
     message = "unrecognized request argument" if error.get("type") == "extra_forbidden" else error.get("msg")
+    if error.get("type") == "value_error":  # raised by a validator of ours: its own words
+        message = str(error["ctx"]["error"])
     return APIError(ErrorKind.INVALID_REQUEST, f"{param}: {message or 'invalid value'}", param)
 
 
@@ -101,6 +104,8 @@ def install_error_handlers(app: FastAPI) -> None:
             error = APIError(ErrorKind.ROUTE_NOT_FOUND, f"no route {request.method} {request.url.path}")
         elif exc.status_code == 405:
             error = APIError(ErrorKind.METHOD_NOT_ALLOWED, f"method {request.method} not allowed on {request.url.path}")
+        elif exc.status_code == 413:
+            error = APIError(ErrorKind.REQUEST_TOO_LARGE, str(exc.detail))
         else:
             error = APIError(ErrorKind.INVALID_REQUEST, str(exc.detail))
         return error.response()
@@ -110,10 +115,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return internal_error(request_id_of(request), exc).response()
 
 
-def internal_error(request_id: str | None, exc: BaseException) -> APIError:
+def internal_error(request_id: str | None, exc: BaseException, with_traceback: bool = True) -> APIError:
     """Logs the traceback; the client only learns the request id, which finds it in the log."""
     request_id = request_id or f"req_{uuid.uuid4().hex}"
-    log.error("internal error in request %s", request_id, exc_info=exc)
+    if with_traceback:
+        log.error("internal error in request %s", request_id, exc_info=exc)
+    else:
+        log.error("internal error in request %s: %s", request_id, exc)
     return APIError(ErrorKind.INTERNAL, f"internal server error (request id {request_id})")
 
 

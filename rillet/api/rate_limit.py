@@ -1,9 +1,11 @@
 """Rate limits per API key: requests per minute and tokens per minute, each a token bucket.
 
 A bucket holds up to one minute's allowance and refills continuously at a sixtieth of it a
-second. A chat completion takes one request and reserves its tokens (the prompt plus every
-token it may generate) before it reaches the engine; when it ends, the tokens it did not use
-go back. On an open server (no keys) one pair of buckets serves every client.
+second. Every /v1 request a key sends takes one request, valid or not, before its body is read
+(RateLimitMiddleware), so a flood of bad requests costs little. A chat completion then reserves
+its tokens (the prompt plus every token it may generate) before it reaches the engine; when it
+ends, the tokens it did not use go back. On an open server (no keys) one pair of buckets serves
+every client.
 """
 from __future__ import annotations
 
@@ -43,20 +45,24 @@ class KeyLimits:
         self.tokens = TokenBucket(tpm, tpm, now) if tpm else None
         self._clock = clock
 
+    def take_request(self) -> None:
+        """Takes one request, or raises a 429 and takes nothing."""
+        self._refill()
+        if self.requests is not None:
+            if self.requests.level < 1:
+                raise _over_limit(ErrorKind.RATE_LIMIT_REQUESTS, "requests", self.requests, 1)
+            self.requests.level -= 1
+
     def reserve(self, num_tokens: int) -> Reservation:
-        """Takes one request and `num_tokens` tokens, or raises a 429 and takes nothing."""
+        """Takes `num_tokens` tokens, or raises a 429 and takes nothing."""
         self._refill()
         if self.tokens is not None and num_tokens > self.tokens.capacity:
             raise APIError(ErrorKind.RATE_LIMIT_TOKENS,
                            f"this request needs up to {num_tokens} tokens, more than this key's limit of "
                            f"{self.tokens.capacity} tokens per minute; lower max_tokens or shorten the messages",
                            headers={"x-should-retry": "false"})
-        if self.requests is not None and self.requests.level < 1:
-            raise _over_limit(ErrorKind.RATE_LIMIT_REQUESTS, "requests", self.requests, 1)
         if self.tokens is not None and self.tokens.level < num_tokens:
             raise _over_limit(ErrorKind.RATE_LIMIT_TOKENS, "tokens", self.tokens, num_tokens)
-        if self.requests is not None:
-            self.requests.level -= 1
         if self.tokens is not None:
             self.tokens.level -= num_tokens
         return Reservation(self, num_tokens)
@@ -123,7 +129,7 @@ class RateLimiter:
         self._limits: dict[str, KeyLimits] = {}
 
     def reserve(self, key: ApiKey | None, num_tokens: int) -> Reservation:
-        """One request and `num_tokens` tokens from the key's buckets, or a 429."""
+        """`num_tokens` tokens from the key's bucket, or a 429."""
         limits = self.limits_for(key)
         return Reservation(None, num_tokens) if limits is None else limits.reserve(num_tokens)
 
@@ -143,8 +149,9 @@ def _choose(per_key: int | None, default: int | None) -> int | None:
     return default if per_key is None else (per_key or None)
 
 
-class RateLimitHeadersMiddleware:
-    """Adds the x-ratelimit-* headers of the caller's key to every /v1 response."""
+class RateLimitMiddleware:
+    """Takes one request from the caller's key for every /v1 request, before anything reads its
+    body (a 429 when none is left), and adds the key's x-ratelimit-* headers to the response."""
 
     def __init__(self, app, limiter: RateLimiter) -> None:
         self.app = app
@@ -161,4 +168,10 @@ class RateLimitHeadersMiddleware:
                 limits.add_headers(MutableHeaders(scope=message))
             await send(message)
 
+        if limits is not None:
+            try:
+                limits.take_request()
+            except APIError as error:
+                await error.response()(scope, receive, send_with_headers)
+                return
         await self.app(scope, receive, send_with_headers)

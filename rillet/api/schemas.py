@@ -3,7 +3,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Caps on the fields whose size costs the server work on every request or every step (the README
+# lists them). Beyond one, the request is a 422 naming the field.
+MAX_MESSAGES = 2048
+MAX_LOGIT_BIAS_ENTRIES = 300
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_SEQUENCE_CHARS = 128
+MAX_USER_CHARS = 256
 
 Role = Literal["system", "user", "assistant", "function"]
 
@@ -47,19 +55,20 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     n: Annotated[int, Field(ge=1, le=128)] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    stop: str | list[str] | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
-    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
-    user: str | None = None
+    logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]],
+                          Field(max_length=MAX_LOGIT_BIAS_ENTRIES)] | None = None
+    user: Annotated[str, Field(max_length=MAX_USER_CHARS)] | None = None
     seed: int | None = None
     # Documented by OpenAI, validated here, and refused with 422 unless left at their defaults
     # (see UNSUPPORTED_PARAMETERS in rillet/api/sampling.py).
@@ -79,3 +88,13 @@ class ChatCompletionRequest(BaseModel):
     prediction: dict[str, Any] | None = None
     reasoning_effort: str | None = None
     web_search_options: dict[str, Any] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _bounded_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        sequences = [stop] if isinstance(stop, str) else stop or []
+        if len(sequences) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed, not {len(sequences)}")
+        if any(len(s) > MAX_STOP_SEQUENCE_CHARS for s in sequences):
+            raise ValueError(f"a stop sequence may be at most {MAX_STOP_SEQUENCE_CHARS} characters long")
+        return stop

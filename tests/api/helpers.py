@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import httpx
@@ -57,3 +58,25 @@ def access_lines(server, request_id: str | None = None, timeout: float = 10) -> 
         if found or time.monotonic() > deadline:
             return found
         time.sleep(0.05)
+
+
+def send_head_only(port: int, head: str, timeout: float = 10) -> tuple[int, dict]:
+    """Sends a request's head announcing a body, and never the body; returns the status and the JSON
+    body of the answer, which must come without the server waiting for the announced body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(head.replace("\n", "\r\n").encode() + b"\r\n")
+        received = b""
+        while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < _content_length(received):
+            chunk = conn.recv(65536)
+            assert chunk, f"the connection closed after {received!r}"
+            received += chunk
+    head_bytes, _, body = received.partition(b"\r\n\r\n")
+    return int(head_bytes.split()[1]), json.loads(body)
+
+
+def _content_length(received: bytes) -> int:
+    for line in received.partition(b"\r\n\r\n")[0].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0

@@ -62,7 +62,7 @@ class StubEngine:
 def stub_app(engine: StubEngine | None = None, tokenizer: WordTokenizer | None = None):
     engine, tokenizer = engine or StubEngine(), tokenizer or WordTokenizer()
     return create_app(engine, ServedModel(name="stub", tokenizer=tokenizer, chat_template=JoiningTemplate(),
-                                          max_context_len=64, fingerprint="fp_stub", created=1))
+                                          max_context_len=64, max_num_seqs=4, fingerprint="fp_stub", created=1))
 
 
 @contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import time
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 
 from rillet.api.admission import Admission, AdmissionLimits
 from rillet.api.errors import APIError
+from rillet.engine.outputs import ChoiceDelta, RequestOutput
 from tests.api.helpers import NO_END, chat_body
 from tests.conftest import RunningServer
 
@@ -115,3 +117,61 @@ def test_a_request_that_waits_too_long_is_closed_and_refused():
         asyncio.run(admission.first_output(never_starts(), 10))
     assert caught.value.kind.value.status == 503 and closed == [True]
     assert admission.num_waiting_requests == 0
+
+
+# -- requests the engine can never run -------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def assert_refused_for_n_then_served_and_idle(server, n: int, most: int) -> None:
+    for stream in (False, True):
+        refused = httpx.post(f"{server.base_url}/v1/chat/completions", json=chat_body(n=n, stream=stream), timeout=30)
+        assert refused.status_code == 422, refused.text
+        error = refused.json()["error"]
+        assert error["param"] == "n" and f"at most {most} sequences" in error["message"]
+    started = time.monotonic()
+    reply = httpx.post(f"{server.base_url}/v1/chat/completions", json=chat_body(max_tokens=1), timeout=30)
+    assert reply.status_code == 200 and time.monotonic() - started < 5
+    engine = server.engine_pid()
+    time.sleep(0.5)  # the last step's outputs and stats leave the engine
+    before = cpu_seconds(engine)
+    time.sleep(2)
+    assert cpu_seconds(engine) - before < 0.2, "the engine process spins while it has nothing to do"
+
+
+def test_n_over_max_num_seqs_with_the_defaults_is_422_and_the_next_request_is_served(server):
+    assert_refused_for_n_then_served_and_idle(server, n=65, most=64)
+
+
+def test_n_over_max_num_seqs_of_1_is_422_and_the_next_request_is_served(one_at_a_time):
+    assert_refused_for_n_then_served_and_idle(one_at_a_time, n=2, most=1)
+
+
+def test_the_queue_timeout_counts_the_wait_to_be_scheduled_not_the_prompt_computing():
+    """A prompt that takes longer to compute than the queue timeout, on an idle server: never a 503."""
+    server = RunningServer(["--queue-timeout", "0.2", "--max-num-batched-tokens", "32", "--kv-cache-tokens", "4096"])
+    try:
+        started = time.monotonic()
+        reply = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=120,
+                           json=chat_body("Summarize: " + "the cat sat on the mat " * 120, max_tokens=1, stream=True))
+        took = time.monotonic() - started
+        assert reply.status_code == 200, reply.text
+        assert took > 0.6, f"the prompt took {took:.2f} s: too fast to show anything; make it longer"
+    finally:
+        server.stop()
+
+
+def test_the_engines_notice_that_a_request_is_scheduled_stops_the_queue_clock():
+    async def scheduled_then_slow():
+        yield RequestOutput("r", 10, [])  # scheduled: its prompt is being computed
+        await asyncio.sleep(0.3)  # longer than the queue timeout
+        yield RequestOutput("r", 10, [ChoiceDelta(0, "hi", [5])])
+
+    admission = Admission(AdmissionLimits(queue_timeout=0.05))
+    first = asyncio.run(admission.first_output(scheduled_then_slow(), 10))
+    assert first.deltas[0].text == "hi" and admission.num_waiting_requests == 0

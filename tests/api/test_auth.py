@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 
 import httpx
 import openai
@@ -9,7 +11,7 @@ import pytest
 
 from rillet.api.auth import KeyConfigError, KeyStore
 from tests.api.helpers import chat_body
-from tests.conftest import MODEL_NAME, RunningServer
+from tests.conftest import MODEL_NAME, RunningServer, free_port
 
 LIMITED_KEY = "sk-limited-to-another-model"
 
@@ -89,3 +91,50 @@ def test_key_store_parsing(tmp_path):
     both.write_text('[[keys]]\nkey = "x"\nkey_sha256 = "00"\n')
     with pytest.raises(KeyConfigError, match="exactly one"):
         KeyStore.from_settings([], str(both))
+
+
+def test_metrics_and_openapi_need_a_key_on_a_server_with_keys(keyed_server):
+    for path in ("/metrics", "/openapi.json"):
+        refused = httpx.get(f"{keyed_server.base_url}{path}")
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+        allowed = httpx.get(f"{keyed_server.base_url}{path}", headers={"Authorization": "Bearer sk-from-flag"})
+        assert allowed.status_code == 200
+        assert ("rillet_kv_blocks_total" if path == "/metrics" else '"openapi"') in allowed.text
+
+
+def test_metrics_and_openapi_stay_open_on_an_open_server(http):
+    assert http.get("/metrics").status_code == 200 and http.get("/openapi.json").status_code == 200
+
+
+SHA = hashlib.sha256(b"k").hexdigest()
+
+
+@pytest.mark.parametrize("entries, message", [
+    ('[[keys]]\nid = "a"\nkey_sha256 = "not-hex"\n', r"keys\[0\] \(id 'a'\)\.key_sha256 must be 64 hexadecimal"),
+    (f'[[keys]]\nkey_sha256 = "{SHA[:-2]}"\n', r"keys\[0\] \(id 'file-key-1'\)\.key_sha256 must be 64"),
+    ('[[keys]]\nid = "a"\nkey = "x"\nmodels = "SmolLM2-135M-Instruct"\n', r"keys\[0\] \(id 'a'\)\.models must be a list"),
+    ('[[keys]]\nid = "a"\nkey = "x"\nmodels = [1]\n', r"\.models must be a list"),
+    ('[[keys]]\nid = "a"\nkey = "x"\n[[keys]]\nid = "a"\nkey = "y"\n', r"keys\[1\] \(id 'a'\): the id 'a' is used"),
+    ('[[keys]]\nid = "a"\nkey = "x"\n[[keys]]\nid = "b"\nkey = "x"\n', r"keys\[1\] \(id 'b'\) has the same key as .*'a'"),
+    ('[[keys]]\nid = 5\nkey = "x"\n', r"keys\[0\]\.id must be a non-empty string"),
+    ('[[keys]]\nkey = 7\n', r"\.key must be a non-empty string"),
+    ('keys = "sk-1"\n', r"keys must be an array of tables"),
+    ('[[keys]]\nid = "key-1"\nkey = "y"\n', r"the id 'key-1' is used by another key"),  # the --api-key's id
+])
+def test_a_wrong_keys_file_is_one_line_naming_the_entry(tmp_path, entries, message):
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text(entries)
+    with pytest.raises(KeyConfigError, match=message) as caught:
+        KeyStore.from_settings(["sk-flag"], str(keys_file))
+    assert "\n" not in str(caught.value) and str(keys_file) in str(caught.value)
+
+
+def test_serve_with_a_wrong_keys_file_exits_1_with_one_line_and_no_traceback(tmp_path):
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text('[[keys]]\nid = "ops"\nkey_sha256 = "zz"\n')
+    result = subprocess.run([sys.executable, "-m", "rillet", "serve", "--port", str(free_port()),
+                             "--api-keys-file", str(keys_file)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("rillet: error:")]
+    assert "keys[0] (id 'ops').key_sha256" in line

@@ -1,37 +1,83 @@
-"""`rillet serve` runs its engine in a child process. A real server: the engine dying under an open
-stream, a signal to the whole process group (Ctrl-C, or a service manager's SIGTERM), a model
-that cannot be loaded; each ends without a hang and without a process left behind."""
+"""`rillet serve` runs its engine in a child process. A real server: the engine dying under load (and
+a new one taking over, or the server giving up after repeated deaths), a signal to the whole
+process group (Ctrl-C, or a service manager's SIGTERM), a model that cannot be loaded; each ends
+without a hang and without a process left behind."""
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 
 import httpx
 import pytest
 
-from tests.api.helpers import chat_body, start_stream
+from tests.api.helpers import NO_END, chat_body, start_stream
 from tests.conftest import RunningServer, free_port, wait_until_no_process_left
 
 
-def test_a_killed_engine_ends_open_streams_with_an_error_and_health_turns_503():
-    server = RunningServer(["--kv-cache-tokens", "2048"])
+# The README's bound: after the engine process dies, new requests succeed again within this long.
+RESTART_BOUND_SECONDS = 30
+
+
+def wait_for_a_new_engine(server, old_pid: int, since: float) -> None:
+    """Until a request succeeds again; meanwhile every answer is a clean 503 engine_unavailable."""
+    while (reply := httpx.post(f"{server.base_url}/v1/chat/completions", json=chat_body(max_tokens=2),
+                               timeout=30)).status_code != 200:
+        assert reply.status_code == 503 and reply.json()["error"]["code"] == "engine_unavailable", reply.text
+        assert time.monotonic() - since < RESTART_BOUND_SECONDS, "no new engine within the README's bound"
+        time.sleep(0.1)
+    assert reply.json()["usage"]["completion_tokens"] == 2
+    assert server.engine_pid() != old_pid
+    assert httpx.get(f"{server.base_url}/health").status_code == 200
+
+
+def test_a_killed_engine_under_load_ends_every_request_cleanly_and_a_new_one_takes_over():
+    server = RunningServer(["--kv-cache-tokens", "4096"])
     try:
-        stream, lines = start_stream(server, max_tokens=1500, timeout=30)
-        os.kill(server.engine_pid(), signal.SIGKILL)
-        rest = [line for line in lines if line]  # ends; a hang would raise ReadTimeout
-        stream.__exit__(None, None, None)
-        assert rest[-1] == "data: [DONE]"
-        assert json.loads(rest[-2][len("data: "):])["error"]["code"] == "engine_unavailable"
-        assert httpx.get(f"{server.base_url}/health").status_code == 503
-        response = httpx.post(f"{server.base_url}/v1/chat/completions", json=chat_body())
-        assert response.status_code == 503 and response.json()["error"]["code"] == "engine_unavailable"
+        streams = [start_stream(server, max_tokens=1500, timeout=60) for _ in range(3)]
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            whole = [pool.submit(httpx.post, f"{server.base_url}/v1/chat/completions", timeout=60,
+                                 json=chat_body(max_tokens=1500, logit_bias=NO_END)) for _ in range(2)]
+            deadline = time.monotonic() + 30
+            while server.metric("rillet_running_sequences") < 5:
+                assert time.monotonic() < deadline, "the load did not start"
+                time.sleep(0.05)
+            old_pid = server.engine_pid()
+            os.kill(old_pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            for stream, lines in streams:
+                rest = [line for line in lines if line]  # ends; a hang would raise ReadTimeout
+                stream.__exit__(None, None, None)
+                assert rest[-1] == "data: [DONE]"
+                assert json.loads(rest[-2][len("data: "):])["error"]["code"] == "engine_unavailable"
+            for future in whole:
+                response = future.result()
+                assert response.status_code == 503 and response.json()["error"]["code"] == "engine_unavailable"
+        wait_for_a_new_engine(server, old_pid, killed_at)
         assert "the engine process exited unexpectedly" in server.output()
+        # Nothing of the dead engine's requests is left in the new one.
+        assert server.metric("rillet_kv_blocks_free") == server.metric("rillet_kv_blocks_total")
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=30) == 0
+        server.wait_until_no_process_left()
+    finally:
+        server.stop()
+
+
+def test_an_engine_that_keeps_dying_ends_the_server_with_status_1():
+    server = RunningServer(["--kv-cache-tokens", "2048", "--engine-restarts", "1"])
+    try:
+        first = server.engine_pid()
+        os.kill(first, signal.SIGKILL)
+        wait_for_a_new_engine(server, first, time.monotonic())
+        os.kill(server.engine_pid(), signal.SIGKILL)
+        assert server.process.wait(timeout=60) == 1
+        assert "the engine process died 2 times within 60 s; exiting" in server.output()
         server.wait_until_no_process_left()
     finally:
         server.stop()

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from rillet.engine.async_engine import EngineDeadError
+from rillet.engine.errors import PromptTooLongError, RequestFailedError, TooManyChoicesError
 from tests.api.stub_app import SECRET, StubEngine, WordTokenizer, serving, stub_app
 
 BODY = {"model": "stub", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 3}
@@ -104,3 +105,38 @@ def test_official_client_raises_api_error_on_a_mid_stream_failure_over_real_http
                 received.extend(c.delta.content for c in chunk.choices if c.delta.content)
     assert received == ["w0 ", "w1 "]
     assert caught.value.code == "internal_error" and SECRET not in caught.value.message
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_prompt_the_engine_finds_too_long_is_400_context_length_exceeded(stub, stream):
+    """However the engine's count differs from the API's check, it is never a 500."""
+    engine, _, http = stub
+    engine.failure = PromptTooLongError("the prompt has 70 tokens; the context holds 64")
+    response = http.post("/v1/chat/completions", json={**BODY, "stream": stream})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("context_length_exceeded", "messages")
+
+
+def test_a_request_the_engine_refuses_is_422_naming_the_field(stub):
+    engine, _, http = stub
+    engine.failure = TooManyChoicesError("n is 9, but this server runs at most 8 sequences at once")
+    response = http.post("/v1/chat/completions", json=BODY)
+    assert response.status_code == 422 and response.json()["error"]["param"] == "n"
+
+
+def test_a_request_the_engine_failed_is_500_and_only_that_request(stub):
+    engine, _, http = stub
+    engine.failure, engine.fail_at_step = RequestFailedError("IndexError while running the request"), 1
+    lines = sse_lines(http, BODY)
+    assert json.loads(lines[-2][len("data: "):])["error"]["code"] == "internal_error"
+    engine.failure = None
+    assert http.post("/v1/chat/completions", json=BODY).status_code == 200
+
+
+def test_n_over_what_the_engine_runs_at_once_is_422_before_the_engine(stub):
+    engine, _, http = stub
+    engine.failure = RuntimeError("the engine must not see this request")
+    response = http.post("/v1/chat/completions", json={**BODY, "n": 5})
+    assert response.status_code == 422 and response.json()["error"]["param"] == "n"
+    assert "at most 4 sequences" in response.json()["error"]["message"]

@@ -2,6 +2,7 @@
 and settled, the official client's retry honouring Retry-After; the buckets' arithmetic in-process."""
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -12,7 +13,7 @@ import pytest
 from rillet.api.auth import KeyConfigError, KeyStore
 from rillet.api.rate_limit import KeyLimits, RateLimiter, openai_duration
 from rillet.api.errors import APIError
-from tests.api.helpers import NO_END, access_lines, chat_body
+from tests.api.helpers import NO_END, access_lines, chat_body, send_head_only
 from tests.conftest import RunningServer
 
 HEADER_NAMES = [f"x-ratelimit-{what}-{unit}" for unit in ("requests", "tokens")
@@ -43,9 +44,14 @@ tpm = 600
 id = "unlimited"
 key = "sk-unlimited"
 rpm = 0
+
+[[keys]]
+id = "bad-requests"
+key = "sk-rpm-4-bad"
+rpm = 4
 ''')
     running = RunningServer(["--api-keys-file", str(keys_file), "--api-key", "sk-defaults",
-                             "--rate-limit-rpm", "1000", "--kv-cache-tokens", "4096"])
+                             "--rate-limit-rpm", "1000", "--kv-cache-tokens", "4096", "--public-metrics"])
     yield running
     running.stop()
 
@@ -135,6 +141,22 @@ def test_every_v1_response_carries_the_key_headers(limited_server):
     assert not any(name in unlimited.headers for name in HEADER_NAMES)
 
 
+def test_every_request_counts_valid_or_not_and_the_limit_is_checked_before_the_body_is_read(limited_server):
+    def send(body: bytes) -> httpx.Response:
+        return httpx.post(f"{limited_server.base_url}/v1/chat/completions", content=body, timeout=30,
+                          headers={"Authorization": "Bearer sk-rpm-4-bad", "Content-Type": "application/json"})
+
+    statuses = [send(b"{not json").status_code, send(b'{"model": 5}').status_code,
+                httpx.get(f"{limited_server.base_url}/v1/models", headers={"Authorization": "Bearer sk-rpm-4-bad"}).status_code,
+                send(json.dumps(chat_body(max_tokens=1, n=0)).encode()).status_code]
+    assert statuses == [422, 422, 200, 422]
+    # The fifth request's head announces a body that never comes: the 429 is sent without reading it.
+    status, body = send_head_only(limited_server.port, "POST /v1/chat/completions HTTP/1.1\nHost: x\n"
+                                  "Authorization: Bearer sk-rpm-4-bad\nContent-Type: application/json\n"
+                                  "Content-Length: 1000\n")
+    assert status == 429 and body["error"]["type"] == "requests"
+
+
 def test_access_log_names_the_key_id_never_the_key(limited_server):
     request_id = post(limited_server, "sk-unlimited", chat_body(max_tokens=1)).headers["x-request-id"]
     assert access_lines(limited_server, request_id)[0]["key_id"] == "unlimited"
@@ -175,7 +197,12 @@ def test_a_refused_request_takes_nothing():
     limits.reserve(60)
     with pytest.raises(APIError):
         limits.reserve(50)
-    assert (limits.requests.level, limits.tokens.level) == (1, 40)
+    assert limits.tokens.level == 40
+    limits.take_request()
+    limits.take_request()
+    with pytest.raises(APIError) as caught:
+        limits.take_request()
+    assert caught.value.kind.value.type == "requests" and limits.requests.level == 0
 
 
 def test_open_server_shares_one_bucket_and_keys_override_defaults():
