@@ -14,11 +14,11 @@ SPM_VOCAB_SIZE = 3 + 256 + len(SPM_PIECES) + 1  # unk, bos, eos, bytes, pieces, 
 
 
 def write_gguf(path: Path, arch: str = "llama", tensors: dict[str, tuple[np.ndarray, Q]] | None = None,
-               tokenizer: str | None = None) -> Path:
+               tokenizer: str | None = None, context_length: int = 64) -> Path:
     """Each tensor is stored quantized to its type. tokenizer="llama" adds a SentencePiece vocabulary."""
     writer = gguf.GGUFWriter(path, arch)
     writer.add_block_count(1)
-    writer.add_context_length(64)
+    writer.add_context_length(context_length)
     writer.add_embedding_length(8)
     writer.add_feed_forward_length(16)
     writer.add_head_count(2)
