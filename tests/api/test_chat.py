@@ -69,22 +69,43 @@ def test_fingerprint_is_stable_and_created_is_recent(client):
     assert abs(a.created - time.time()) < 120
 
 
-def test_top_p_and_temperature_are_honoured(client):
-    # top_p near 0 keeps only the most likely token: the same as greedy whatever the temperature.
-    greedy = client.chat.completions.create(**chat_body("Count from one to five.", max_tokens=12))
-    nucleus = client.chat.completions.create(**chat_body("Count from one to five.", max_tokens=12,
-                                                         temperature=1.5, top_p=1e-6))
-    assert nucleus.choices[0].message.content == greedy.choices[0].message.content
+def first_words(client, **fields) -> list[str]:
+    """The first token of each of 24 choices, seeded so that the test is repeatable."""
+    reply = client.chat.completions.create(**chat_body("Name a fruit.", n=24, max_tokens=1, seed=7, **fields))
+    return [choice.message.content for choice in reply.choices]
 
 
-def test_system_and_multi_turn_conversation(client):
-    reply = client.chat.completions.create(model=MODEL_NAME, temperature=0, max_tokens=16, messages=[
+def test_temperature_spreads_the_choices_and_zero_is_greedy(client):
+    greedy = client.chat.completions.create(**chat_body("Name a fruit.", max_tokens=1)).choices[0].message.content
+    assert set(first_words(client, temperature=0)) == {greedy}
+    hot = first_words(client, temperature=2.0)
+    assert len(set(hot)) >= 3, hot  # a field ignored (greedy, or a fixed temperature of 1) fails one or the other
+    assert len(set(first_words(client, temperature=0.01))) == 1
+
+
+def test_top_p_keeps_only_the_most_likely_tokens(client):
+    greedy = client.chat.completions.create(**chat_body("Name a fruit.", max_tokens=1)).choices[0].message.content
+    # At a temperature that spreads the choices, top_p near 0 keeps only the most likely token.
+    assert set(first_words(client, temperature=2.0, top_p=1e-6)) == {greedy}
+    assert len(set(first_words(client, temperature=2.0, top_p=1.0))) >= 3
+
+
+def test_system_and_multi_turn_conversation(client, rendered_prompt_tokens):
+    turns = [
         {"role": "system", "content": "You answer in one word."},
         {"role": "user", "content": "What color is the sky?"},
         {"role": "assistant", "content": "Blue."},
-        {"role": "user", "content": [{"type": "text", "text": "And grass?"}]},
-    ])
-    assert reply.choices[0].message.content
+        {"role": "user", "content": "And grass?"},
+    ]
+    as_parts = [*turns[:3], {"role": "user", "content": [{"type": "text", "text": "And "},
+                                                        {"type": "text", "text": "grass?"}]}]
+    plain = client.chat.completions.create(model=MODEL_NAME, temperature=0, max_tokens=16, messages=turns)
+    parts = client.chat.completions.create(model=MODEL_NAME, temperature=0, max_tokens=16, messages=as_parts)
+    # Every turn reaches the prompt, and text parts are the same text as a string.
+    assert plain.usage.prompt_tokens == parts.usage.prompt_tokens == rendered_prompt_tokens(turns)
+    assert parts.choices[0].message.content == plain.choices[0].message.content
+    alone = client.chat.completions.create(model=MODEL_NAME, temperature=0, max_tokens=16, messages=turns[3:])
+    assert alone.usage.prompt_tokens < plain.usage.prompt_tokens
 
 
 def test_stop_string_ends_the_text_before_it(client):

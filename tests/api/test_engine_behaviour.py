@@ -90,34 +90,33 @@ def test_disconnect_mid_prefill_stops_compute_and_frees_blocks(server, stream):
 
 
 def test_long_prompt_does_not_stall_a_running_stream(server):
+    """A 1,500-token prompt is computed in chunks of 256, one a step, and each step also decodes the
+    running stream: the stream goes on receiving tokens while the prompt is computed. Counted, not
+    timed: how many of the stream's tokens arrive between the long request's start and its answer."""
     arrivals: list[float] = []
-    long_started = threading.Event()
-    long_ttft: list[float] = []
+    window: list[float] = []
 
     def long_request() -> None:
         with httpx.Client(base_url=server.base_url, timeout=120) as http:
-            started = time.perf_counter()
-            long_started.set()
+            window.append(time.monotonic())
             body = chat_body("Summarize: " + "the cat sat on the mat " * 250, max_tokens=1)
             assert http.post("/v1/chat/completions", json=body).status_code == 200
-            long_ttft.append(time.perf_counter() - started)
+            window.append(time.monotonic())
 
     other = threading.Thread(target=long_request)
     with httpx.Client(base_url=server.base_url, timeout=120) as http:
         body = chat_body("Write a long story about a lighthouse.", max_tokens=300, stream=True,
                          logit_bias={"0": -100, "2": -100})
         with http.stream("POST", "/v1/chat/completions", json=body) as response:
-            for count, line in enumerate(response.iter_lines()):
+            for line in response.iter_lines():
                 if line.startswith("data: {"):
-                    arrivals.append(time.perf_counter())
-                    if count == 10:
+                    arrivals.append(time.monotonic())
+                    if len(arrivals) == 10:
                         other.start()
-                        long_started.wait()
-                        window_start = time.perf_counter()
-                    if len(arrivals) > 12 and not other.is_alive():
+                    if len(window) == 2 and arrivals[-1] > window[1] + 0.2:
                         break
     other.join()
-    assert long_ttft, "the long request did not finish"
-    during = [b - a for a, b in zip(arrivals, arrivals[1:]) if a >= window_start]
-    # The 1,500-token prompt takes several chunks; the stream waits at most about one of them.
-    assert max(during) < long_ttft[0] / 2.5, (max(during), long_ttft[0])
+    assert len(window) == 2, "the long request did not finish"
+    during = [t for t in arrivals if window[0] <= t <= window[1]]
+    # About one token per prefill chunk (6 of them); a prompt computed in one step would allow 1 or 2.
+    assert len(during) >= 4, (len(during), window[1] - window[0])

@@ -8,7 +8,6 @@ import signal
 import time
 
 import httpx
-import pytest
 
 from tests.api.helpers import start_stream
 from tests.conftest import RunningServer
@@ -47,11 +46,16 @@ def test_a_stream_outlasting_the_grace_period_is_cut_and_the_process_still_exits
     try:
         stream, lines = start_stream(server, max_tokens=1500)
         server.process.send_signal(signal.SIGTERM)
-        with pytest.raises(httpx.HTTPError):
-            rest = [line for line in lines if line]
-            assert "data: [DONE]" not in rest  # a cut stream may also just end early
-            raise httpx.ReadError("the stream ended without [DONE]")
+        signalled = time.monotonic()
+        rest: list[str] = []
+        try:  # the cut connection ends the stream early, or breaks off with an error
+            rest.extend(line for line in lines if line)
+        except httpx.HTTPError:
+            pass
+        cut_after = time.monotonic() - signalled
         stream.__exit__(None, None, None)
+        assert "data: [DONE]" not in rest
+        assert len(rest) < 1500 and cut_after < 30
         assert server.process.wait(timeout=60) == 0
         server.wait_until_no_process_left()
     finally:

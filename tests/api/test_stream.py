@@ -31,11 +31,16 @@ def test_stream_text_equals_non_stream_text_at_temperature_zero(http):
 
 
 def test_stream_with_n_choices_has_each_choice_framed(http):
-    _, chunks = stream_events(http, chat_body("Say something.", n=2, temperature=1.0, max_tokens=5, logit_bias=NO_END))
+    body = chat_body("Say something.", n=2, temperature=1.0, max_tokens=5, logit_bias=NO_END, seed=11)
+    _, chunks = stream_events(http, body)
+    whole = http.post("/v1/chat/completions", json=body).json()
     for index in (0, 1):
         mine = [c for chunk in chunks for c in chunk["choices"] if c["index"] == index]
         assert mine[0]["delta"] == {"role": "assistant", "content": ""}
         assert mine[-1]["delta"] == {} and mine[-1]["finish_reason"] == "length"
+        # Seeded: each choice streams the text it has in the whole answer.
+        assert stream_text(chunks, index) == whole["choices"][index]["message"]["content"]
+    assert stream_text(chunks, 0) != stream_text(chunks, 1)
     assert chunks[-1]["usage"]["completion_tokens"] == 10
 
 
@@ -46,14 +51,19 @@ def test_include_usage_adds_a_final_usage_chunk(http):
 
 
 def test_openai_client_stream(client):
-    stream = client.chat.completions.create(**chat_body("Count to three.", max_tokens=12), stream=True)
-    pieces, reasons = [], []
+    body = chat_body("Count to three.", max_tokens=12)
+    whole = client.chat.completions.create(**body)
+    stream = client.chat.completions.create(**body, stream=True)
+    pieces, reasons, usages = [], [], []
     for chunk in stream:
+        usages.append(chunk.usage)
         for choice in chunk.choices:
             pieces.append(choice.delta.content or "")
             reasons.append(choice.finish_reason)
-    assert "".join(pieces)
-    assert reasons[-1] in ("stop", "length")
+    assert "".join(pieces) == whole.choices[0].message.content
+    assert len([p for p in pieces if p]) > 1  # streamed in pieces, not one lump
+    assert reasons[-1] == whole.choices[0].finish_reason and set(reasons[:-1]) == {None}
+    assert usages[-1] == whole.usage
 
 
 def test_stream_with_stop_string_equals_non_stream(http):
