@@ -1,8 +1,9 @@
 """Fuzzing against the real engine: a real server over a tiny random-weight model (256-token context),
 a KV cache no larger than one context and at most 4 sequences at once, so that long prompts, n > 1,
-preemption and the queue all come into play. Hypothesis draws batches of requests over n, max_tokens,
-logit_bias, stop, logprobs, sampling and message shapes, sent at once: never a 500, every answer
-within a bound and well formed, and at the end no sequence left in the engine and every KV block free.
+preemption and waiting for a turn all come into play. Hypothesis draws batches of up to 6 requests
+over n, max_tokens, logit_bias, stop, logprobs, sampling and message shapes, sent at once: each is
+served or refused (400, 422), never a 500 or a 503, within a bound and well formed, and at the end
+no sequence is left in the engine and every KV block is free.
 (tests/api/test_fuzz.py fuzzes the schema in-process over a stub engine, thousands of bodies fast.)"""
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from tests.model.tiny_gguf import SPM_VOCAB_SIZE, tiny_llama_tensors, write_gguf
 
 CONTEXT = 256
 MAX_NUM_SEQS = 4
-# Every request is answered within this long, however it is answered.
-ANSWER_BOUND_SECONDS = 30
+# Every request is answered within this long, however it is answered; no request of these waits
+# long for its turn, so the queue timeout (60 s) must never be what answers it.
+ANSWER_BOUND_SECONDS = 15
 
 floats = st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=False)
 texts = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12)
@@ -67,7 +69,7 @@ def tiny_server(tmp_path_factory):
                       tokenizer="llama", context_length=CONTEXT)
     running = RunningServer(["--model", str(path), "--served-model-name", "tiny", "--max-num-seqs", str(MAX_NUM_SEQS),
                              "--kv-cache-tokens", str(CONTEXT), "--max-num-batched-tokens", "32",
-                             "--max-queued-requests", "6", "--queue-timeout", "20"])
+                             "--max-queued-requests", "6"])
     yield running
     running.stop()
 
@@ -80,10 +82,8 @@ def answer(server, body: dict) -> None:
     assert response.status_code != 500 and "Traceback" not in response.text, (body, response.text)
     if response.status_code >= 400:
         error = response.json()["error"]
-        assert response.status_code in (400, 422, 503), (body, response.text)
+        assert response.status_code in (400, 422), (body, response.text)
         assert isinstance(error["message"], str) and (error["code"] is None or isinstance(error["code"], str))
-        if response.status_code == 503:
-            assert error["code"] == "overloaded", body
         return
     n = body.get("n", 1)
     if body.get("stream"):
