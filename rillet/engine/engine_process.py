@@ -19,6 +19,7 @@ and calls on_give_up, so that the server can exit and a service manager restart 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import fcntl
 import logging
@@ -96,6 +97,7 @@ class EngineProcess(EngineClient):
         self.num_restarts = 0
         # Held while the child is replaced, so that shutdown() never misses a new child.
         self._lock = threading.Lock()
+        self._launcher: concurrent.futures.ThreadPoolExecutor | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
         self._commands: Connection | None = None  # parent -> child
         self._outputs: Connection | None = None  # child -> parent
@@ -117,7 +119,17 @@ class EngineProcess(EngineClient):
         return self._stats
 
     def launch(self) -> None:
-        """Starts the child, which begins loading the model at once."""
+        """Starts the child, which begins loading the model at once.
+
+        Every child is started from one launcher thread, made by the first call: a child inherits the
+        CPU priority (nice) of the thread that starts it, which on Linux is a thread's own, so a child
+        that replaces a dead one keeps the priority the first had even after the caller has lowered
+        its own (rillet serve's --http-nice)."""
+        if self._launcher is None:
+            self._launcher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rillet-engine-launcher")
+        self._launcher.submit(self._start_child).result()
+
+    def _start_child(self) -> None:
         context = multiprocessing.get_context("spawn")
         child_commands, self._commands = context.Pipe(duplex=False)
         self._outputs, child_outputs = context.Pipe(duplex=False)
@@ -172,6 +184,8 @@ class EngineProcess(EngineClient):
         if self._reader is not None:
             self._reader.join()  # it reads EOF now that the child is gone
         self._outputs.close()
+        if self._launcher is not None:
+            self._launcher.shutdown(wait=False)
 
     def _send_command(self, command: tuple) -> None:
         try:

@@ -48,6 +48,7 @@ def test_a_killed_engine_under_load_ends_every_request_cleanly_and_a_new_one_tak
                 assert time.monotonic() < deadline, "the load did not start"
                 time.sleep(0.05)
             old_pid = server.engine_pid()
+            old_priority = os.getpriority(os.PRIO_PROCESS, old_pid)
             os.kill(old_pid, signal.SIGKILL)
             killed_at = time.monotonic()
             for stream, lines in streams:
@@ -60,6 +61,8 @@ def test_a_killed_engine_under_load_ends_every_request_cleanly_and_a_new_one_tak
                 assert response.status_code == 503 and response.json()["error"]["code"] == "engine_unavailable"
         wait_for_a_new_engine(server, old_pid, killed_at)
         assert "the engine process exited unexpectedly" in server.output()
+        # The new engine keeps the priority the HTTP process gave up to the first (--http-nice).
+        assert os.getpriority(os.PRIO_PROCESS, server.engine_pid()) == old_priority
         # Nothing of the dead engine's requests is left in the new one.
         assert server.metric("rillet_kv_blocks_free") == server.metric("rillet_kv_blocks_total")
         server.process.send_signal(signal.SIGTERM)
