@@ -34,17 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     serve.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    serve.add_argument("--kv-cache-tokens", type=int, default=16384,
+    serve.add_argument("--kv-cache-tokens", type=_positive_int, default=16384,
                        help="KV cache capacity in tokens, shared by all sequences (default: 16384; "
                        "the default model needs 23 KiB a token in float16)")
     serve.add_argument("--kv-cache-dtype", default="float16", choices=["float16", "float32"],
                        help="element type of the KV cache: float16 halves its memory; attention still "
                        "computes in float32 (default: float16)")
-    serve.add_argument("--max-num-seqs", type=int, default=64,
+    serve.add_argument("--max-num-seqs", type=_positive_int, default=64,
                        help="sequences decoded at once (default: 64)")
-    serve.add_argument("--max-num-batched-tokens", type=int, default=256,
+    serve.add_argument("--max-num-batched-tokens", type=_positive_int, default=256,
                        help="tokens computed per step: the prefill chunk size (default: 256)")
-    serve.add_argument("--block-size", type=int, default=16, help="tokens per KV block (default: 16)")
+    serve.add_argument("--block-size", type=_positive_int, default=16, help="tokens per KV block (default: 16)")
     serve.add_argument("--weights", default=DEFAULT_WEIGHT_FORMAT, choices=WEIGHT_FORMATS,
                        help="how the linear layers hold their weights: quantized (the GGUF file's Q4_0/Q4_1/Q8_0 "
                        "blocks as stored, multiplied by a native CPU kernel at the file's exact values; other "
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "block of 32 as llama.cpp does: faster, not exact), float16 (rounded, FBGEMM), or float32 "
                        f"(exact dequantized file) (default: {DEFAULT_WEIGHT_FORMAT})")
     serve.add_argument("--no-prefix-caching", action="store_true", help="turn prefix caching off")
-    serve.add_argument("--threads", type=int, default=None,
+    serve.add_argument("--threads", type=_positive_int, default=None,
                        help="compute threads of the model step (default: one per core)")
     serve.add_argument("--http-nice", type=int, default=10, metavar="N",
                        help="how much CPU priority (nice) the HTTP server process gives up to the engine process, "
