@@ -14,7 +14,6 @@ from tqdm import tqdm
 
 from rillet.model.config import SUPPORTED_ARCHITECTURES, ModelConfig
 from rillet.model.errors import ModelLoadError
-from rillet.model.quantized import KERNELS as QUANTIZED_KERNELS
 from rillet.model.quantized import QuantizedWeight
 
 _LAYER_NAMES = {
@@ -124,27 +123,30 @@ def unpermute_rope_rows(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
     return weight.reshape(num_heads, rows // num_heads // 2, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
 
 
-def dequantize(tensor: GGUFTensor) -> torch.Tensor:
-    """The tensor as float32 in torch order."""
+def dequantize(tensor: GGUFTensor, rows: int | None = None) -> torch.Tensor:
+    """The tensor (its first rows only, where given) as float32 in torch order."""
+    data = tensor.data if rows is None else tensor.data[:rows]
     try:
-        array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        array = gguf.quants.dequantize(data, tensor.tensor_type)
     except NotImplementedError:
         raise ModelLoadError(f"tensor {tensor.name} has unsupported type {tensor.tensor_type.name}") from None
     if array.dtype != np.float32 or not array.flags.writeable:
         array = np.array(array, dtype=np.float32)  # torch wants its own writable float32 memory
-    return torch.from_numpy(array.reshape(tensor.shape))
+    return torch.from_numpy(array.reshape(-1, *tensor.shape[1:]))
 
 
 def read_tensors(file: GGUFFile, config: ModelConfig, dtype: torch.dtype,
                  keep_quantized: bool = False) -> dict[str, torch.Tensor | QuantizedWeight]:
     """Every tensor the model uses, by its Hugging Face name: matrices in dtype, vectors in float32.
-    keep_quantized: matrices in a block type the native kernel multiplies stay in their blocks."""
+    keep_quantized: matrices in a quantized block type stay in their blocks (Linear multiplies them
+    with a native kernel, or dequantizes the types that have none)."""
     tensors: dict[str, torch.Tensor | QuantizedWeight] = {}
     for tensor in tqdm(file.tensors, desc="loading weights", unit="tensor", leave=False):
         name = hf_name(tensor.name)
         if name is None:
             continue
-        if keep_quantized and len(tensor.shape) == 2 and tensor.tensor_type.name in QUANTIZED_KERNELS:
+        if keep_quantized and len(tensor.shape) == 2 and gguf.GGML_QUANT_SIZES[tensor.tensor_type][0] > 1:
+            dequantize(tensor, rows=1)  # a type gguf cannot read fails here, as a whole matrix would
             blocks = torch.from_numpy(np.array(tensor.data, dtype=np.uint8).reshape(tensor.shape[0], -1))
             weight = QuantizedWeight(tensor.tensor_type.name, blocks, tensor.shape[1])
         else:

@@ -4,49 +4,60 @@ float32: the file's dequantized weights, exact; F.linear.
 float16: weights rounded to float16, activations and accumulation stay float32. On the CPU the
     weights are packed once for FBGEMM's fp16 GEMM (about 1.5x faster than float32 at batch
     16-64 on AVX2, and half the memory); elsewhere they are plain float16 tensors.
-quantized: matrices the GGUF file stores as Q4_0, Q4_1 or Q8_0 stay in those blocks and are
-    multiplied by a native kernel (rillet/model/native/quant_matmul.c) at exactly the float32
-    values the file dequantizes to, reading a quarter of float16's bytes. Other matrices (other
-    block types, safetensors folders, a device without the kernel) use float16.
+quantized: matrices the GGUF file stores in a block type with a native kernel (Q4_0, Q4_1, Q8_0,
+    Q5_0, Q5_1, Q4_K, Q5_K, Q6_K: rillet/model/quantized.py's KERNELS) stay in those blocks and are
+    multiplied at exactly the float32 values the file dequantizes to (native/quant_matmul.c,
+    native/kquant_matmul.c), reading a quarter of float16's bytes. Other matrices (other block
+    types, safetensors folders, a device without the kernel) use float16, and the model's
+    weight_format names them (describe_weights).
 quantized-int8: the same blocks, but each block of 32 activations is rounded to int8 (scale
-    max|x| / 127) and multiplied as integers (rillet/model/native/int8_matmul.c), as llama.cpp
-    does; faster, and no longer exact (README, "Speed and accuracy", gives the measured cost).
+    max|x| / 127) and multiplied as integers (native/int8_matmul.c, native/kquant_int8_matmul.c),
+    as llama.cpp does; faster, and no longer exact (README, "Speed and accuracy", gives the cost).
 """
 from __future__ import annotations
 
+import logging
 import warnings
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
 
 from rillet.model import native
-from rillet.model.quantized import QuantizedWeight
+from rillet.model.quantized import BLOCK_FORMATS, KERNELS, QuantizedWeight, Weight
 
+log = logging.getLogger("rillet.model")
 WEIGHT_FORMATS = ("quantized", "quantized-int8", "float16", "float32")
-# The native library that multiplies the file's blocks, for each format that keeps them.
-BLOCK_KERNELS = {"quantized": "quant_matmul", "quantized-int8": "int8_matmul"}
 DEFAULT_WEIGHT_FORMAT = "quantized"
+UNQUANTIZED = "unquantized"  # what held() calls a matrix the file stores in floats
 
 
 class Linear:
-    """y = x @ weight.T for weight [out_features, in_features]."""
+    """y = x @ weight.T for weight [out_features, in_features]; a list of weights (concat_rows's
+    runs of different block types) is multiplied part by part, the outputs side by side."""
 
-    def __init__(self, weight: torch.Tensor | QuantizedWeight, weight_format: str = "float32") -> None:
+    def __init__(self, weight: Weight | list[Weight], weight_format: str = "float32") -> None:
         if weight_format not in WEIGHT_FORMATS:
             raise ValueError(f"unknown weight format {weight_format!r} (choose from {', '.join(WEIGHT_FORMATS)})")
-        self.out_features, self.in_features = weight.shape
         self.weight: torch.Tensor | None = None
         self._packed = None
         self._blocks: torch.Tensor | None = None
-        self._kernel = None
-        self._library = BLOCK_KERNELS.get(weight_format)
+        self._function: tuple[str, str] | None = None  # (library, kernel) multiplying _blocks
+        self._parts = [Linear(part, weight_format) for part in weight] if isinstance(weight, list) else []
+        self._stack: torch.Tensor | None = None
+        if self._parts:
+            self.in_features, self.out_features = self._parts[0].in_features, sum(p.out_features for p in self._parts)
+            return
+        self.out_features, self.in_features = weight.shape
+        self.source = weight.ggml_type if isinstance(weight, QuantizedWeight) else UNQUANTIZED
         if isinstance(weight, QuantizedWeight):
-            if self._library and native.quant_matmul_available(weight.kernel, self._library):
-                self._kernel = weight.kernel
-                self._blocks = weight.pack_int8() if self._library == "int8_matmul" else weight.pack()
+            entry = KERNELS.get((weight.ggml_type, weight_format))
+            if entry and native.quant_matmul_available(entry[1], entry[0]):
+                self._function = entry
+                self._blocks = weight.pack(entry[0])
                 return
             weight = weight.dequantize()
-        if self._library:
+        if weight_format in BLOCK_FORMATS:
             weight_format = "float16"
         if weight_format == "float16" and weight.device.type == "cpu" and _fbgemm_fp16_available():
             self._packed = torch.ops.quantized.linear_prepack_fp16(weight.float().contiguous(), None)
@@ -55,19 +66,61 @@ class Linear:
         else:
             self.weight = weight.float()
 
+    def held(self) -> list[tuple[str, str]]:
+        """(the file's type, what multiplies it) for each part: ("Q4_K", "kquant_matmul_q4_k"),
+        ("Q3_K", "float16"), ("unquantized", "float32")..."""
+        if self._parts:
+            return [held for part in self._parts for held in part.held()]
+        if self._function is not None:
+            return [(self.source, "_".join(self._function))]
+        float16 = self._packed is not None or self.weight.dtype == torch.float16
+        return [(self.source, "float16" if float16 else "float32")]
+
     def native_kernel(self) -> tuple[int, torch.Tensor, int, int] | None:
-        """(kernel address, packed weights, in_features, out_features) where a native block kernel
-        multiplies this layer's weights, for native code that calls it directly; else None."""
+        """(kernel address, packed weights, in_features, out_features) where native block kernels
+        multiply this layer's weights, for native code that calls it directly; else None. Parts
+        are multiplied by native/decoder_layers.c's stacked_matmul, one kernel after another."""
+        if self._parts:
+            kernels = [part.native_kernel() for part in self._parts]
+            stacked = native.stacked_matmul_address()
+            if stacked is None or any(k is None for k in kernels):
+                return None
+            if self._stack is None:  # [parts, then (kernel, packed, out_features) per part]
+                fields = [v for address, packed, _, n in kernels for v in (address, packed.data_ptr(), n)]
+                self._stack = torch.tensor([len(kernels), *fields], dtype=torch.int64)
+            return stacked, self._stack, self.in_features, self.out_features
         if self._blocks is None:
             return None
-        return native.matmul_address(self._kernel, self._library), self._blocks, self.in_features, self.out_features
+        library, kernel = self._function
+        return native.matmul_address(kernel, library), self._blocks, self.in_features, self.out_features
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._parts:
+            return torch.cat([part(x) for part in self._parts], dim=-1)
         if self._blocks is not None:
-            return native.quant_matmul(x, self._blocks, self._kernel, self.out_features, self._library)
+            library, kernel = self._function
+            return native.quant_matmul(x, self._blocks, kernel, self.out_features, library)
         if self._packed is not None:
             return torch.ops.quantized.linear_dynamic_fp16(x, self._packed)
         return F.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
+
+
+def describe_weights(linears: list[Linear], weight_format: str) -> str:
+    """weight_format as the matrices are held, for the model to report: the format itself where every
+    matrix has its block kernel, else naming the file's types that fell back to float16 ("quantized
+    (Q3_K in float16)"), or float16 where none has one. Logs which types got which kernel."""
+    if weight_format not in BLOCK_FORMATS:
+        return weight_format
+    held = Counter(h for linear in linears for h in linear.held())
+    log.info("%s weights: %s", weight_format, ", ".join(
+        f"{count} {source} by {how if how != 'float16' else 'float16 (no native kernel)'}"
+        for (source, how), count in sorted(held.items())))
+    fallback = sorted({source for source, how in held if how == "float16"})
+    if not fallback:
+        return weight_format
+    if all(how == "float16" for _, how in held):
+        return "float16"
+    return f"{weight_format} ({', '.join(fallback)} in float16)"
 
 
 _FBGEMM: bool | None = None

@@ -8,7 +8,7 @@ from rillet.model.attention import paged_attention
 from rillet.model.attention_metadata import AttentionMetadata
 from rillet.model.config import ModelConfig
 from rillet.model.layer_ops import LayerOps
-from rillet.model.linear import Linear
+from rillet.model.linear import Linear, describe_weights
 from rillet.model.native.decoder_layers import NativeDecoder
 from rillet.model.quantized import QuantizedWeight, concat_rows
 
@@ -53,7 +53,6 @@ class LlamaModel(torch.nn.Module):
     def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], weight_format: str = "float32") -> None:
         super().__init__()
         self.config = config
-        self.weight_format = weight_format
         embeddings = weights["model.embed_tokens.weight"]
         self.norm = weights["model.norm.weight"]
         self.device = self.norm.device
@@ -61,6 +60,9 @@ class LlamaModel(torch.nn.Module):
         self.layers = torch.nn.ModuleList(LlamaLayer(config, weights, f"model.layers.{i}", weight_format, self.ops)
                                           for i in range(config.num_layers))
         self.lm_head = Linear(weights.get("lm_head.weight", embeddings), weight_format)
+        # The format as held: names the block types that had no native kernel (system_fingerprint shows it).
+        self.weight_format = describe_weights([self.lm_head] + [linear for layer in self.layers for linear in (
+            layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj)], weight_format)
         # Rows are looked up, not multiplied: quantized rows are dequantized as they are looked up;
         # float rows are held in the weight format's precision.
         self.embed_tokens = embeddings if isinstance(embeddings, QuantizedWeight) else embeddings.to(

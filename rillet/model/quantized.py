@@ -1,9 +1,10 @@
-"""Matrices kept in a GGUF file's own quantized blocks (Q4_0, Q4_1, Q8_0) rather than dequantized.
+"""Matrices kept in a GGUF file's own quantized blocks rather than dequantized.
 
 The loader hands them to the model as QuantizedWeight (rows of raw blocks, so that rows can be
-concatenated and permuted as float matrices are); Linear packs them for the native kernel in
-rillet/model/native/quant_matmul.c, which multiplies by exactly the float32 values the file
-dequantizes to, reading a quarter of the bytes float16 weights take.
+concatenated and permuted as float matrices are). Linear asks KERNELS which native kernel multiplies
+a block type in its weight format, and packs the blocks for it; the kernels multiply by exactly the
+float32 values the file dequantizes to (quant_matmul.c, kquant_matmul.c), or round the activations
+to int8 (int8_matmul.c, kquant_int8_matmul.c). A type without a kernel is dequantized to float16.
 """
 from __future__ import annotations
 
@@ -13,11 +14,33 @@ import gguf
 import numpy as np
 import torch
 
-# GGML type name -> the kernel that multiplies it.
-KERNELS = {"Q4_0": "q4", "Q4_1": "q4", "Q8_0": "q8"}
-BLOCK = 32  # weights per block, along a row
-GROUP = 16  # rows packed together for quant_matmul.c
-INT8_GROUP = 8  # and for int8_matmul.c
+from rillet.model import kquant_blocks
+
+# The one table of block kernels: (GGML type, weight format) -> (native library, kernel); the
+# library's function <library>_<kernel> multiplies blocks packed by QuantizedWeight.pack(library).
+KERNELS = {
+    ("Q4_0", "quantized"): ("quant_matmul", "q4"),
+    ("Q4_1", "quantized"): ("quant_matmul", "q4"),
+    ("Q8_0", "quantized"): ("quant_matmul", "q8"),
+    ("Q5_0", "quantized"): ("kquant_matmul", "q5_0"),
+    ("Q5_1", "quantized"): ("kquant_matmul", "q5_1"),
+    ("Q4_K", "quantized"): ("kquant_matmul", "q4_k"),
+    ("Q5_K", "quantized"): ("kquant_matmul", "q5_k"),
+    ("Q6_K", "quantized"): ("kquant_matmul", "q6_k"),
+    ("Q4_0", "quantized-int8"): ("int8_matmul", "q4"),
+    ("Q4_1", "quantized-int8"): ("int8_matmul", "q4"),
+    ("Q8_0", "quantized-int8"): ("int8_matmul", "q8"),
+    ("Q5_0", "quantized-int8"): ("kquant_int8_matmul", "q5_0"),
+    ("Q5_1", "quantized-int8"): ("kquant_int8_matmul", "q5_1"),
+    ("Q4_K", "quantized-int8"): ("kquant_int8_matmul", "q4_k"),
+    ("Q5_K", "quantized-int8"): ("kquant_int8_matmul", "q5_k"),
+    ("Q6_K", "quantized-int8"): ("kquant_int8_matmul", "q6_k"),
+}
+BLOCK_FORMATS = ("quantized", "quantized-int8")  # the weight formats that keep a file's blocks
+LEGACY_TYPES = ("Q4_0", "Q4_1", "Q8_0")  # the 32-value blocks _fields reads
+BLOCK = 32  # weights per block of those, along a row
+GROUP = 16  # rows packed together for quant_matmul.c and kquant_matmul.c
+INT8_GROUP = 8  # and for int8_matmul.c and kquant_int8_matmul.c
 
 
 @dataclass(slots=True)
@@ -33,10 +56,6 @@ class QuantizedWeight:
     def shape(self) -> tuple[int, int]:
         return self.blocks.shape[0], self.in_features
 
-    @property
-    def kernel(self) -> str:
-        return KERNELS[self.ggml_type]
-
     def with_rows(self, blocks: torch.Tensor) -> QuantizedWeight:
         return QuantizedWeight(self.ggml_type, blocks, self.in_features)
 
@@ -47,6 +66,10 @@ class QuantizedWeight:
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The rows ids dequantized, float32 [len(ids), in_features]: the embedding lookup."""
+        if self.ggml_type not in LEGACY_TYPES:
+            array = gguf.quants.dequantize(self.blocks.index_select(0, ids).numpy(),
+                                           gguf.GGMLQuantizationType[self.ggml_type])
+            return torch.from_numpy(np.array(array, dtype=np.float32).reshape(len(ids), self.in_features))
         blocks = self.blocks.index_select(0, ids).numpy().reshape(len(ids), self.in_features // BLOCK, -1)
         scale, offset, q = _fields(self.ggml_type, blocks)
         # d * q is exact in float32, so d * q + m rounds once, as the file's dequantization does.
@@ -55,8 +78,16 @@ class QuantizedWeight:
             values += offset.astype(np.float32)[..., None]
         return torch.from_numpy(values.reshape(len(ids), self.in_features))
 
-    def pack(self) -> torch.Tensor:
-        """The layout quant_matmul.c reads (described at its top), as a flat uint8 tensor."""
+    def pack(self, library: str) -> torch.Tensor:
+        """The layout library's kernels read (described at the top of its .c file), as a flat uint8 tensor."""
+        if library.startswith("kquant"):
+            group = INT8_GROUP if library == "kquant_int8_matmul" else GROUP
+            packed = kquant_blocks.pack(self.ggml_type, self._padded(group), group, for_int8=group == INT8_GROUP)
+            return torch.from_numpy(packed)
+        return self._pack_int8() if library == "int8_matmul" else self._pack()
+
+    def _pack(self) -> torch.Tensor:
+        """quant_matmul.c's layout."""
         groups, blocks, scale, offset, q = self._grouped(GROUP)
         if offset is None:  # Q8_0: [k][16 rows] int8 per block
             q = q.reshape(groups, GROUP, blocks, BLOCK).transpose(0, 2, 3, 1)
@@ -66,8 +97,8 @@ class QuantizedWeight:
         pairs = (q[..., 0] | (q[..., 1] << 4)).reshape(groups, blocks, -1)
         return _flat([_by_group(scale, groups, GROUP), _by_group(offset, groups, GROUP), pairs])
 
-    def pack_int8(self) -> torch.Tensor:
-        """The layout int8_matmul.c reads (described at its top), as a flat uint8 tensor."""
+    def _pack_int8(self) -> torch.Tensor:
+        """int8_matmul.c's layout."""
         groups, blocks, scale, offset, q = self._grouped(INT8_GROUP)
         # Runs of 4 consecutive k for 8 rows: [group, block, run t, row n, 4].
         q = q.reshape(groups, INT8_GROUP, blocks, BLOCK // 4, 4).transpose(0, 2, 3, 1, 4)
@@ -77,15 +108,20 @@ class QuantizedWeight:
         nibbles = (q[:, :, :4] | (q[:, :, 4:] << 4)).reshape(groups, blocks, -1)
         return _flat([_by_group(scale, groups, INT8_GROUP), _by_group(offset, groups, INT8_GROUP), nibbles])
 
-    def _grouped(self, group: int) -> tuple[int, int, np.ndarray, np.ndarray | None, np.ndarray]:
-        """Rows padded with zero blocks to a multiple of group: (groups, blocks per row, and the
-        block fields of _fields)."""
+    def _padded(self, group: int) -> np.ndarray:
+        """[rows, blocks per row, bytes per block], rows padded with zero blocks to a multiple of group."""
         rows, k = self.shape
-        blocks = self.blocks.numpy().reshape(rows, k // BLOCK, -1)
+        block_values = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[self.ggml_type]][0]
+        blocks = self.blocks.numpy().reshape(rows, k // block_values, -1)
         padded = -rows % group
         if padded:
             blocks = np.concatenate([blocks, np.zeros((padded, *blocks.shape[1:]), np.uint8)])
-        return blocks.shape[0] // group, k // BLOCK, *_fields(self.ggml_type, blocks)
+        return blocks
+
+    def _grouped(self, group: int) -> tuple[int, int, np.ndarray, np.ndarray | None, np.ndarray]:
+        """_padded, as (groups, blocks per row, and the block fields of _fields)."""
+        blocks = self._padded(group)
+        return blocks.shape[0] // group, blocks.shape[1], *_fields(self.ggml_type, blocks)
 
 
 def _fields(ggml_type: str, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
@@ -118,13 +154,23 @@ def _flat(parts: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts, axis=-1)).reshape(-1))
 
 
-def concat_rows(weights: list[torch.Tensor | QuantizedWeight]) -> torch.Tensor | QuantizedWeight:
-    """Stacks matrices with the same in_features; quantized ones stay quantized only when all
-    share one block type (else all are dequantized)."""
-    if all(isinstance(w, torch.Tensor) for w in weights):
-        return torch.cat(weights)
-    types = {w.ggml_type if isinstance(w, QuantizedWeight) else None for w in weights}
-    if len(types) == 1:
-        return weights[0].with_rows(torch.cat([w.blocks for w in weights]))
-    dtype = next((w.dtype for w in weights if isinstance(w, torch.Tensor)), torch.float16)
-    return torch.cat([w.dequantize().to(dtype) if isinstance(w, QuantizedWeight) else w for w in weights])
+Weight = torch.Tensor | QuantizedWeight
+
+
+def concat_rows(weights: list[Weight]) -> Weight | list[Weight]:
+    """Stacks matrices with the same in_features: one matrix where all are float or all share one
+    block type, else a list of the runs that do (a Q4_K_M file's q, k in Q4_K and v in Q6_K), each
+    kept as it is for Linear to multiply one by one."""
+    runs: list[list[Weight]] = []
+    for w in weights:
+        if runs and _kind(runs[-1][0]) == _kind(w):
+            runs[-1].append(w)
+        else:
+            runs.append([w])
+    stacked = [torch.cat(run) if isinstance(run[0], torch.Tensor) else
+               run[0].with_rows(torch.cat([w.blocks for w in run])) for run in runs]
+    return stacked[0] if len(stacked) == 1 else stacked
+
+
+def _kind(weight: Weight) -> str | None:
+    return weight.ggml_type if isinstance(weight, QuantizedWeight) else None

@@ -7,7 +7,7 @@ import torch
 
 from rillet.model import ModelLoadError, load_model
 from rillet.model.gguf_loader import dequantize, open_gguf, read_config, unpermute_rope_rows
-from tests.model.tiny_gguf import Q, write_gguf
+from tests.model.tiny_gguf import HAND_PACKED, Q, hand_packed_rows, write_gguf
 
 
 def test_missing_file_is_a_one_line_error(tmp_path):
@@ -64,84 +64,11 @@ def test_quantized_tensors_load_in_torch_order(tmp_path, qtype, tolerance):
     assert (restored - torch.from_numpy(values)).abs().max().item() <= tolerance
 
 
-# Blocks of the types llama.cpp's files ship, packed here by hand from chosen integers, scales and
-# offsets, with the values each must stand for computed from those choices (not from the bytes).
-
-
-def _fp16(value: float) -> bytes:
-    return np.float16(value).tobytes()
-
-
-def _k_scales(sc: np.ndarray, m: np.ndarray) -> bytes:
-    """The 12 bytes of eight 6-bit scales and mins of Q4_K and Q5_K."""
-    packed = np.zeros(12, np.uint8)
-    for j in range(4):
-        packed[j] = (sc[j] & 63) | ((sc[j + 4] >> 4) << 6)
-        packed[j + 4] = (m[j] & 63) | ((m[j + 4] >> 4) << 6)
-        packed[j + 8] = (sc[j + 4] & 15) | ((m[j + 4] & 15) << 4)
-    return packed.tobytes()
-
-
-def _q4_k(rng) -> tuple[bytes, np.ndarray]:
-    q, sc, m = rng.integers(0, 16, 256), rng.integers(0, 64, 8), rng.integers(0, 64, 8)
-    d, dmin = 0.5, 0.25
-    qs = np.zeros(128, np.uint8)
-    for c in range(4):
-        qs[32 * c:32 * c + 32] = q[64 * c:64 * c + 32] | (q[64 * c + 32:64 * c + 64] << 4)
-    values = d * np.repeat(sc, 32) * q - dmin * np.repeat(m, 32)
-    return _fp16(d) + _fp16(dmin) + _k_scales(sc, m) + qs.tobytes(), values
-
-
-def _q5_k(rng) -> tuple[bytes, np.ndarray]:
-    q, sc, m = rng.integers(0, 32, 256), rng.integers(0, 64, 8), rng.integers(0, 64, 8)
-    d, dmin = 0.5, 0.25
-    qs, qh = np.zeros(128, np.uint8), np.zeros(32, np.uint8)
-    for c in range(4):
-        low, high = q[64 * c:64 * c + 32], q[64 * c + 32:64 * c + 64]
-        qs[32 * c:32 * c + 32] = (low & 15) | ((high & 15) << 4)
-        qh |= ((low >> 4) << (2 * c)).astype(np.uint8) | ((high >> 4) << (2 * c + 1)).astype(np.uint8)
-    values = d * np.repeat(sc, 32) * q - dmin * np.repeat(m, 32)
-    return _fp16(d) + _fp16(dmin) + _k_scales(sc, m) + qh.tobytes() + qs.tobytes(), values
-
-
-def _q6_k(rng) -> tuple[bytes, np.ndarray]:
-    q, sc = rng.integers(0, 64, 256), rng.integers(-128, 128, 16)
-    d = 0.5
-    ql, qh = np.zeros(128, np.uint8), np.zeros(64, np.uint8)
-    for h in range(2):
-        part = q[128 * h:128 * h + 128]
-        q1, q2, q3, q4 = part[0:32], part[32:64], part[64:96], part[96:128]
-        ql[64 * h:64 * h + 32] = (q1 & 15) | ((q3 & 15) << 4)
-        ql[64 * h + 32:64 * h + 64] = (q2 & 15) | ((q4 & 15) << 4)
-        qh[32 * h:32 * h + 32] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6)
-    values = d * np.repeat(sc, 16) * (q - 32)
-    return ql.tobytes() + qh.tobytes() + sc.astype(np.int8).tobytes() + _fp16(d), values
-
-
-def _q5_0(rng) -> tuple[bytes, np.ndarray]:
-    q, d = rng.integers(0, 32, 32), 0.5
-    qh = sum(int(q[j] >> 4) << j for j in range(32))
-    qs = ((q[:16] & 15) | ((q[16:] & 15) << 4)).astype(np.uint8)
-    return _fp16(d) + qh.to_bytes(4, "little") + qs.tobytes(), d * (q - 16)
-
-
-def _q5_1(rng) -> tuple[bytes, np.ndarray]:
-    q, d, m = rng.integers(0, 32, 32), 0.5, -3.0
-    qh = sum(int(q[j] >> 4) << j for j in range(32))
-    qs = ((q[:16] & 15) | ((q[16:] & 15) << 4)).astype(np.uint8)
-    return _fp16(d) + _fp16(m) + qh.to_bytes(4, "little") + qs.tobytes(), d * q + m
-
-
-@pytest.mark.parametrize("qtype, pack", [(Q.Q4_K, _q4_k), (Q.Q5_K, _q5_k), (Q.Q6_K, _q6_k), (Q.Q5_0, _q5_0),
-                                         (Q.Q5_1, _q5_1)], ids=["Q4_K", "Q5_K", "Q6_K", "Q5_0", "Q5_1"])
-def test_blocks_of_shipped_types_load_as_the_values_they_stand_for(tmp_path, qtype, pack):
-    rng = np.random.default_rng(int(qtype))
-    block_values, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
-    rows, blocks_per_row = 3, 512 // block_values
-    packed = [[pack(rng) for _ in range(blocks_per_row)] for _ in range(rows)]
-    raw = np.frombuffer(b"".join(data for row in packed for data, _ in row), np.uint8).reshape(rows, -1)
-    assert raw.shape[1] == blocks_per_row * block_bytes
-    expected = np.array([np.concatenate([values for _, values in row]) for row in packed], np.float32)
+@pytest.mark.parametrize("ggml_type", list(HAND_PACKED))
+def test_blocks_of_shipped_types_load_as_the_values_they_stand_for(tmp_path, ggml_type):
+    qtype = Q[ggml_type]
+    raw, expected = hand_packed_rows(ggml_type, 3, 512, np.random.default_rng(int(qtype)))
+    assert raw.shape[1] == 512 // gguf.GGML_QUANT_SIZES[qtype][0] * gguf.GGML_QUANT_SIZES[qtype][1]
     path = tmp_path / "m.gguf"
     writer = gguf.GGUFWriter(path, "llama")
     writer.add_tensor("blk.0.ffn_up.weight", raw, raw_dtype=qtype)
@@ -150,7 +77,7 @@ def test_blocks_of_shipped_types_load_as_the_values_they_stand_for(tmp_path, qty
     writer.write_tensors_to_file()
     writer.close()
     (tensor,) = open_gguf(path).tensors
-    assert tensor.shape == (rows, 512)
+    assert tensor.shape == (3, 512)
     torch.testing.assert_close(dequantize(tensor), torch.from_numpy(expected), rtol=0, atol=0)
 
 

@@ -66,6 +66,13 @@ def test_silu_mul(native_ops):
     assert torch.allclose(native_ops.silu_mul(x), F.silu(x[:, :80]) * x[:, 80:], atol=1e-5)
 
 
+def test_silu_mul_of_a_very_negative_gate_is_zero_not_nan(native_ops):
+    # exp(100) overflows float32: the gate's activation must still come out (near) zero.
+    gate = torch.tensor([[-90.0, -100.0, -1000.0, -1e6, 90.0, 0.5, -0.5, -20.0]])
+    got = native_ops.silu_mul(torch.cat([gate, torch.full_like(gate, 3.0)], dim=-1))
+    assert torch.isfinite(got).all() and torch.allclose(got, F.silu(gate) * 3, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_write_kv_puts_strided_rows_in_their_slots(native_ops, torch_ops, dtype):
     kv_heads, dim, rows = 2, 8, 5

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import platform
 import shutil
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
+from rillet.model.gguf_loader import open_gguf, read_config, read_tensors
+from rillet.model.llama import LlamaModel
+from rillet.model.native import quant_matmul_available
 from tests.model.test_forward_parity import BLOCK_SIZE, PROMPTS, PagedSequences, run_step
+from tests.model.tiny_gguf import Q, random_blocks, write_raw_gguf
 
 
 def logits_of_steps(model, kv_dtype: torch.dtype) -> list[torch.Tensor]:
@@ -56,3 +62,65 @@ def test_native_layers_are_skipped_where_attention_has_no_kernel(quantized_model
 
 def test_float_formats_run_the_python_loop(ours, ours_float16):
     assert ours.model.native_layers is None and ours_float16.model.native_layers is None
+
+
+# A two-layer model whose matrices are of every block type with a native kernel, mixed within q/k/v
+# and gate/up as Q4_K_M files mix them (a run of one type, then another).
+BLOCK_TYPES = {"token_embd": "Q6_K", "output": "Q5_K",
+               "blk.0": {"attn_q": "Q4_K", "attn_k": "Q4_K", "attn_v": "Q6_K", "attn_output": "Q5_K",
+                         "ffn_gate": "Q4_K", "ffn_up": "Q4_K", "ffn_down": "Q6_K"},
+               "blk.1": {"attn_q": "Q5_0", "attn_k": "Q5_0", "attn_v": "Q5_1", "attn_output": "Q5_1",
+                         "ffn_gate": "Q5_K", "ffn_up": "Q6_K", "ffn_down": "Q4_K"}}
+HIDDEN, INTERMEDIATE, HEADS, KV_HEADS, VOCAB = 256, 512, 4, 2, 64
+
+
+def block_type_model(tmp_path, weight_format: str, replace: dict[str, str] | None = None):
+    """The model above, loaded as the server loads a file; replace: {"blk.0.ffn_down": "Q3_K"}."""
+    shapes = {"attn_q": (HIDDEN, HIDDEN), "attn_k": (HIDDEN // 2, HIDDEN), "attn_v": (HIDDEN // 2, HIDDEN),
+              "attn_output": (HIDDEN, HIDDEN), "ffn_gate": (INTERMEDIATE, HIDDEN), "ffn_up": (INTERMEDIATE, HIDDEN),
+              "ffn_down": (HIDDEN, INTERMEDIATE)}
+    types = {"token_embd": ("Q6_K", (VOCAB, HIDDEN)), "output": ("Q5_K", (VOCAB, HIDDEN))}
+    types |= {f"{layer}.{name}": (kind, shapes[name]) for layer in ("blk.0", "blk.1")
+              for name, kind in BLOCK_TYPES[layer].items()}
+    types |= {name: (kind, types[name][1]) for name, kind in (replace or {}).items()}
+    tensors = {f"{name}.weight": (random_blocks(kind, *shape, seed=i), Q[kind])
+               for i, (name, (kind, shape)) in enumerate(types.items())}
+    for norm in ("output_norm", "blk.0.attn_norm", "blk.0.ffn_norm", "blk.1.attn_norm", "blk.1.ffn_norm"):
+        tensors[f"{norm}.weight"] = (np.ones(HIDDEN, np.float32), Q.F32)
+    file = open_gguf(write_raw_gguf(tmp_path / "blocks.gguf", tensors, HIDDEN, INTERMEDIATE, HEADS, KV_HEADS, 2, VOCAB))
+    config = read_config(file)
+    weights = read_tensors(file, config, torch.float16, keep_quantized=True)
+    return SimpleNamespace(model=LlamaModel(config, weights, weight_format))
+
+
+def block_type_logits(loaded) -> list[torch.Tensor]:
+    """A prefill of three prompts, a step mixing a chunk and decodes, then a decode step."""
+    cache = loaded.model.allocate_kv_cache(16, BLOCK_SIZE, torch.float16)
+    paged = PagedSequences(3)
+    first = run_step(loaded, cache, paged, [[5, 9, 2, 40, 33], [7], [11, 12, 13]])
+    second = run_step(loaded, cache, paged, [[1, 2, 3, 4], [int(first[1][-1].argmax())], [8]])
+    return first + second + run_step(loaded, cache, paged, [[int(s[-1].argmax())] for s in second])
+
+
+@pytest.mark.parametrize("weight_format", ["quantized", "quantized-int8"])
+@torch.inference_mode()
+def test_native_layers_take_every_block_type_and_compute_the_python_loops_logits(tmp_path, weight_format,
+                                                                                    monkeypatch):
+    loaded = block_type_model(tmp_path, weight_format)
+    if loaded.model.native_layers is None:
+        assert not (shutil.which("cc") and platform.machine() == "x86_64"), "the native decoder failed to build"
+        pytest.skip("no native kernels here")
+    assert loaded.model.weight_format == weight_format
+    native = block_type_logits(loaded)
+    monkeypatch.setattr(loaded.model, "native_layers", None)
+    python = block_type_logits(loaded)
+    assert all(torch.isfinite(logits).all() for logits in native)
+    for got, expected in zip(native, python):
+        assert torch.equal(got, expected)
+
+
+def test_a_block_type_without_a_kernel_is_named_in_the_weight_format(tmp_path):
+    loaded = block_type_model(tmp_path, "quantized", replace={"blk.1.ffn_down": "Q3_K", "output": "Q2_K"})
+    kernels = quant_matmul_available("q4_k", "kquant_matmul")  # else every matrix is float16
+    assert loaded.model.weight_format == ("quantized (Q2_K, Q3_K in float16)" if kernels else "float16")
+    assert loaded.model.native_layers is None  # the loop needs every matrix native

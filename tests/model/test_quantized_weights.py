@@ -1,9 +1,13 @@
-"""The native kernels that multiply a GGUF file's own Q4_0, Q4_1 and Q8_0 blocks: quant_matmul.c
-(activations in float32, exact) and int8_matmul.c (activations rounded to int8 per block)."""
+"""The native kernels that multiply a GGUF file's own blocks: quant_matmul.c and kquant_matmul.c
+(activations in float32, exact) and int8_matmul.c and kquant_int8_matmul.c (activations rounded to
+int8 per block), through the one table of kernels, rillet/model/quantized.py's KERNELS."""
 from __future__ import annotations
 
+import ctypes
+import logging
 import platform
 import shutil
+import subprocess
 
 import gguf
 import numpy as np
@@ -11,31 +15,37 @@ import pytest
 import torch
 
 from rillet.model import native
-from rillet.model.linear import BLOCK_KERNELS, Linear
-from rillet.model.quantized import QuantizedWeight, concat_rows
+from rillet.model.linear import Linear, describe_weights
+from rillet.model.native import SOURCE_DIR
+from rillet.model.quantized import BLOCK_FORMATS, KERNELS, QuantizedWeight, concat_rows
+from tests.model.tiny_gguf import HAND_PACKED, hand_packed_rows, random_blocks
 
-TYPES = ["Q4_0", "Q4_1", "Q8_0"]
-FORMATS = list(BLOCK_KERNELS)  # quantized, quantized-int8
+LEGACY_TYPES = ["Q4_0", "Q4_1", "Q8_0"]  # gguf quantizes these
+K_TYPES = ["Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]  # random blocks with sane scales
+TYPES = LEGACY_TYPES + K_TYPES
+FORMATS = list(BLOCK_FORMATS)  # quantized, quantized-int8
 
 
 def quantized(ggml_type: str, rows: int, cols: int, seed: int = 0) -> QuantizedWeight:
-    values = np.random.default_rng(seed).standard_normal((rows, cols), dtype=np.float32)
-    blocks = gguf.quants.quantize(values, gguf.GGMLQuantizationType[ggml_type])
+    if ggml_type in LEGACY_TYPES:
+        values = np.random.default_rng(seed).standard_normal((rows, cols), dtype=np.float32)
+        blocks = gguf.quants.quantize(values, gguf.GGMLQuantizationType[ggml_type])
+    else:
+        blocks = random_blocks(ggml_type, rows, cols, seed)
     return QuantizedWeight(ggml_type, torch.from_numpy(np.ascontiguousarray(blocks)), cols)
 
 
-def kernel_or_skip(ggml_type: str, weight_format: str = "quantized") -> str:
-    kernel, library = quantized(ggml_type, 1, 32).kernel, BLOCK_KERNELS[weight_format]
+def kernel_or_skip(ggml_type: str, weight_format: str = "quantized") -> None:
+    library, kernel = KERNELS[(ggml_type, weight_format)]
     if not native.quant_matmul_available(kernel, library):
         # An x86-64 machine with a compiler must build it; elsewhere the float16 path takes over.
         assert not (shutil.which("cc") and platform.machine() == "x86_64" and "avx2" in _cpu_flags()), \
             f"{library}.c failed to build"
         pytest.skip("no AVX2 kernel on this machine")
-    return kernel
 
 
 def int8_activations(x: torch.Tensor) -> torch.Tensor:
-    """x as int8_matmul.c sees it: each block of 32 rounded to multiples of max|x| / 127."""
+    """x as the int8 kernels see it: each block of 32 rounded to multiples of max|x| / 127."""
     blocks = x.reshape(x.shape[0], -1, 32)
     amax = blocks.abs().amax(-1, keepdim=True)
     inverse = torch.where(amax > 0, 127 / amax, torch.zeros_like(amax))
@@ -55,14 +65,23 @@ def _cpu_flags() -> str:
 @pytest.mark.parametrize("rows", [1, 2, 4, 5, 6, 7, 13, 64])
 def test_kernel_multiplies_by_the_files_dequantized_values(ggml_type, rows, weight_format):
     kernel_or_skip(ggml_type, weight_format)
-    # 83 outputs: not a multiple of the 8 or 16 rows packed together.
-    weight = quantized(ggml_type, 83, 96)
-    x = torch.randn(rows, 96, generator=torch.Generator().manual_seed(rows))
+    # 83 outputs: not a multiple of the 8 or 16 rows packed together; 512 inputs: two K-type blocks.
+    weight = quantized(ggml_type, 83, 512)
+    x = torch.randn(rows, 512, generator=torch.Generator().manual_seed(rows))
     got = Linear(weight, weight_format)(x)
     seen = int8_activations(x) if weight_format == "quantized-int8" else x
     expected = seen.double() @ weight.dequantize().double().T
     assert got.shape == (rows, 83) and got.dtype == torch.float32
-    assert (got.double() - expected).abs().max() < 1e-4
+    assert (got.double() - expected).abs().max() < 2e-4
+
+
+@pytest.mark.parametrize("ggml_type", list(HAND_PACKED))
+def test_kernel_reads_hand_packed_blocks_as_the_values_they_stand_for(ggml_type):
+    # Each row of the identity picks one weight: d sc q - dmin m (one rounding) is exactly what comes back.
+    kernel_or_skip(ggml_type)
+    raw, values = hand_packed_rows(ggml_type, 24, 256, np.random.default_rng(1))
+    weight = QuantizedWeight(ggml_type, torch.from_numpy(raw), 256)
+    assert torch.equal(Linear(weight, "quantized")(torch.eye(256)), torch.from_numpy(values).T)
 
 
 def test_int8_activations_cost_about_a_percent_of_the_product():
@@ -78,8 +97,8 @@ def test_int8_activations_cost_about_a_percent_of_the_product():
 @pytest.mark.parametrize("ggml_type", TYPES)
 def test_a_rows_result_does_not_depend_on_the_rows_batched_with_it(ggml_type, weight_format):
     kernel_or_skip(ggml_type, weight_format)
-    linear = Linear(quantized(ggml_type, 48, 128, seed=1), weight_format)
-    x = torch.randn(23, 128, generator=torch.Generator().manual_seed(2))
+    linear = Linear(quantized(ggml_type, 48, 256, seed=1), weight_format)
+    x = torch.randn(23, 256, generator=torch.Generator().manual_seed(2))
     batched = linear(x)
     for start, stop in [(0, 1), (5, 6), (3, 5), (0, 7), (7, 23), (22, 23), (1, 5)]:
         assert torch.equal(linear(x[start:stop]), batched[start:stop])
@@ -87,18 +106,59 @@ def test_a_rows_result_does_not_depend_on_the_rows_batched_with_it(ggml_type, we
 
 @pytest.mark.parametrize("ggml_type", TYPES)
 def test_looked_up_rows_are_the_dequantized_rows(ggml_type):
-    weight = quantized(ggml_type, 20, 64)
+    weight = quantized(ggml_type, 20, 512)
     ids = torch.tensor([3, 0, 19, 3])
     assert torch.equal(weight.rows(ids), weight.dequantize()[ids])
 
 
-def test_rows_concatenate_and_mixed_types_fall_back_to_floats():
-    a, b = quantized("Q4_1", 4, 64), quantized("Q4_1", 6, 64, seed=3)
+@pytest.mark.parametrize("ggml_type", K_TYPES + ["Q3_K"])
+def test_rows_and_dequantize_are_ggufs_values_bit_for_bit(ggml_type):
+    blocks = random_blocks(ggml_type, 20, 512, seed=4)
+    weight = QuantizedWeight(ggml_type, torch.from_numpy(blocks), 512)
+    expected = torch.from_numpy(gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType[ggml_type]).reshape(20, 512))
+    ids = torch.tensor([7, 19, 0, 7])
+    assert torch.equal(weight.rows(ids).view(torch.int32), expected[ids].view(torch.int32))
+    assert torch.equal(weight.dequantize().view(torch.int32), expected.view(torch.int32))
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or shutil.which("cc") is None, reason="builds x86 code with cc")
+@pytest.mark.parametrize("library, int8", [("kquant_matmul", False), ("kquant_int8_matmul", True)])
+def test_portable_c_kernels_without_avx2(tmp_path, library, int8):
+    """The #else branch of the K-type kernels, built with -mno-avx2: the reference, batch invariance."""
+    target = tmp_path / f"{library}.so"
+    subprocess.run(["cc", "-O2", "-march=native", "-mno-avx2", "-fopenmp", "-fPIC", "-ffp-contract=off", "-shared",
+                    "-o", str(target), str(SOURCE_DIR / f"{library}.c"), "-lm"], check=True, capture_output=True)
+    lib = ctypes.CDLL(str(target))
+    x = torch.randn(5, 512, generator=torch.Generator().manual_seed(5))
+    for ggml_type in K_TYPES:
+        weight = quantized(ggml_type, 21, 512)
+        function = getattr(lib, f"{library}_{ggml_type.lower()}")
+        function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                             ctypes.c_void_p]
+        packed = weight.pack(library)
+
+        def multiply(rows: torch.Tensor) -> torch.Tensor:
+            y = torch.empty(len(rows), 21)
+            assert function(rows.data_ptr(), len(rows), 512, packed.data_ptr(), 21, y.data_ptr()) == 0
+            return y
+
+        expected = (int8_activations(x) if int8 else x).double() @ weight.dequantize().double().T
+        assert (multiply(x).double() - expected).abs().max() < 2e-4
+        assert torch.equal(multiply(x[2:3].contiguous()), multiply(x)[2:3])
+
+
+def test_rows_of_different_types_stay_in_their_blocks_multiplied_part_by_part():
+    a, b = quantized("Q4_1", 4, 256), quantized("Q4_1", 6, 256, seed=3)
     both = concat_rows([a, b])
-    assert isinstance(both, QuantizedWeight) and both.shape == (10, 64)
+    assert isinstance(both, QuantizedWeight) and both.shape == (10, 256)
     assert torch.equal(both.dequantize(), torch.cat([a.dequantize(), b.dequantize()]))
-    mixed = concat_rows([a, quantized("Q8_0", 2, 64)])
-    assert isinstance(mixed, torch.Tensor) and mixed.shape == (6, 64)
+    c = quantized("Q6_K", 2, 256)
+    mixed = concat_rows([a, b, c])  # q and k in one type, v in another, as Q4_K_M files mix them
+    assert [part.shape for part in mixed] == [(10, 256), (2, 256)]
+    x = torch.randn(3, 256)
+    linear = Linear(mixed, "quantized")
+    assert linear.out_features == 12 and [held[0] for held in linear.held()] == ["Q4_1", "Q6_K"]
+    assert torch.equal(linear(x), torch.cat([Linear(both, "quantized")(x), Linear(c, "quantized")(x)], dim=-1))
 
 
 @pytest.mark.parametrize("weight_format", FORMATS)
@@ -106,5 +166,23 @@ def test_without_the_kernel_a_quantized_matrix_uses_float16(monkeypatch, weight_
     monkeypatch.setattr(native, "quant_matmul_available", lambda kernel, library: False)
     weight = quantized("Q4_1", 16, 64)
     x = torch.randn(3, 64)
-    got = Linear(weight, weight_format)(x)
-    assert torch.allclose(got, x @ weight.dequantize().half().float().T, atol=1e-4)
+    linear = Linear(weight, weight_format)
+    assert torch.allclose(linear(x), x @ weight.dequantize().half().float().T, atol=1e-4)
+    assert linear.held() == [("Q4_1", "float16")]
+
+
+@pytest.mark.parametrize("weight_format", FORMATS)
+def test_a_type_without_a_kernel_falls_back_to_float16_and_is_named(weight_format, caplog):
+    kernel_or_skip("Q4_K", weight_format)
+    q3 = QuantizedWeight("Q3_K", torch.from_numpy(random_blocks("Q3_K", 16, 256)), 256)
+    x = torch.randn(3, 256)
+    fallback = Linear(q3, weight_format)
+    assert torch.allclose(fallback(x), x @ q3.dequantize().half().float().T, atol=1e-4)
+    assert fallback.native_kernel() is None and fallback.held() == [("Q3_K", "float16")]
+    native_one = Linear(quantized("Q4_K", 16, 256), weight_format)
+    with caplog.at_level(logging.INFO, logger="rillet.model"):
+        assert describe_weights([native_one, fallback], weight_format) == f"{weight_format} (Q3_K in float16)"
+    assert "Q3_K by float16 (no native kernel)" in caplog.text and "Q4_K by kquant" in caplog.text
+    assert describe_weights([native_one], weight_format) == weight_format
+    assert describe_weights([fallback], weight_format) == "float16"  # nothing is held in blocks
+    assert describe_weights([fallback], "float32") == "float32"

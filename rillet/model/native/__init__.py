@@ -28,7 +28,8 @@ FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC"]
 # the whole process as it loads. Kernels whose results must not depend on the batch keep IEEE
 # arithmetic exactly as written.
 EXTRA_FLAGS = {"decode_attention": ["-ffast-math"], "layer_ops": ["-ffast-math"], "quant_matmul": ["-ffp-contract=off"],
-               "int8_matmul": ["-ffp-contract=off"]}
+               "int8_matmul": ["-ffp-contract=off"], "kquant_matmul": ["-ffp-contract=off"],
+               "kquant_int8_matmul": ["-ffp-contract=off"]}
 # glibc's vector math (expf over 8 lanes), where the C library has it.
 LIBRARIES = [["-lmvec", "-lm"], ["-lm"]]
 _I64, _F32, _PTR = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
@@ -129,8 +130,8 @@ def paged_decode_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: t
 
 
 # The kernels that multiply a GGUF file's own blocks: x stays float32 (exact), or is rounded to
-# int8 per block of 32 (faster). Each library has one function per block kernel, "q4" and "q8".
-MATMUL_LIBRARIES = ("quant_matmul", "int8_matmul")
+# int8 per block of 32 (faster). Each library has one function per kernel, <library>_<kind>
+# (rillet/model/quantized.py's KERNELS says which multiplies which block type).
 
 
 @cache
@@ -145,10 +146,11 @@ def _matmul_function(name: str, kind: str):
 
 
 def _probe_matmul(function) -> bool:
-    """False where the build has no AVX2 kernel (it returns -1 for every call)."""
-    x, y = torch.zeros(1, 32), torch.empty(1, 16)
-    packed = torch.zeros(1024, dtype=torch.uint8)
-    return function(x.data_ptr(), 1, 32, packed.data_ptr(), 16, y.data_ptr()) == 0
+    """False where the build has no kernel (it returns -1 for every call). 16 rows of zero blocks,
+    256 values long: whole blocks of every type, in every layout."""
+    x, y = torch.zeros(1, 256), torch.empty(1, 16)
+    packed = torch.zeros(8192, dtype=torch.uint8)
+    return function(x.data_ptr(), 1, 256, packed.data_ptr(), 16, y.data_ptr()) == 0
 
 
 def matmul_address(kind: str, name: str = "quant_matmul") -> int | None:
@@ -161,7 +163,7 @@ def quant_matmul_available(kind: str, name: str = "quant_matmul") -> bool:
 
 def quant_matmul(x: torch.Tensor, packed: torch.Tensor, kind: str, out_features: int,
                  name: str = "quant_matmul") -> torch.Tensor:
-    """x [..., K] times weights packed for library name's kernel kind ("q4" or "q8"):
+    """x [..., K] times weights packed for library name's kernel kind (e.g. "q4", "q4_k"):
     [..., out_features] float32. The caller checks quant_matmul_available(kind, name) once,
     when it packs the weights."""
     function = _matmul_function(name, kind)
@@ -173,6 +175,12 @@ def quant_matmul(x: torch.Tensor, packed: torch.Tensor, kind: str, out_features:
     if status != 0:
         raise RuntimeError(f"{name}_{kind} failed (status {status})")
     return out if x2 is x else out.reshape(*x.shape[:-1], out_features)
+
+
+def stacked_matmul_address() -> int | None:
+    """decoder_layers.c's stacked_matmul: row-stacked parts of different block types, each by its kernel."""
+    lib = library("decoder_layers")
+    return None if lib is None else address(lib.stacked_matmul)
 
 
 @cache

@@ -57,6 +57,27 @@ typedef struct {
     attention_fn attention;
 } kv_caches_t;
 
+/* A matmul_fn for rows stacked from matrices of different block types (q and k in Q4_K, v in Q6_K):
+ * packed is int64 [parts, then (kernel, packed, out_features) per part], and each part's outputs go to
+ * its own columns of y, in order. The same numbers as the parts' kernels called one by one. */
+int stacked_matmul(const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, float *y) {
+    const int64_t *parts = (const int64_t *)packed;
+    int64_t widest = 0, column = 0;
+    for (int64_t i = 0; i < parts[0]; i++) widest = parts[3 + 3 * i] > widest ? parts[3 + 3 * i] : widest;
+    float *part_y = malloc((size_t)(M * widest) * sizeof(float));
+    if (part_y == NULL) return -1;
+    int status = 0;
+    for (int64_t i = 0; i < parts[0] && status == 0; i++) {
+        const matmul_fn multiply = (matmul_fn)(intptr_t)parts[1 + 3 * i];
+        const int64_t n = parts[3 + 3 * i];
+        status = multiply(x, M, K, (const uint8_t *)(intptr_t)parts[2 + 3 * i], n, part_y);
+        for (int64_t m = 0; m < M && status == 0; m++) memcpy(y + m * N + column, part_y + m * n, n * sizeof(float));
+        column += n;
+    }
+    free(part_y);
+    return status;
+}
+
 static int linear(const linear_t *l, const float *x, int64_t rows, float *y) {
     return l->multiply(x, rows, l->in_features, l->packed, l->out_features, y);
 }

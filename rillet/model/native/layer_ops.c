@@ -43,13 +43,15 @@ void rope(float *x, const float *cos, const float *sin, int64_t rows, int64_t ro
     }
 }
 
-/* out[t][i] = silu(x[t][i]) * x[t][width + i]: gate and up side by side in each row of x. */
+/* out[t][i] = silu(x[t][i]) * x[t][width + i]: gate and up side by side in each row of x. The exponent
+ * stops at 88, where expf is still finite: below gate -88 it overflowed to inf, and -ffast-math's
+ * gate / inf is NaN, not 0. */
 void silu_mul(const float *x, float *out, int64_t rows, int64_t width) {
 #pragma omp parallel for schedule(static) if (rows > 4)
     for (int64_t t = 0; t < rows; t++) {
         const float *gate = x + t * 2 * width, *up = gate + width;
         float *o = out + t * width;
-        for (int64_t i = 0; i < width; i++) o[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+        for (int64_t i = 0; i < width; i++) o[i] = gate[i] / (1.0f + expf(fminf(-gate[i], 88.0f))) * up[i];
     }
 }
 

@@ -1,0 +1,325 @@
+/* y = x @ W.T with W in a GGUF file's Q5_0, Q5_1, Q4_K, Q5_K or Q6_K blocks and x rounded to 8-bit
+ * integers per block of 32: int8_matmul.c's method for the types of kquant_matmul.c. Faster than
+ * kquant_matmul.c, not exact. rillet/model/kquant_blocks.py reads the file's blocks and packs them.
+ *
+ * x: [M, K] float32 (row stride K); y: [M, N] float32 (row stride N); K a multiple of the type's block
+ * (32 values; 256 for the K types). Each block of 32 values of a row of x becomes dx = max|x| / 127,
+ * xq = round(x / dx) in -127..127 and sx = dx * sum(xq), as in int8_matmul.c. Each weight is
+ * a (q - bias) + b with a, b per sub-block (32 values; 16 for Q6_K), as kquant_matmul.c lists.
+ * W is packed in groups of 8 output rows (N padded with zero rows to a multiple of 8); for each group
+ * its K / block blocks follow one another, each a header and then its runs of 32 values:
+ *   header: Q5_0 d[8]; Q5_1 d[8], m[8]; Q4_K, Q5_K d[8], dmin[8], sc[8][8], m[8][8] (uint8);
+ *       Q6_K d[8], sc[16][8] (int8); d, dmin, m float16.
+ *   32 values: four runs of 32 bytes (byte 4n + i of run t: the low 4 bits of q(n, 4t + i) | those of
+ *       q(n, 16 + 4t + i) << 4); then for 5-bit q 32 bytes (bit u of byte 4n + i: bit 4 of
+ *       q(n, 4u + i)), for 6-bit q two halves of 32 bytes (bits 2t, 2t + 1 of byte 4n + i of half h:
+ *       bits 4, 5 of q(n, 16h + 4t + i)).
+ * A sub-block adds (a dx) * sum((q - bias) xq) + b sx to output n. The integer sums are exact (the
+ * bias is subtracted in integers); the float steps run in one order whatever M is and whichever tile
+ * computes them, so a row's result does not depend on the rows batched with it. Compiled without fp
+ * contraction to keep that order. Without AVX2/FMA/F16C a portable C loop computes the same integer
+ * sums, its float steps in its own fixed order. Returns 0, or -1 (K not a multiple of the block, out
+ * of memory).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { Q5_0, Q5_1, Q4_K, Q5_K, Q6_K };
+#define GROUP 8
+#define TILE_ROWS 4   /* rows of x per tile when batched */
+#define TILE_GROUPS 2 /* groups of 8 outputs per tile when batched */
+#define ROW_GROUPS 4  /* groups per tile for a single row */
+#define CHUNK_BYTES (256 << 10) /* int8 rows of x per pass over the weights: about half of L2 */
+#define INLINE static inline __attribute__((always_inline))
+
+/* Per type: values per block and per sub-block, bits of q, its bias (0: the type has an offset b). */
+INLINE int block_values(int t) { return t == Q5_0 || t == Q5_1 ? 32 : 256; }
+INLINE int bits(int t) { return t == Q4_K ? 4 : t == Q6_K ? 6 : 5; }
+INLINE int bias(int t) { return t == Q5_0 ? 16 : t == Q6_K ? 32 : 0; }
+INLINE int header_bytes(int t) { return t == Q5_0 ? 16 : t == Q5_1 ? 32 : t == Q6_K ? 144 : 160; }
+INLINE int run_bytes(int t) { return 128 + 32 * (bits(t) - 4); } /* per 32 values */
+INLINE int64_t block_bytes(int t) { return header_bytes(t) + block_values(t) / 32 * run_bytes(t); }
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+
+static inline __m256 half8(const uint8_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+static inline __m256 u8_floats(const uint8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+static inline __m256 i8_floats(const uint8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+/* Four bytes of x's integers, repeated across a register. */
+static inline __m256i broadcast4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* One block of 32 floats -> 32 int8, its scale dx and sx = dx * sum(q): int8_matmul.c's rounding. */
+static void quantize_block(const float *x, int8_t *q, float *dx, float *sx) {
+    const __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
+    const __m256 v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 a = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                                   _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    const float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+    const float d = amax / 127.0f;
+    const __m256 inv = _mm256_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
+    const int mode = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    const __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, inv), mode));
+    const __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, inv), mode));
+    const __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, inv), mode));
+    const __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, inv), mode));
+    const __m256i s = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
+    /* packs works within 128-bit lanes; the permutation puts the 32 bytes back in order. */
+    const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+    _mm256_storeu_si256((__m256i *)q, _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    *dx = d;
+    *sx = d * (float)_mm_cvtsi128_si32(t);
+}
+
+/* Run t of half h of 32 values (value 16h + 4t + i of row n in byte 4n + i): q as unsigned bytes. The
+ * 16-bit shifts move the wanted bits to the bottom of their own byte before the mask. */
+INLINE __m256i run(int type, const uint8_t *values, int h, int t) {
+    const __m256i v = _mm256_loadu_si256((const __m256i *)(values + 32 * t));
+    __m256i q = _mm256_and_si256(h ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(15));
+    const uint8_t *planes = values + 128;
+    if (bits(type) == 5) {
+        const __m256i p = _mm256_loadu_si256((const __m256i *)planes);
+        q = _mm256_or_si256(q, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(p, 4 * h + t), _mm256_set1_epi8(1)), 4));
+    } else if (bits(type) == 6) {
+        const __m256i p = _mm256_loadu_si256((const __m256i *)(planes + 32 * h));
+        q = _mm256_or_si256(q, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(p, 2 * t), _mm256_set1_epi8(3)), 4));
+    }
+    return q;
+}
+
+/* a and b of sub-block s for a group's 8 rows, from its block header hd. */
+INLINE void scales(int t, const uint8_t *hd, int s, __m256 *a, __m256 *b) {
+    *a = half8(hd), *b = _mm256_setzero_ps();
+    if (t == Q5_1) *b = half8(hd + 16);
+    if (t == Q4_K || t == Q5_K) {
+        *a = _mm256_mul_ps(*a, u8_floats(hd + 32 + 8 * s));
+        *b = _mm256_xor_ps(_mm256_set1_ps(-0.0f), _mm256_mul_ps(half8(hd + 16), u8_floats(hd + 96 + 8 * s)));
+    }
+    if (t == Q6_K) *a = _mm256_mul_ps(*a, i8_floats(hd + 16 + 8 * s));
+}
+
+/* rows x groups tile: rows of x (integers xq [rows][K], scales xd/xs [rows][K / 32]) times groups
+ * consecutive groups of W; out [rows][groups * 8]. */
+INLINE void tile(int type, int rows, int groups, const int8_t *xq, const float *xd, const float *xs, int64_t K,
+                 const uint8_t *w, int64_t group_bytes, float *out) {
+    const int64_t blocks = K / 32;
+    const int per_block = block_values(type) / 32;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[TILE_ROWS][ROW_GROUPS];
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) acc[r][g] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *header = w + b / per_block * block_bytes(type);
+        const uint8_t *values = header + header_bytes(type) + b % per_block * run_bytes(type);
+        /* 16-bit sums of a half: four pairs of products stay below 2^15 for 5- and 6-bit q (q - bias
+         * for Q6_K); 4-bit q sums both halves, as int8_matmul.c does. */
+        __m256i sum[TILE_ROWS][ROW_GROUPS], total[TILE_ROWS][ROW_GROUPS];
+        for (int r = 0; r < rows; r++)
+            for (int g = 0; g < groups; g++) total[r][g] = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            if (h == 0 || bits(type) > 4)
+                for (int r = 0; r < rows; r++)
+                    for (int g = 0; g < groups; g++) sum[r][g] = _mm256_setzero_si256();
+            /* Unrolled, the 5- and 6-bit planes' shifts are constants (about 10% faster for them). */
+#pragma GCC unroll 4
+            for (int t = 0; t < 4; t++) {
+                __m256i xt[TILE_ROWS], xb[TILE_ROWS];
+                for (int r = 0; r < rows; r++) {
+                    xt[r] = broadcast4(xq + r * K + b * 32 + 16 * h + 4 * t);
+                    if (bias(type)) xb[r] = _mm256_maddubs_epi16(_mm256_set1_epi8((char)bias(type)), xt[r]);
+                }
+                for (int g = 0; g < groups; g++) {
+                    const __m256i q = run(type, values + g * group_bytes, h, t);
+                    for (int r = 0; r < rows; r++) {
+                        __m256i pairs = _mm256_maddubs_epi16(q, xt[r]);
+                        if (bias(type)) pairs = _mm256_sub_epi16(pairs, xb[r]);
+                        sum[r][g] = _mm256_add_epi16(sum[r][g], pairs);
+                    }
+                }
+            }
+            if (bits(type) == 4 && h == 0) continue;
+            for (int g = 0; g < groups; g++) {
+                __m256 a, offset;
+                if (type == Q6_K) scales(type, header + g * group_bytes, 2 * (int)(b % per_block) + h, &a, &offset);
+                for (int r = 0; r < rows; r++) {
+                    const __m256i part = _mm256_madd_epi16(sum[r][g], ones);
+                    if (type == Q6_K) {
+                        const __m256 scaled = _mm256_mul_ps(a, _mm256_set1_ps(xd[r * blocks + b]));
+                        acc[r][g] = _mm256_fmadd_ps(scaled, _mm256_cvtepi32_ps(part), acc[r][g]);
+                    } else {
+                        total[r][g] = _mm256_add_epi32(total[r][g], part);
+                    }
+                }
+            }
+        }
+        if (type == Q6_K) continue;
+        for (int g = 0; g < groups; g++) {
+            __m256 a, offset;
+            scales(type, header + g * group_bytes, (int)(b % per_block), &a, &offset);
+            for (int r = 0; r < rows; r++) {
+                const __m256 scaled = _mm256_mul_ps(a, _mm256_set1_ps(xd[r * blocks + b]));
+                acc[r][g] = _mm256_fmadd_ps(scaled, _mm256_cvtepi32_ps(total[r][g]), acc[r][g]);
+                if (!bias(type)) acc[r][g] = _mm256_fmadd_ps(offset, _mm256_set1_ps(xs[r * blocks + b]), acc[r][g]);
+            }
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) _mm256_storeu_ps(out + (r * groups + g) * GROUP, acc[r][g]);
+}
+
+/* Each (type, rows, groups) a copy of its own, unrolled with its sums in registers. */
+static void tile_any(int t, int rows, int groups, const int8_t *xq, const float *xd, const float *xs, int64_t K,
+                     const uint8_t *w, int64_t group_bytes, float *out) {
+#define TILE(r, g) tile(T, r, g, xq, xd, xs, K, w, group_bytes, out)
+#define GROUPS(r) switch (groups) { case 1: TILE(r, 1); break; case 2: TILE(r, 2); break; \
+    case 3: TILE(r, 3); break; default: TILE(r, 4); }
+#define TILES(type) { enum { T = type }; switch (rows) { case 1: GROUPS(1); break; case 2: GROUPS(2); break; \
+    case 3: GROUPS(3); break; default: GROUPS(4); } }
+    switch (t) { case Q5_0: TILES(Q5_0); break; case Q5_1: TILES(Q5_1); break; case Q4_K: TILES(Q4_K); break;
+    case Q5_K: TILES(Q5_K); break; default: TILES(Q6_K); }
+#undef TILE
+#undef GROUPS
+#undef TILES
+}
+
+/* Copies the valid columns of a [rows][groups * 8] tile into y at column n0. */
+static inline void put(const float *tile_out, int rows, int groups, float *y, int64_t N, int64_t n0) {
+    const int64_t width = N - n0 < groups * GROUP ? N - n0 : groups * GROUP;
+    for (int r = 0; r < rows; r++) memcpy(y + r * N + n0, tile_out + r * groups * GROUP, width * sizeof(float));
+}
+
+static int matmul(int t, const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, float *y) {
+    if (K % block_values(t) != 0 || M <= 0) return M == 0 ? 0 : -1;
+    const int64_t groups = (N + GROUP - 1) / GROUP, blocks = K / 32, group_bytes = K / block_values(t) * block_bytes(t);
+    int64_t chunk = CHUNK_BYTES / K / TILE_ROWS * TILE_ROWS;
+    if (chunk < TILE_ROWS) chunk = TILE_ROWS;
+    int8_t *xq = malloc((size_t)(M * K));
+    float *xd = malloc((size_t)(M * blocks) * sizeof(float)), *xs = malloc((size_t)(M * blocks) * sizeof(float));
+    if (xq == NULL || xd == NULL || xs == NULL) {
+        free(xq), free(xd), free(xs);
+        return -1;
+    }
+    const int step = M == 1 ? ROW_GROUPS : TILE_GROUPS;
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < M * blocks; i++) quantize_block(x + i * 32, xq + i * 32, xd + i, xs + i);
+        float out[TILE_ROWS * ROW_GROUPS * GROUP];
+        /* Rows in chunks that stay in L2 while every group's weights pass over them. */
+        for (int64_t m0 = 0; m0 < M; m0 += chunk) {
+            const int64_t m1 = m0 + chunk < M ? m0 + chunk : M;
+#pragma omp for schedule(static)
+            for (int64_t g = 0; g < groups; g += step) {
+                const int n = groups - g < step ? (int)(groups - g) : step;
+                for (int64_t m = m0; m < m1; m += TILE_ROWS) {
+                    const int rows = m1 - m < TILE_ROWS ? (int)(m1 - m) : TILE_ROWS;
+                    tile_any(t, rows, n, xq + m * K, xd + m * blocks, xs + m * blocks, K, packed + g * group_bytes,
+                             group_bytes, out);
+                    put(out, rows, n, y + m * N, N, g * GROUP);
+                }
+            }
+        }
+    }
+    free(xq), free(xd), free(xs);
+    return 0;
+}
+
+#else
+
+/* Portable C: each output one row at a time, with the AVX2 path's rounding and integer sums, and the
+ * float steps in one fixed order. */
+static float half_to_float(const uint8_t *p) {
+    const uint16_t h = (uint16_t)(p[0] | p[1] << 8);
+    const int exponent = (h >> 10) & 31, mantissa = h & 1023;
+    float value = exponent == 0 ? mantissa * (1.0f / 16777216.0f)
+                : exponent == 31 ? (mantissa ? __builtin_nanf("") : __builtin_inff())
+                : (1024 + mantissa) * __builtin_ldexpf(1.0f, exponent - 25);
+    return h & 0x8000 ? -value : value;
+}
+
+/* q(n, k) - bias of row n (0..7), value k (0..31) of a run of 32 values. */
+static int value_of(int t, const uint8_t *values, int n, int k) {
+    const int h = k / 16, i = k % 4, run = k % 16 / 4;
+    int q = (values[32 * run + 4 * n + i] >> (4 * h)) & 15;
+    if (bits(t) == 5) q |= ((values[128 + 4 * n + i] >> (k / 4)) & 1) << 4;
+    if (bits(t) == 6) q |= ((values[128 + 32 * h + 4 * n + i] >> (2 * run)) & 3) << 4;
+    return q - bias(t);
+}
+
+static int matmul(int t, const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, float *y) {
+    if (K % block_values(t) != 0 || M <= 0) return M == 0 ? 0 : -1;
+    const int64_t blocks = K / 32, per_block = block_values(t) / 32;
+    const int64_t group_bytes = K / block_values(t) * block_bytes(t);
+    int8_t *xq = malloc((size_t)(M * K));
+    float *xd = malloc((size_t)(M * blocks) * sizeof(float)), *xs = malloc((size_t)(M * blocks) * sizeof(float));
+    if (xq == NULL || xd == NULL || xs == NULL) {
+        free(xq), free(xd), free(xs);
+        return -1;
+    }
+    for (int64_t i = 0; i < M * blocks; i++) {
+        float amax = 0.0f;
+        int sum = 0;
+        for (int k = 0; k < 32; k++) amax = fmaxf(amax, fabsf(x[i * 32 + k]));
+        const float inv = amax != 0.0f ? 127.0f / amax : 0.0f;
+        for (int k = 0; k < 32; k++) sum += xq[i * 32 + k] = (int8_t)nearbyintf(x[i * 32 + k] * inv);
+        xd[i] = amax / 127.0f, xs[i] = xd[i] * (float)sum;
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t o = 0; o < M * N; o++) {
+        const int64_t m = o / N, n = o % N;
+        const int r = (int)(n % GROUP);
+        const uint8_t *group = packed + n / GROUP * group_bytes;
+        float acc = 0.0f;
+        for (int64_t b = 0; b < blocks; b++) {
+            const uint8_t *hd = group + b / per_block * block_bytes(t);
+            const uint8_t *values = hd + header_bytes(t) + b % per_block * run_bytes(t);
+            const int s = (int)(b % per_block);
+            const int8_t *xb = xq + m * K + b * 32;
+            int sums[2] = {0, 0};
+            for (int k = 0; k < 32; k++) sums[k / 16] += value_of(t, values, r, k) * xb[k];
+            const float d = half_to_float(hd + 2 * r), dx = xd[m * blocks + b];
+            if (t == Q6_K) {
+                acc += d * (int8_t)hd[16 + 8 * (2 * s) + r] * dx * (float)sums[0];
+                acc += d * (int8_t)hd[16 + 8 * (2 * s + 1) + r] * dx * (float)sums[1];
+                continue;
+            }
+            float a = d, offset = t == Q5_1 ? half_to_float(hd + 16 + 2 * r) : 0.0f;
+            if (t == Q4_K || t == Q5_K)
+                a *= hd[32 + 8 * s + r], offset = -(half_to_float(hd + 16 + 2 * r) * hd[96 + 8 * s + r]);
+            acc += a * dx * (float)(sums[0] + sums[1]);
+            if (!bias(t)) acc += offset * xs[m * blocks + b];
+        }
+        y[o] = acc;
+    }
+    free(xq), free(xd), free(xs);
+    return 0;
+}
+
+#endif
+
+#define EXPORT(kernel, type)                                                                                   \
+    int kquant_int8_matmul_##kernel(const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, float *y) { \
+        return matmul(type, x, M, K, packed, N, y);                                                       \
+    }
+EXPORT(q5_0, Q5_0)
+EXPORT(q5_1, Q5_1)
+EXPORT(q4_k, Q4_K)
+EXPORT(q5_k, Q5_K)
+EXPORT(q6_k, Q6_K)

@@ -1,0 +1,352 @@
+/* y = x @ W.T with W in a GGUF file's Q5_0, Q5_1, Q4_K, Q5_K or Q6_K blocks, repacked: quant_matmul.c's
+ * method (x stays float32, the file's exact weights) for integers of 4 to 6 bits with a scale per
+ * sub-block. rillet/model/kquant_blocks.py reads the file's blocks and packs them.
+ *
+ * x: [M, K] float32 (row stride K); y: [M, N] float32 (row stride N); K a multiple of the type's block
+ * (32 values; 256 for the K types). Each weight is a (q - bias) + b for an unsigned integer q, with a
+ * and b per sub-block of 32 values (16 for Q6_K), the float32 products gguf's dequantization computes:
+ *   Q5_0: a = d, bias 16       Q5_1: a = d, b = m       Q4_K, Q5_K: a = d sc, b = -dmin m
+ *   Q6_K: a = d sc, bias 32
+ * with d, dmin, m float16 per block and sc, m 6-bit per sub-block (sc int8 for Q6_K); both products
+ * are exact. W is packed in groups of 16 output rows (N padded with zero rows to a multiple of 16);
+ * for each group its K / block blocks follow one another, each a header then its sub-blocks:
+ *   header: Q5_0 d[16]; Q5_1 d[16], m[16]; Q4_K, Q5_K d[16], dmin[16], sc[8][16], m[8][16] (uint8);
+ *       Q6_K d[16], sc[16][16] (int8); d, dmin, m float16.
+ *   sub-block of S values: S / 2 pairs of 16 bytes (byte n of pair j: the low 4 bits of q(n, 2j) |
+ *       those of q(n, 2j + 1) << 4); then for 5-bit q S / 8 runs of 16 bytes (bit t of byte n of run c:
+ *       bit 4 of q(n, 8c + t)), for 6-bit q S / 4 runs of 16 bytes (bits 2t, 2t + 1 of byte n of run c:
+ *       bits 4, 5 of q(n, 4c + t)).
+ * Each sub-block adds a * (sum of x (q - bias)) + b * (sum of x) to an output, the sums over its
+ * values. Every sum runs in one fixed order, whatever M is and whichever path computes it, so a row's
+ * result does not depend on the rows batched with it. Compiled without -ffast-math and without fp
+ * contraction so that the compiler keeps that order. Without AVX2/FMA/F16C a portable C loop computes
+ * the same sums, in its own fixed order. Returns 0, or -1 (K not a multiple of the block, out of memory).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { Q5_0, Q5_1, Q4_K, Q5_K, Q6_K };
+#define GROUP 16
+#define MAX_ROWS 6 /* rows of x per register tile */
+#define ROW_GROUPS 4 /* groups side by side for a single row */
+#define CHUNK_BYTES (256 << 10) /* rows of x per pass over the weights: about half of L2 */
+#define INLINE static inline __attribute__((always_inline))
+
+/* Per type: values per block and per sub-block, bits of q, its bias (0: the type has an offset b). */
+INLINE int block_values(int t) { return t == Q5_0 || t == Q5_1 ? 32 : 256; }
+INLINE int sub_values(int t) { return t == Q6_K ? 16 : 32; }
+INLINE int bits(int t) { return t == Q4_K ? 4 : t == Q6_K ? 6 : 5; }
+INLINE int bias(int t) { return t == Q5_0 ? 16 : t == Q6_K ? 32 : 0; }
+INLINE int header_bytes(int t) { return t == Q5_0 ? 32 : t == Q5_1 ? 64 : t == Q6_K ? 288 : 320; }
+INLINE int sub_bytes(int t) { return sub_values(t) * (8 + 2 * (bits(t) - 4)); }
+INLINE int64_t block_bytes(int t) { return header_bytes(t) + block_values(t) / sub_values(t) * sub_bytes(t); }
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+
+static inline __m128i load16(const uint8_t *p) { return _mm_loadu_si128((const __m128i *)p); }
+static inline __m256 half8(const uint8_t *p) { return _mm256_cvtph_ps(load16(p)); }
+static inline __m256 u8_floats(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)); }
+static inline __m256 i8_floats(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)); }
+
+/* The sum of 32 floats, always in the same order. */
+static inline float block_sum(const float *x) {
+    const __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(x + 8)),
+                                   _mm256_add_ps(_mm256_loadu_ps(x + 16), _mm256_loadu_ps(x + 24)));
+    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+}
+
+/* The 16 rows' q - bias for value k of a sub-block, as bytes (int8 where there is a bias). The 16-bit
+ * shifts move the wanted bits to the bottom of their own byte before the mask, so none crosses bytes. */
+INLINE __m128i values(int t, const uint8_t *sub, int k) {
+    const __m128i pair = load16(sub + 16 * (k / 2));
+    __m128i q = _mm_and_si128(k % 2 ? _mm_srli_epi16(pair, 4) : pair, _mm_set1_epi8(15));
+    const uint8_t *planes = sub + 8 * sub_values(t);
+    if (bits(t) == 5) {
+        const __m128i high = _mm_and_si128(_mm_srli_epi16(load16(planes + 16 * (k / 8)), k % 8), _mm_set1_epi8(1));
+        q = _mm_or_si128(q, _mm_slli_epi16(high, 4));
+    } else if (bits(t) == 6) {
+        const __m128i high = _mm_and_si128(_mm_srli_epi16(load16(planes + 16 * (k / 4)), 2 * (k % 4)), _mm_set1_epi8(3));
+        q = _mm_or_si128(q, _mm_slli_epi16(high, 4));
+    }
+    return bias(t) ? _mm_sub_epi8(q, _mm_set1_epi8((char)bias(t))) : q;
+}
+
+/* Values 2j and 2j + 1 of a sub-block as floats: w[0], w[1] rows 0-7 and 8-15 of the first, w[2], w[3]
+ * of the second. 4-bit q is split after widening, as quant_matmul.c does (fewer conversions). */
+INLINE void pair_floats(int t, const uint8_t *sub, int j, __m256 w[4]) {
+    if (bits(t) == 4) {
+        const __m128i bytes = load16(sub + 16 * j);
+        const __m256i a = _mm256_cvtepu8_epi32(bytes), c = _mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8));
+        const __m256i low = _mm256_set1_epi32(15);
+        w[0] = _mm256_cvtepi32_ps(_mm256_and_si256(a, low)), w[1] = _mm256_cvtepi32_ps(_mm256_and_si256(c, low));
+        w[2] = _mm256_cvtepi32_ps(_mm256_srli_epi32(a, 4)), w[3] = _mm256_cvtepi32_ps(_mm256_srli_epi32(c, 4));
+        return;
+    }
+    for (int i = 0; i < 2; i++) {
+        const __m128i q = values(t, sub, 2 * j + i), upper = _mm_srli_si128(q, 8);
+        w[2 * i] = bias(t) ? i8_floats(q) : u8_floats(q);
+        w[2 * i + 1] = bias(t) ? i8_floats(upper) : u8_floats(upper);
+    }
+}
+
+/* a (ab[0..1]) and b (ab[2..3]) of sub-block s for a group's 16 rows, from its block header h. */
+INLINE void scales(int t, const uint8_t *h, int s, __m256 ab[4]) {
+    ab[0] = half8(h), ab[1] = half8(h + 16);
+    ab[2] = ab[3] = _mm256_setzero_ps();
+    if (t == Q5_1) ab[2] = half8(h + 32), ab[3] = half8(h + 48);
+    if (t == Q4_K || t == Q5_K) {
+        const __m128i sc = load16(h + 64 + 16 * s), m = load16(h + 192 + 16 * s);
+        const __m256 sign = _mm256_set1_ps(-0.0f);
+        ab[0] = _mm256_mul_ps(ab[0], u8_floats(sc));
+        ab[1] = _mm256_mul_ps(ab[1], u8_floats(_mm_srli_si128(sc, 8)));
+        ab[2] = _mm256_xor_ps(sign, _mm256_mul_ps(half8(h + 32), u8_floats(m)));
+        ab[3] = _mm256_xor_ps(sign, _mm256_mul_ps(half8(h + 48), u8_floats(_mm_srli_si128(m, 8))));
+    }
+    if (t == Q6_K) {
+        const __m128i sc = load16(h + 32 + 16 * s);
+        ab[0] = _mm256_mul_ps(ab[0], i8_floats(sc));
+        ab[1] = _mm256_mul_ps(ab[1], i8_floats(_mm_srli_si128(sc, 8)));
+    }
+}
+
+/* acc = fma(b, xs, fma(a, partial, acc)): a sub-block's sums folded into an output (b: offset types). */
+INLINE __m256 fold(int offset, __m256 acc, __m256 a, __m256 partial, __m256 b, const float *xs) {
+    acc = _mm256_fmadd_ps(a, partial, acc);
+    return offset ? _mm256_fmadd_ps(b, _mm256_broadcast_ss(xs), acc) : acc;
+}
+
+/* A single row against `groups` groups side by side, reading each block's integers straight into
+ * its sums. The same sums in the same order as unpack() and tile(). xsum: the row's sums per 32. */
+INLINE void row(int t, int groups, const float *x, int64_t K, const uint8_t *w, int64_t group_bytes,
+                const float *xsum, float *out) {
+    const int S = sub_values(t);
+    __m256 acc[ROW_GROUPS][2];
+    for (int g = 0; g < groups; g++) acc[g][0] = acc[g][1] = _mm256_setzero_ps();
+    for (int64_t v0 = 0; v0 < K; v0 += S) {
+        const uint8_t *block = w + v0 / block_values(t) * block_bytes(t);
+        const int s = (int)(v0 % block_values(t) / S);
+        const uint8_t *sub = block + header_bytes(t) + s * sub_bytes(t);
+        __m256 p[ROW_GROUPS][2];
+        for (int g = 0; g < groups; g++) p[g][0] = p[g][1] = _mm256_setzero_ps();
+        for (int j = 0; j < S / 2; j++) {
+            const __m256 x0 = _mm256_broadcast_ss(x + v0 + 2 * j), x1 = _mm256_broadcast_ss(x + v0 + 2 * j + 1);
+            for (int g = 0; g < groups; g++) {
+                __m256 q[4];
+                pair_floats(t, sub + g * group_bytes, j, q);
+                p[g][0] = _mm256_fmadd_ps(x0, q[0], p[g][0]);
+                p[g][1] = _mm256_fmadd_ps(x0, q[1], p[g][1]);
+                p[g][0] = _mm256_fmadd_ps(x1, q[2], p[g][0]);
+                p[g][1] = _mm256_fmadd_ps(x1, q[3], p[g][1]);
+            }
+        }
+        for (int g = 0; g < groups; g++) {
+            __m256 ab[4];
+            scales(t, block + g * group_bytes, s, ab);
+            acc[g][0] = fold(!bias(t), acc[g][0], ab[0], p[g][0], ab[2], xsum + v0 / 32);
+            acc[g][1] = fold(!bias(t), acc[g][1], ab[1], p[g][1], ab[3], xsum + v0 / 32);
+        }
+    }
+    for (int g = 0; g < groups; g++) {
+        _mm256_storeu_ps(out + g * GROUP, acc[g][0]);
+        _mm256_storeu_ps(out + g * GROUP + 8, acc[g][1]);
+    }
+}
+
+/* A group's integers as float32 [K][16] into qf, each sub-block's a then b ([K / S][32]) into ab. */
+INLINE void unpack(int t, const uint8_t *group, int64_t K, float *restrict qf, float *restrict ab) {
+    const int S = sub_values(t);
+    for (int64_t v0 = 0; v0 < K; v0 += S) {
+        const uint8_t *block = group + v0 / block_values(t) * block_bytes(t);
+        const int s = (int)(v0 % block_values(t) / S);
+        const uint8_t *sub = block + header_bytes(t) + s * sub_bytes(t);
+        for (int j = 0; j < S / 2; j++) {
+            __m256 q[4];
+            pair_floats(t, sub, j, q);
+            for (int i = 0; i < 4; i++) _mm256_storeu_ps(qf + (v0 + 2 * j) * GROUP + 8 * i, q[i]);
+        }
+        __m256 scale[4];
+        scales(t, block, s, scale);
+        for (int i = 0; i < 4; i++) _mm256_storeu_ps(ab + v0 / S * 32 + 8 * i, scale[i]);
+    }
+}
+
+/* rows (1..MAX_ROWS) rows of x times a group's unpacked sub-blocks of S values; out [rows][16]. */
+INLINE void tile(int rows, int S, int offset, const float *x, int64_t K, const float *restrict qf,
+                 const float *restrict ab, const float *xsum, float *out) {
+    __m256 acc[MAX_ROWS][2];
+    for (int r = 0; r < rows; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    for (int64_t v0 = 0; v0 < K; v0 += S) {
+        __m256 p[MAX_ROWS][2];
+        for (int r = 0; r < rows; r++) p[r][0] = p[r][1] = _mm256_setzero_ps();
+        for (int k = 0; k < S; k++) {
+            const __m256 w0 = _mm256_loadu_ps(qf + (v0 + k) * GROUP), w1 = _mm256_loadu_ps(qf + (v0 + k) * GROUP + 8);
+            for (int r = 0; r < rows; r++) {
+                const __m256 xk = _mm256_broadcast_ss(x + r * K + v0 + k);
+                p[r][0] = _mm256_fmadd_ps(xk, w0, p[r][0]);
+                p[r][1] = _mm256_fmadd_ps(xk, w1, p[r][1]);
+            }
+        }
+        const float *s = ab + v0 / S * 32;
+        for (int r = 0; r < rows; r++) {
+            const float *xs = xsum + r * (K / 32) + v0 / 32;
+            acc[r][0] = fold(offset, acc[r][0], _mm256_loadu_ps(s), p[r][0], _mm256_loadu_ps(s + 16), xs);
+            acc[r][1] = fold(offset, acc[r][1], _mm256_loadu_ps(s + 8), p[r][1], _mm256_loadu_ps(s + 24), xs);
+        }
+    }
+    for (int r = 0; r < rows; r++) {
+        _mm256_storeu_ps(out + r * GROUP, acc[r][0]);
+        _mm256_storeu_ps(out + r * GROUP + 8, acc[r][1]);
+    }
+}
+
+/* Each (type, count) a copy of its own, unrolled with its sums in registers. */
+#define UP_TO_4(n, call) switch (n) { case 1: call(1); break; case 2: call(2); break; case 3: call(3); break; \
+    default: call(4); }
+#define UP_TO_6(n, call) switch (n) { case 1: call(1); break; case 2: call(2); break; case 3: call(3); break; \
+    case 4: call(4); break; case 5: call(5); break; default: call(6); }
+#define BY_TYPE(call) switch (t) { case Q5_0: call(Q5_0); break; case Q5_1: call(Q5_1); break; \
+    case Q4_K: call(Q4_K); break; case Q5_K: call(Q5_K); break; default: call(Q6_K); }
+
+static void row_any(int t, int groups, const float *x, int64_t K, const uint8_t *w, int64_t group_bytes,
+                    const float *xsum, float *out) {
+#define ROW(n) row(T, n, x, K, w, group_bytes, xsum, out)
+#define ROWS(type) { enum { T = type }; UP_TO_4(groups, ROW) }
+    BY_TYPE(ROWS)
+#undef ROW
+#undef ROWS
+}
+
+static void unpack_any(int t, const uint8_t *group, int64_t K, float *qf, float *ab) {
+#define UNPACK(type) unpack(type, group, K, qf, ab)
+    BY_TYPE(UNPACK)
+#undef UNPACK
+}
+
+static void tile_any(int t, int rows, const float *x, int64_t K, const float *qf, const float *ab, const float *xsum,
+                     float *out) {
+#define TILE(n) tile(n, sub_values(T), !bias(T), x, K, qf, ab, xsum, out)
+#define TILES(type) { enum { T = type }; UP_TO_6(rows, TILE) }
+    switch (t) { case Q5_0: TILES(Q5_0); break; case Q6_K: TILES(Q6_K); break; default: TILES(Q4_K); }
+#undef TILE
+#undef TILES
+}
+
+/* Copies the valid columns of a [rows][16] tile into y. */
+static inline void put(const float *tile_out, int rows, float *y, int64_t N, int64_t n0) {
+    const int64_t width = N - n0 < GROUP ? N - n0 : GROUP;
+    for (int r = 0; r < rows; r++) memcpy(y + r * N + n0, tile_out + r * GROUP, width * sizeof(float));
+}
+
+static int matmul(int t, const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, float *y) {
+    if (K % block_values(t) != 0 || M <= 0) return M == 0 ? 0 : -1;
+    const int64_t groups = (N + GROUP - 1) / GROUP, group_bytes = K / block_values(t) * block_bytes(t);
+    int64_t chunk = CHUNK_BYTES / (K * (int64_t)sizeof(float)) / MAX_ROWS * MAX_ROWS;
+    if (chunk < MAX_ROWS) chunk = MAX_ROWS;
+    float *xsum = malloc((size_t)(M * K / 32) * sizeof(float));
+    if (xsum == NULL) return -1;
+    int failed = 0;
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < M * K / 32; i++) xsum[i] = block_sum(x + i * 32);
+        float out[MAX_ROWS * GROUP > ROW_GROUPS * GROUP ? MAX_ROWS * GROUP : ROW_GROUPS * GROUP];
+        if (M == 1) {
+#pragma omp for schedule(static)
+            for (int64_t g = 0; g < groups; g += ROW_GROUPS) {
+                const int n = groups - g < ROW_GROUPS ? (int)(groups - g) : ROW_GROUPS;
+                row_any(t, n, x, K, packed + g * group_bytes, group_bytes, xsum, out);
+                for (int i = 0; i < n; i++) put(out + i * GROUP, 1, y, N, (g + i) * GROUP);
+            }
+        } else {
+            float *qf = aligned_alloc(32, (size_t)K * GROUP * sizeof(float));
+            float *ab = aligned_alloc(32, (size_t)K * 2 * sizeof(float)); /* 32 floats per 16 values at most */
+            if (qf == NULL || ab == NULL) failed = 1;
+            /* Rows in chunks that stay in L2 while every group's weights pass over them. */
+            for (int64_t m0 = 0; m0 < M; m0 += chunk) {
+                const int64_t m1 = m0 + chunk < M ? m0 + chunk : M;
+#pragma omp for schedule(static)
+                for (int64_t g = 0; g < groups; g++) {
+                    if (qf == NULL || ab == NULL) continue;
+                    unpack_any(t, packed + g * group_bytes, K, qf, ab);
+                    for (int64_t m = m0; m < m1; m += MAX_ROWS) {
+                        const int rows = m1 - m < MAX_ROWS ? (int)(m1 - m) : MAX_ROWS;
+                        tile_any(t, rows, x + m * K, K, qf, ab, xsum + m * (K / 32), out);
+                        put(out, rows, y + m * N, N, g * GROUP);
+                    }
+                }
+            }
+            free(qf);
+            free(ab);
+        }
+    }
+    free(xsum);
+    return failed ? -1 : 0;
+}
+
+#else
+
+/* Portable C: each output one row at a time, its sums in one fixed order. */
+static float half_to_float(const uint8_t *p) {
+    const uint16_t h = (uint16_t)(p[0] | p[1] << 8);
+    const int exponent = (h >> 10) & 31, mantissa = h & 1023;
+    float value = exponent == 0 ? mantissa * (1.0f / 16777216.0f)
+                : exponent == 31 ? (mantissa ? __builtin_nanf("") : __builtin_inff())
+                : (1024 + mantissa) * __builtin_ldexpf(1.0f, exponent - 25);
+    return h & 0x8000 ? -value : value;
+}
+
+/* Integer q(n, k) of row n (0..15), value k of a sub-block, less the bias. */
+static int value_of(int t, const uint8_t *sub, int n, int k) {
+    int q = (sub[16 * (k / 2) + n] >> (4 * (k % 2))) & 15;
+    const uint8_t *planes = sub + 8 * sub_values(t);
+    if (bits(t) == 5) q |= ((planes[16 * (k / 8) + n] >> (k % 8)) & 1) << 4;
+    if (bits(t) == 6) q |= ((planes[16 * (k / 4) + n] >> (2 * (k % 4))) & 3) << 4;
+    return q - bias(t);
+}
+
+static int matmul(int t, const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, float *y) {
+    if (K % block_values(t) != 0 || M <= 0) return M == 0 ? 0 : -1;
+    const int S = sub_values(t);
+    const int64_t group_bytes = K / block_values(t) * block_bytes(t);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < M * N; i++) {
+        const float *xr = x + i / N * K;
+        const int64_t n = i % N;
+        const uint8_t *group = packed + n / GROUP * group_bytes;
+        const int r = (int)(n % GROUP);
+        float acc = 0.0f;
+        for (int64_t v0 = 0; v0 < K; v0 += S) {
+            const uint8_t *h = group + v0 / block_values(t) * block_bytes(t);
+            const int s = (int)(v0 % block_values(t) / S);
+            float p = 0.0f, a = half_to_float(h + 2 * r), b = 0.0f, xs = 0.0f;
+            const uint8_t *sub = h + header_bytes(t) + s * sub_bytes(t);
+            for (int k = 0; k < S; k++) p += xr[v0 + k] * (float)value_of(t, sub, r, k);
+            if (t == Q5_1) b = half_to_float(h + 32 + 2 * r);
+            if (t == Q4_K || t == Q5_K) a *= h[64 + 16 * s + r], b = -(half_to_float(h + 32 + 2 * r) * h[192 + 16 * s + r]);
+            if (t == Q6_K) a *= (int8_t)h[32 + 16 * s + r];
+            acc += a * p;
+            if (!bias(t)) {
+                for (int k = 0; k < 32; k++) xs += xr[v0 + k];
+                acc += b * xs;
+            }
+        }
+        y[i] = acc;
+    }
+    return 0;
+}
+
+#endif
+
+#define EXPORT(kernel, type)                                                                                   \
+    int kquant_matmul_##kernel(const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, float *y) { \
+        return matmul(type, x, M, K, packed, N, y);                                                       \
+    }
+EXPORT(q5_0, Q5_0)
+EXPORT(q5_1, Q5_1)
+EXPORT(q4_k, Q4_K)
+EXPORT(q5_k, Q5_K)
+EXPORT(q6_k, Q6_K)
