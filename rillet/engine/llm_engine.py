@@ -17,6 +17,7 @@ import torch
 
 from rillet.engine.block_manager import BlockManager
 from rillet.engine.config import EngineConfig
+from rillet.engine.constraints import GrammarCompiler, TokenMasks
 from rillet.engine.detokenizer import IncrementalDetokenizer
 from rillet.engine.errors import PromptTooLongError, TooManyChoicesError
 from rillet.engine.model_runner import ModelRunner
@@ -51,6 +52,7 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.runner = ModelRunner(model, config.num_blocks, config.block_size, config.kv_cache_dtype, self.device)
         self.sampler = Sampler(self.device)
+        self.grammars = GrammarCompiler(tokenizer)
         # A lone sequence must always fit in the KV pool, or preemption could never make room.
         self.max_model_len = min(max_context_len, config.num_blocks * config.block_size)
         self._stop_token_ids = frozenset(tokenizer.stop_token_ids)
@@ -92,8 +94,10 @@ class LLMEngine:
         limit = self.max_model_len
         if params.max_tokens is not None:
             limit = min(limit, len(prompt_token_ids) + params.max_tokens)
+        constraint = self.grammars.constraint(params.grammar) if params.grammar is not None else None
         seq = self._new_sequence(request_id, 0, prompt_token_ids, params, limit)
         seq.pending_forks = params.n - 1
+        seq.constraint = constraint
         self._requests[request_id] = _Request(request_id, len(prompt_token_ids), params.n)
         self.scheduler.add(seq)
 
@@ -161,7 +165,7 @@ class LLMEngine:
             chosen = [seqs[i] for i in indices]
             return self.sampler.sample(self._rows(logits, [rows[i] for i in indices]), [s.params for s in chosen],
                                        [s.output_token_ids for s in chosen],
-                                       [self._generators.get(s.seq_id) for s in chosen])
+                                       [self._generators.get(s.seq_id) for s in chosen], self._token_masks(chosen))
 
         everyone = list(range(len(seqs)))
         results = self._isolated(lambda: sample(everyone), lambda i: sample([i])[0], everyone,
@@ -221,6 +225,16 @@ class LLMEngine:
         failed.append(RequestOutput(request_id, request.num_prompt_tokens, [], finished=True,
                                     error=f"{type(error).__name__} while running the request"))
 
+    def _token_masks(self, seqs: list[Sequence]) -> TokenMasks | None:
+        """The grammar masks of the constrained sequences among seqs (rows of seqs)."""
+        rows = [row for row, seq in enumerate(seqs) if seq.constraint is not None]
+        if not rows:
+            return None
+        bitmask = self.grammars.new_bitmask(len(rows))
+        for k, row in enumerate(rows):
+            seqs[row].constraint.fill_bitmask(bitmask, k)
+        return TokenMasks(rows, torch.from_numpy(bitmask))
+
     @staticmethod
     def _rows(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
         return logits.index_select(0, torch.tensor(rows, dtype=torch.long, device=logits.device))
@@ -235,6 +249,7 @@ class LLMEngine:
             for index in range(1, seq.pending_forks + 1):
                 child = self._new_sequence(seq.request_id, index, seq.prompt_token_ids, seq.params,
                                            seq.max_total_tokens)
+                child.constraint = seq.constraint.copy() if seq.constraint is not None else None
                 self.block_manager.fork(seq, child)
                 self.scheduler.add_running(child)
                 seqs.append(child)
@@ -270,6 +285,8 @@ class LLMEngine:
         return list(by_request.values())
 
     def _append_token(self, seq: Sequence, token: int, logprob: TokenLogprob | None) -> ChoiceDelta:
+        if seq.constraint is not None:
+            seq.constraint.advance(token)
         seq.token_ids.append(token)
         finish_reason = None
         if token in self._stop_token_ids:

@@ -1,12 +1,15 @@
 """Chooses the next token of every sampling sequence in the batch at once.
 
 Order of transforms, as OpenAI documents them: logit_bias, then presence and frequency
-penalties over the tokens generated so far, then temperature (0 is greedy), then top_p.
+penalties over the tokens generated so far, then temperature (0 is greedy), then top_p. A grammar's
+token mask (constrained decoding) comes after the penalties: what it forbids stays forbidden,
+whatever the bias.
 """
 from __future__ import annotations
 
 import torch
 
+from rillet.engine.constraints import TokenMasks
 from rillet.engine.outputs import TokenLogprob
 from rillet.engine.sampling_params import SamplingParams
 
@@ -17,11 +20,13 @@ class Sampler:
 
     @torch.inference_mode()
     def sample(self, logits: torch.Tensor, params: list[SamplingParams], output_token_ids: list[list[int]],
-               generators: list[torch.Generator | None]) -> list[int]:
+               generators: list[torch.Generator | None], masks: TokenMasks | None = None) -> list[int]:
         """logits: [N, vocab] float32, one row per sequence; returns one token id per row."""
         logits = logits.float()
         self._apply_logit_bias(logits, params)
         self._apply_penalties(logits, params, output_token_ids)
+        if masks is not None:
+            masks.apply(logits)
         greedy = torch.tensor([p.temperature == 0.0 for p in params], device=logits.device)
         if bool(greedy.all()):
             return logits.argmax(dim=-1).tolist()

@@ -18,6 +18,8 @@ class SamplingParams:
     seed: int | None = None
     # None: no log probabilities; k: the chosen token's, plus the k most likely alternatives.
     logprobs: int | None = None
+    # A grammar every choice must follow (llguidance's Lark dialect; rillet/engine/constraints.py).
+    grammar: str | None = None
 
     @property
     def greedy(self) -> bool:

@@ -39,6 +39,8 @@ class Sequence:
     finish_reason: str | None = None
     # Choices that still have to be forked off this one once its prompt is computed (n > 1).
     pending_forks: int = 0
+    # Its place in the request's grammar (a TokenConstraint), when the request has one.
+    constraint: object | None = None
 
     def __post_init__(self) -> None:
         if not self.token_ids:

@@ -149,6 +149,11 @@ class Tokenizer:
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         return self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    def backend_json(self) -> str:
+        """The `tokenizers` tokenizer as JSON, for libraries that build their own view of the
+        vocabulary (the grammar library of constrained decoding)."""
+        return self._backend.to_str()
+
     def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
         return [self._tokens[i] for i in ids]
 
