@@ -44,7 +44,8 @@ def percentile(values: list[float], q: float) -> float | None:
 
 async def one_request(client: httpx.AsyncClient, args, prompt: str, stats: dict) -> None:
     body = {"model": args.model, "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": args.max_tokens, "temperature": args.temperature, "stream": True}
+            "max_tokens": args.max_tokens, "temperature": args.temperature, "stream": True,
+            **getattr(args, "extra_body", {})}
     started = time.perf_counter()
     last = None
     tokens = 0
@@ -61,7 +62,8 @@ async def one_request(client: httpx.AsyncClient, args, prompt: str, stats: dict)
                 if "error" in chunk:
                     stats["errors"] += 1
                     return
-                if any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
+                if any(c.get("delta", {}).get("content") or c.get("delta", {}).get("tool_calls")
+                       for c in chunk.get("choices", [])):
                     now = time.perf_counter()
                     if last is None:
                         stats["ttft"].append(now - started)
@@ -117,6 +119,8 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--rounds", type=int, default=2, help="requests per client at each level")
     parser.add_argument("--min-requests", type=int, default=4)
+    parser.add_argument("--extra-body", type=json.loads, default={}, metavar="JSON",
+                        help='fields added to every request, e.g. \'{"response_format": {"type": "json_object"}}\'')
     args = parser.parse_args()
     for concurrency in args.concurrency:
         print(json.dumps(asyncio.run(run_level(args, concurrency))), flush=True)

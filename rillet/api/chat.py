@@ -1,4 +1,10 @@
-"""POST /v1/chat/completions: one pipeline for both modes; non-stream gathers what stream sends."""
+"""POST /v1/chat/completions: the way through the API layer, stage by stage.
+
+parse and validate (schemas.py, sampling.py, tools.py) → render the prompt (prompt.py) and the
+answer's grammar (structured_output.py) → admit (rate_limit.py, admission.py) → generate (the
+engine client) → shape the output (output.py) → frame it (framing.py). One pipeline serves both
+modes: the non-stream answer is the stream, gathered.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -6,59 +12,38 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from rillet.api import sse
 from rillet.api.access_log import RequestRecord, record_of
 from rillet.api.auth import api_key_of, check_model_allowed
-from rillet.api.errors import APIError, ErrorKind, internal_error
-from rillet.api.logprobs import LogprobFormatter
+from rillet.api.errors import APIError, ErrorKind, engine_error
+from rillet.api.framing import gather, stream_events, whole_response
 from rillet.api.metrics import ApiMetrics
+from rillet.api.output import Completion
+from rillet.api.prompt import encode_prompt, render_prompt
 from rillet.api.rate_limit import Reservation
-from rillet.api.sampling import check_supported, sampling_params, template_messages
+from rillet.api.sampling import check_supported, sampling_params
 from rillet.api.schemas import ChatCompletionRequest
 from rillet.api.served_model import ServedModel
-from rillet.engine.engine_client import EngineDeadError
-from rillet.engine.errors import PromptTooLongError, RequestFailedError, RequestRejectedError
+from rillet.api.structured_output import answer_grammar
+from rillet.api.tools import ToolPlan, tool_plan
 from rillet.engine.outputs import RequestOutput
 from rillet.engine.sampling_params import SamplingParams
-from rillet.model.errors import ChatTemplateError
 
 router = APIRouter()
 T = TypeVar("T")
 
 
 @dataclass(slots=True)
-class Completion:
-    """What one request has produced so far, and the fields every chunk repeats."""
-    request_id: str
-    created: int
-    model: str
-    fingerprint: str
-    n: int
-    num_prompt_tokens: int
-    include_usage: bool = False
-    num_completion_tokens: int = 0
-    texts: list[list[str]] = field(default_factory=list)
-    finish_reasons: list[str | None] = field(default_factory=list)
-    # Set when the request asked for logprobs: each choice's entries so far.
-    logprob_formatter: LogprobFormatter | None = None
-    logprobs: list[list[dict]] = field(default_factory=list)
-
-    def usage(self) -> dict:
-        return {"prompt_tokens": self.num_prompt_tokens, "completion_tokens": self.num_completion_tokens,
-                "total_tokens": self.num_prompt_tokens + self.num_completion_tokens}
-
-    def chunk(self, choices: list[dict], usage: dict | None = None) -> dict:
-        payload = {"id": self.request_id, "object": "chat.completion.chunk", "created": self.created,
-                   "model": self.model, "system_fingerprint": self.fingerprint, "choices": choices}
-        if usage is not None or self.include_usage:
-            payload["usage"] = usage
-        return payload
+class Plan:
+    """A validated request, ready for the engine."""
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    tools: ToolPlan | None
 
 
 @router.post("/v1/chat/completions")
@@ -67,28 +52,19 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     engine = request.app.state.engine
     record = record_of(request)
     record.model, record.user = body.model, body.user
-    check_supported(body)
     key = api_key_of(request)
     check_model_allowed(key, body.model)
     if body.model != served.name:
         raise APIError(ErrorKind.MODEL_NOT_FOUND, f"the model {body.model!r} does not exist", "model")
-    messages = template_messages(body)
-    params = sampling_params(body, served.tokenizer.vocab_size)
-    if params.n > served.max_num_seqs:
-        raise APIError(ErrorKind.INVALID_REQUEST, f"n is {params.n}, but this server runs at most "
-                       f"{served.max_num_seqs} sequences at once", "n")
-    prompt = await asyncio.to_thread(_encode_prompt, served, messages)
-    _check_context(len(prompt), params, served.max_context_len)
+    plan = await asyncio.to_thread(_plan, body, served)
+    prompt, params = plan.prompt_token_ids, plan.params
     if not engine.is_alive:
         raise APIError(ErrorKind.ENGINE_UNAVAILABLE, "the engine is not running")
     completion = Completion(
         request_id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=served.name,
-        fingerprint=served.fingerprint, n=params.n, num_prompt_tokens=len(prompt),
+        fingerprint=served.fingerprint, n=params.n, num_prompt_tokens=len(prompt), tools=plan.tools,
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
-        texts=[[] for _ in range(params.n)], finish_reasons=[None] * params.n,
-        logprob_formatter=request.app.state.logprob_formatter if params.logprobs is not None else None,
-        logprobs=[[] for _ in range(params.n)],
-    )
+        logprob_formatter=request.app.state.logprob_formatter if params.logprobs is not None else None)
     record.completion_id, record.prompt_tokens = completion.request_id, len(prompt)
     reservation = request.app.state.rate_limiter.reserve(
         key, _tokens_to_reserve(len(prompt), params, served.max_context_len))
@@ -98,9 +74,28 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
         return JSONResponse({}, status_code=499)
     outputs = _observed(first, outputs, completion, record, request.app.state.metrics, reservation)
     if body.stream:
-        return StreamingResponse(_stream(completion, outputs, record), media_type="text/event-stream",
+        return StreamingResponse(stream_events(completion, outputs, record), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return await _respond_whole(completion, outputs, request, record)
+    try:
+        gathered = await _unless_disconnected(request, gather(completion, outputs))
+    except Exception as error:
+        raise engine_error(record.request_id, error) from None
+    if gathered is _DISCONNECTED:
+        return JSONResponse({}, status_code=499)
+    return whole_response(completion)
+
+
+def _plan(body: ChatCompletionRequest, served: ServedModel) -> Plan:
+    """Validation, the answer's grammar, the prompt: everything before the engine, off the event loop."""
+    check_supported(body)
+    tools = tool_plan(body)
+    params = sampling_params(body, served.tokenizer.vocab_size, answer_grammar(body, tools))
+    if params.n > served.max_num_seqs:
+        raise APIError(ErrorKind.INVALID_REQUEST, f"n is {params.n}, but this server runs at most "
+                       f"{served.max_num_seqs} sequences at once", "n")
+    prompt = encode_prompt(render_prompt(body, tools, served), served)
+    _check_context(len(prompt.token_ids), params, served.max_context_len)
+    return Plan(prompt.token_ids, params, tools)
 
 
 async def _admit(request: Request, outputs: AsyncIterator[RequestOutput], num_prompt_tokens: int,
@@ -112,7 +107,7 @@ async def _admit(request: Request, outputs: AsyncIterator[RequestOutput], num_pr
     except BaseException as error:
         reservation.settle(0)
         if isinstance(error, Exception):
-            raise _engine_error(record.request_id, error) from None
+            raise engine_error(record.request_id, error) from None
         raise
     if first is _DISCONNECTED:
         reservation.settle(0)
@@ -126,13 +121,6 @@ def _tokens_to_reserve(num_prompt_tokens: int, params: SamplingParams, max_conte
     return num_prompt_tokens + params.n * (params.max_tokens or max_context_len - num_prompt_tokens)
 
 
-def _encode_prompt(served: ServedModel, messages: list[dict]) -> list[int]:
-    try:
-        return served.tokenizer.encode(served.chat_template.render(messages, add_generation_prompt=True))
-    except ChatTemplateError as error:
-        raise APIError(ErrorKind.INVALID_REQUEST, str(error), "messages") from None
-
-
 def _check_context(num_prompt_tokens: int, params: SamplingParams, max_context_len: int) -> None:
     wanted = num_prompt_tokens + (params.max_tokens or 1)
     if wanted > max_context_len:
@@ -140,27 +128,6 @@ def _check_context(num_prompt_tokens: int, params: SamplingParams, max_context_l
         raise APIError(ErrorKind.CONTEXT_LENGTH_EXCEEDED,
                        f"this model's context holds {max_context_len} tokens; the messages have "
                        f"{num_prompt_tokens}{asked}", "messages")
-
-
-def _apply(completion: Completion, output: RequestOutput) -> list[dict]:
-    """Records one engine output; returns its stream choices: content pieces, then finishes."""
-    choices = []
-    for delta in output.deltas:
-        completion.num_completion_tokens += len(delta.token_ids)
-        logprobs = None
-        if delta.logprobs and completion.logprob_formatter is not None:
-            entries = [completion.logprob_formatter.entry(lp) for lp in delta.logprobs]
-            completion.logprobs[delta.index].extend(entries)
-            logprobs = {"content": entries, "refusal": None}
-        if delta.text or logprobs:
-            completion.texts[delta.index].append(delta.text)
-            choices.append({"index": delta.index, "delta": {"content": delta.text}, "logprobs": logprobs,
-                            "finish_reason": None})
-        if delta.finish_reason is not None:
-            completion.finish_reasons[delta.index] = delta.finish_reason
-            choices.append({"index": delta.index, "delta": {}, "logprobs": None,
-                            "finish_reason": delta.finish_reason})
-    return choices
 
 
 async def _observed(first: RequestOutput, outputs: AsyncIterator[RequestOutput], completion: Completion,
@@ -179,53 +146,8 @@ async def _observed(first: RequestOutput, outputs: AsyncIterator[RequestOutput],
         raise
     finally:
         record.completion_tokens = completion.num_completion_tokens
-        record.finish_reasons = completion.finish_reasons
+        record.finish_reasons = [choice.finish_reason for choice in completion.choices]
         reservation.settle(completion.num_prompt_tokens + completion.num_completion_tokens)
-
-
-async def _stream(completion: Completion, outputs: AsyncIterator[RequestOutput],
-                  record: RequestRecord) -> AsyncIterator[str]:
-    async with contextlib.aclosing(outputs):
-        try:
-            roles = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                      "finish_reason": None} for i in range(completion.n)]
-            yield sse.event(completion.chunk(roles))
-            async for output in outputs:
-                events = [completion.chunk([choice]) for choice in _apply(completion, output)]
-                if output.finished and events and not completion.include_usage:
-                    events[-1]["usage"] = completion.usage()
-                if output.finished and completion.include_usage:
-                    events.append(completion.chunk([], completion.usage()))
-                yield "".join(sse.event(e) for e in events)
-        except Exception as error:  # the headers are gone: report in-band, never a traceback
-            api_error = _engine_error(record.request_id, error)
-            record.stream_error = api_error.kind.value.code
-            yield sse.error_event(api_error)
-        yield sse.DONE
-
-
-async def _respond_whole(completion: Completion, outputs: AsyncIterator[RequestOutput], request: Request,
-                         record: RequestRecord):
-    try:
-        gathered = await _unless_disconnected(request, _gather(completion, outputs))
-    except Exception as error:
-        raise _engine_error(record.request_id, error) from None
-    if gathered is _DISCONNECTED:
-        return JSONResponse({}, status_code=499)
-    choices = [{"index": i, "message": {"role": "assistant", "content": "".join(completion.texts[i])},
-                "logprobs": {"content": completion.logprobs[i], "refusal": None} if completion.logprob_formatter
-                else None, "finish_reason": completion.finish_reasons[i]} for i in range(completion.n)]
-    return JSONResponse({
-        "id": completion.request_id, "object": "chat.completion", "created": completion.created,
-        "model": completion.model, "system_fingerprint": completion.fingerprint,
-        "choices": choices, "usage": completion.usage(),
-    })
-
-
-async def _gather(completion: Completion, outputs: AsyncIterator[RequestOutput]) -> None:
-    async with contextlib.aclosing(outputs):
-        async for output in outputs:
-            _apply(completion, output)
 
 
 _DISCONNECTED = object()
@@ -249,17 +171,3 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | obje
 async def _wait_for_disconnect(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-def _engine_error(request_id: str, error: BaseException) -> APIError:
-    if isinstance(error, APIError):
-        return error
-    if isinstance(error, EngineDeadError):
-        return APIError(ErrorKind.ENGINE_UNAVAILABLE, str(error))
-    if isinstance(error, PromptTooLongError):
-        return APIError(ErrorKind.CONTEXT_LENGTH_EXCEEDED, str(error), error.param)
-    if isinstance(error, RequestRejectedError):
-        return APIError(ErrorKind.INVALID_REQUEST, str(error), error.param)
-    if isinstance(error, RequestFailedError):  # the engine process logged its traceback
-        return internal_error(request_id, error, with_traceback=False)
-    return internal_error(request_id, error)

@@ -12,6 +12,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from rillet.engine.engine_client import EngineDeadError
+from rillet.engine.errors import PromptTooLongError, RequestFailedError, RequestRejectedError
+
 log = logging.getLogger("rillet.api")
 
 
@@ -26,6 +29,7 @@ class ErrorKind(enum.Enum):
     INVALID_REQUEST = ErrorSpec(422, "invalid_request_error", None)
     UNSUPPORTED_PARAMETER = ErrorSpec(422, "invalid_request_error", "unsupported_parameter")
     CONTEXT_LENGTH_EXCEEDED = ErrorSpec(400, "invalid_request_error", "context_length_exceeded")
+    UNSUPPORTED_SCHEMA = ErrorSpec(400, "invalid_request_error", "unsupported_schema")
     INVALID_API_KEY = ErrorSpec(401, "invalid_request_error", "invalid_api_key")
     MODEL_NOT_ALLOWED = ErrorSpec(403, "invalid_request_error", "model_not_allowed")
     MODEL_NOT_FOUND = ErrorSpec(404, "invalid_request_error", "model_not_found")
@@ -65,7 +69,9 @@ def validation_error(exc: RequestValidationError) -> APIError:
         return APIError(ErrorKind.INVALID_REQUEST, f"the body is not valid JSON: {first.get('msg')}")
     if not _field_path(first):
         return APIError(ErrorKind.INVALID_REQUEST, "the request body must be a JSON object")
-    error = _most_specific(errors, _field_path(first))
+    path = _field_path(first)
+    # A union member whose type tag did not match: its siblings under the union may say more.
+    error = _most_specific(errors, path[:-1] if _member_of_other_type(first) else path)
     param = ".".join(_field_path(error))
     message = "unrecognized request argument" if error.get("type") == "extra_forbidden" else error.get("msg")
     if error.get("type") == "value_error":  # raised by a validator of ours: its own words
@@ -75,15 +81,27 @@ def validation_error(exc: RequestValidationError) -> APIError:
 
 def _field_path(error: dict) -> list[str]:
     location = [str(part) for part in error.get("loc", ()) if part != "body"]
-    # Pydantic names union members in the path (e.g. "str", "list[...]"); they are not fields.
-    return [part for part in location if not (part[:1].islower() and ("[" in part or part in _TYPE_NAMES))]
+    # Pydantic names union members in the path ("str", "list[...]", a model's class name); they are
+    # not fields (the request's own fields are lower case).
+    return [part for part in location
+            if not (part[:1].islower() and ("[" in part or part in _TYPE_NAMES)) and not part[:1].isupper()]
 
 
 def _most_specific(errors: list[dict], field_path: list[str]) -> dict:
     """Of the errors under the first one's field, the deepest: for a union such as a message's
     content, the member that got furthest says more than "should be a valid string"."""
     under = [e for e in errors if _field_path(e)[:len(field_path)] == field_path]
-    return max(under, key=lambda e: len(_field_path(e)))
+    # A union member whose type tag did not match says least: {"type": "json_schema"} is a json_schema
+    # format missing its json_schema, not a text format of the wrong type.
+    others = {tuple(e["loc"][:-1]) for e in under if _member_of_other_type(e)}
+    fitting = [e for e in under if not any(tuple(e["loc"][:len(m)]) == m for m in others)] or under
+    return max(fitting, key=lambda e: len(_field_path(e)))
+
+
+def _member_of_other_type(error: dict) -> bool:
+    """A literal error on the `type` of a union member: that member is of another type."""
+    loc = [str(part) for part in error.get("loc", ())]
+    return error.get("type") == "literal_error" and len(loc) >= 2 and loc[-1] == "type" and loc[-2][:1].isupper()
 
 
 _TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "function-after", "literal"}
@@ -123,6 +141,21 @@ def internal_error(request_id: str | None, exc: BaseException, with_traceback: b
     else:
         log.error("internal error in request %s: %s", request_id, exc)
     return APIError(ErrorKind.INTERNAL, f"internal server error (request id {request_id})")
+
+
+def engine_error(request_id: str, error: BaseException) -> APIError:
+    """What the client is told of a failure on the way through the engine."""
+    if isinstance(error, APIError):
+        return error
+    if isinstance(error, EngineDeadError):
+        return APIError(ErrorKind.ENGINE_UNAVAILABLE, str(error))
+    if isinstance(error, PromptTooLongError):
+        return APIError(ErrorKind.CONTEXT_LENGTH_EXCEEDED, str(error), error.param)
+    if isinstance(error, RequestRejectedError):
+        return APIError(ErrorKind.INVALID_REQUEST, str(error), error.param)
+    if isinstance(error, RequestFailedError):  # the engine process logged its traceback
+        return internal_error(request_id, error, with_traceback=False)
+    return internal_error(request_id, error)
 
 
 def request_id_of(request: Request) -> str | None:

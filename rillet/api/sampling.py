@@ -1,4 +1,4 @@
-"""From a validated request to what the engine takes: template messages and SamplingParams."""
+"""From a validated request to what the engine takes: SamplingParams."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -12,12 +12,6 @@ from rillet.engine.sampling_params import SamplingParams
 # A request that sets one to anything else gets a 422 naming it; none is ignored silently.
 # Implementing a field means deleting its row here and passing it on in sampling_params().
 UNSUPPORTED_PARAMETERS: dict[str, Callable[[Any], bool]] = {
-    "tools": lambda value: value in (None, []),
-    "tool_choice": lambda value: value in (None, "none", "auto"),
-    "parallel_tool_calls": lambda value: True,  # meaningless without tools, which are refused
-    "functions": lambda value: value in (None, []),
-    "function_call": lambda value: value in (None, "none", "auto"),
-    "response_format": lambda value: value is None or value.type == "text",
     "service_tier": lambda value: value in (None, "auto", "default"),
     "store": lambda value: value in (None, False),
     "metadata": lambda value: value in (None, {}),
@@ -40,27 +34,8 @@ def check_supported(request: ChatCompletionRequest) -> None:
                        "stream_options")
 
 
-def template_messages(request: ChatCompletionRequest) -> list[dict]:
-    """The conversation as the chat template sees it; content is required where OpenAI requires it."""
-    messages = []
-    for i, message in enumerate(request.messages):
-        text = message.text()
-        if text is None and not (message.role == "assistant" and message.function_call is not None):
-            raise APIError(ErrorKind.INVALID_REQUEST,
-                           f"messages.{i}.content is required for a {message.role} message", f"messages.{i}.content")
-        if message.role == "function" and not message.name:
-            raise APIError(ErrorKind.INVALID_REQUEST, f"messages.{i}.name is required for a function message",
-                           f"messages.{i}.name")
-        entry: dict[str, Any] = {"role": message.role, "content": text}
-        if message.name is not None:
-            entry["name"] = message.name
-        if message.function_call is not None:
-            entry["function_call"] = message.function_call.model_dump()
-        messages.append(entry)
-    return messages
-
-
-def sampling_params(request: ChatCompletionRequest, vocab_size: int) -> SamplingParams:
+def sampling_params(request: ChatCompletionRequest, vocab_size: int, grammar: str | None = None) -> SamplingParams:
+    """grammar: what every choice must follow (rillet/api/structured_output.py), or None."""
     stop = request.stop if isinstance(request.stop, list) else [request.stop] if request.stop else []
     max_tokens = request.max_completion_tokens or request.max_tokens
     return SamplingParams(
@@ -74,6 +49,7 @@ def sampling_params(request: ChatCompletionRequest, vocab_size: int) -> Sampling
         logit_bias=_logit_bias(request.logit_bias or {}, vocab_size),
         seed=request.seed,
         logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+        grammar=grammar,
     )
 
 

@@ -12,8 +12,10 @@ MAX_LOGIT_BIAS_ENTRIES = 300
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_SEQUENCE_CHARS = 128
 MAX_USER_CHARS = 256
+MAX_TOOLS = 128
 
-Role = Literal["system", "user", "assistant", "function"]
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
 
 
 class TextPart(BaseModel):
@@ -28,12 +30,23 @@ class FunctionCall(BaseModel):
     arguments: str
 
 
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Role
     content: str | list[TextPart] | None = None
     name: str | None = None
     function_call: FunctionCall | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    # What the official SDK sends back of an earlier answer; there is nothing in it to render.
+    refusal: str | None = None
 
     def text(self) -> str | None:
         if isinstance(self.content, list):
@@ -46,9 +59,56 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: Literal["text", "json_object", "json_schema"]
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: FunctionName
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class TextFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+
+
+class JsonObjectFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["json_object"]
+
+
+class JsonSchemaResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = TextFormat | JsonObjectFormat | JsonSchemaResponseFormat
 
 
 class ChatCompletionRequest(BaseModel):
@@ -70,16 +130,16 @@ class ChatCompletionRequest(BaseModel):
                           Field(max_length=MAX_LOGIT_BIAS_ENTRIES)] | None = None
     user: Annotated[str, Field(max_length=MAX_USER_CHARS)] | None = None
     seed: int | None = None
-    # Documented by OpenAI, validated here, and refused with 422 unless left at their defaults
-    # (see UNSUPPORTED_PARAMETERS in rillet/api/sampling.py).
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    functions: list[dict[str, Any]] | None = None
-    function_call: str | dict[str, Any] | None = None
+    functions: Annotated[list[FunctionDefinition], Field(max_length=MAX_TOOLS)] | None = None
+    function_call: Literal["none", "auto"] | NamedFunction | None = None
     response_format: ResponseFormat | None = None
+    # Documented by OpenAI, validated here, and refused with 422 unless left at their defaults
+    # (see UNSUPPORTED_PARAMETERS in rillet/api/sampling.py).
     service_tier: str | None = None
     store: bool | None = None
     metadata: dict[str, str] | None = None

@@ -38,10 +38,14 @@ def assert_envelope(response, status: int, param: str | None = None, code: str |
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
     ({"messages": [{"role": "user"}]}, "messages.0.content"),
     ({"messages": [{"role": "function", "content": "42"}]}, "messages.0.name"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "f g"}}]}, "tools.0.function.name"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "sometimes"}, "tool_choice"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"messages": [{"role": "tool", "content": "42"}]}, "messages.0.tool_call_id"),
     ({"top_logprobs": 3}, "top_logprobs"),
     ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "xml"}}, "response_format.type"),
+    ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
     ({"no_such_field": 1}, "no_such_field"),
     ({"messages": [{"role": "user", "content": "hi", "mood": "sad"}]}, "messages.0.mood"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages.0.content.0.type"),
@@ -106,8 +110,8 @@ def test_typed_exceptions_of_the_official_client(client):
         client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "wizard", "content": "hi"}])
     assert caught.value.param == "messages.0.role"
     with pytest.raises(openai.UnprocessableEntityError) as caught:
-        client.chat.completions.create(**chat_body(tools=[{"type": "function", "function": {"name": "f"}}]))
-    assert caught.value.param == "tools" and caught.value.code == "unsupported_parameter"
+        client.chat.completions.create(**chat_body(metadata={"k": "v"}))
+    assert caught.value.param == "metadata" and caught.value.code == "unsupported_parameter"
 
 
 def test_unknown_route_and_method(http):

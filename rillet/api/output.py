@@ -1,0 +1,139 @@
+"""Shaping the output: the engine's per-choice text deltas become what OpenAI's wire carries, as
+stream deltas (content pieces, tool calls, a legacy function call, then a finish) and, gathered, as
+each choice's message. Tool-call markup is read here (rillet/api/tools.py) and never reaches content.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rillet.api.logprobs import LogprobFormatter
+from rillet.api.tools import ArgumentsPiece, CallStarted, ToolCallReader, ToolPlan
+from rillet.engine.outputs import RequestOutput
+
+
+@dataclass(slots=True)
+class Call:
+    call_id: str
+    name: str
+    arguments: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Choice:
+    reader: ToolCallReader | None
+    content: list[str] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+    finish_reason: str | None = None
+    logprobs: list[dict] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Completion:
+    """What one request has produced so far, and the fields every chunk repeats."""
+    request_id: str
+    created: int
+    model: str
+    fingerprint: str
+    n: int
+    num_prompt_tokens: int
+    tools: ToolPlan | None = None
+    include_usage: bool = False
+    num_completion_tokens: int = 0
+    # Set when the request asked for logprobs.
+    logprob_formatter: LogprobFormatter | None = None
+    choices: list[Choice] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        calls = self.tools is not None and self.tools.calls_allowed
+        self.choices = [Choice(ToolCallReader(self.tools.named) if calls else None) for _ in range(self.n)]
+
+    @property
+    def legacy_functions(self) -> bool:
+        return self.tools is not None and self.tools.legacy
+
+    def usage(self) -> dict:
+        return {"prompt_tokens": self.num_prompt_tokens, "completion_tokens": self.num_completion_tokens,
+                "total_tokens": self.num_prompt_tokens + self.num_completion_tokens}
+
+    def chunk(self, choices: list[dict], usage: dict | None = None) -> dict:
+        payload = {"id": self.request_id, "object": "chat.completion.chunk", "created": self.created,
+                   "model": self.model, "system_fingerprint": self.fingerprint, "choices": choices}
+        if usage is not None or self.include_usage:
+            payload["usage"] = usage
+        return payload
+
+    def first_deltas(self) -> list[dict]:
+        """Each choice's opening delta: its role (content stays null where calls may follow)."""
+        opening = {"role": "assistant", "content": None if self.choices[0].reader else ""}
+        return [{"index": i, "delta": dict(opening), "logprobs": None, "finish_reason": None} for i in range(self.n)]
+
+    def apply(self, output: RequestOutput) -> list[dict]:
+        """Records one engine output; returns its stream choices: pieces, calls, then finishes."""
+        deltas = []
+        for delta in output.deltas:
+            choice = self.choices[delta.index]
+            self.num_completion_tokens += len(delta.token_ids)
+            logprobs = None
+            if delta.logprobs and self.logprob_formatter is not None:
+                entries = [self.logprob_formatter.entry(lp) for lp in delta.logprobs]
+                choice.logprobs.extend(entries)
+                logprobs = {"content": entries, "refusal": None}
+            pieces = self._shape(choice, delta.text)
+            if logprobs and not pieces:
+                pieces = [{"content": ""}]
+            for k, piece in enumerate(pieces):
+                deltas.append({"index": delta.index, "delta": piece, "logprobs": logprobs if k == 0 else None,
+                               "finish_reason": None})
+            if delta.finish_reason is not None:
+                choice.finish_reason = self._finish_reason(choice, delta.finish_reason)
+                deltas.append({"index": delta.index, "delta": {}, "logprobs": None,
+                               "finish_reason": choice.finish_reason})
+        return deltas
+
+    def message(self, index: int) -> dict:
+        """A choice's whole message, as the non-stream answer carries it."""
+        choice = self.choices[index]
+        content = "".join(choice.content)
+        message: dict = {"role": "assistant", "content": content if content or not choice.calls else None}
+        if choice.calls and self.legacy_functions:
+            call = choice.calls[0]
+            message["function_call"] = {"name": call.name, "arguments": "".join(call.arguments)}
+        elif choice.calls:
+            message["tool_calls"] = [{"id": c.call_id, "type": "function",
+                                      "function": {"name": c.name, "arguments": "".join(c.arguments)}}
+                                     for c in choice.calls]
+        return message
+
+    def _shape(self, choice: Choice, text: str) -> list[dict]:
+        """The stream deltas of one piece of a choice's text."""
+        events = choice.reader.feed(text) if choice.reader is not None else ([text] if text else [])
+        pieces = []
+        for event in events:
+            if isinstance(event, str):
+                choice.content.append(event)
+                pieces.append({"content": event})
+            elif isinstance(event, CallStarted):
+                choice.calls.append(Call(event.call_id, event.name))
+                pieces.append(self._call_delta(event.index, {"name": event.name, "arguments": ""}, event.call_id))
+            elif isinstance(event, ArgumentsPiece):
+                choice.calls[event.index].arguments.append(event.text)
+                pieces.append(self._call_delta(event.index, {"arguments": event.text}))
+        return pieces
+
+    def _call_delta(self, index: int, function: dict, call_id: str | None = None) -> dict:
+        if self.legacy_functions:
+            return {"function_call": function}
+        call: dict = {"index": index}
+        if call_id is not None:
+            call.update(id=call_id, type="function")
+        call["function"] = function
+        return {"tool_calls": [call]}
+
+    def _finish_reason(self, choice: Choice, engine_reason: str) -> str:
+        """OpenAI's: a choice that ends in calls finished with them ("stop" when the request named the
+        function; "function_call" in the legacy form), unless it was cut at max_tokens."""
+        if engine_reason != "stop" or not choice.calls:
+            return engine_reason
+        if self.tools.choice == "named":
+            return "stop"
+        return "function_call" if self.legacy_functions else "tool_calls"

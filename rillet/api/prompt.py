@@ -1,0 +1,102 @@
+"""The prompt: the conversation as the model's chat template sees it, rendered and tokenized.
+
+Roles the template has no word for are mapped onto ones it has: `developer` is a system message,
+and where the template knows nothing of tools, a tool's (or a function's) result is a user turn in
+<tool_response> tags, the assistant's calls are written in the call markup, and the tools offered
+are described in the system message (rillet/api/tools.py). A template that uses `tools` gets them,
+and the messages' calls and results, as Hugging Face templates expect them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from rillet.api.errors import APIError, ErrorKind
+from rillet.api.schemas import ChatCompletionRequest, ChatMessage, FunctionCall
+from rillet.api.served_model import ServedModel
+from rillet.api.tools import ToolPlan, call_markup, generic_tools_prompt, tools_for_template
+from rillet.model.errors import ChatTemplateError
+
+
+@dataclass(slots=True)
+class Prompt:
+    token_ids: list[int]
+
+
+def render_prompt(request: ChatCompletionRequest, plan: ToolPlan | None, served: ServedModel) -> str:
+    """The prompt text: the messages, and the tools where the request lets the model call them."""
+    template = served.chat_template
+    source = getattr(template, "source", "")
+    native_tools = "tools" in source
+    messages = [_template_message(i, m, native_tools) for i, m in enumerate(request.messages)]
+    if "developer" not in source:
+        messages = [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
+    extra: dict[str, Any] = {}
+    if plan is not None and plan.calls_allowed:
+        if native_tools:
+            extra["tools"] = tools_for_template(plan)
+        else:
+            messages = _with_system_text(messages, generic_tools_prompt(plan))
+    try:
+        return template.render(messages, add_generation_prompt=True, **extra)
+    except ChatTemplateError as error:
+        raise APIError(ErrorKind.INVALID_REQUEST, str(error), "messages") from None
+
+
+def encode_prompt(text: str, served: ServedModel) -> Prompt:
+    return Prompt(served.tokenizer.encode(text))
+
+
+def _template_message(index: int, message: ChatMessage, native_tools: bool) -> dict[str, Any]:
+    text = message.text()
+    calls = _calls_of(message)
+    where = f"messages.{index}"
+    if text is None and not (message.role == "assistant" and calls):
+        raise APIError(ErrorKind.INVALID_REQUEST, f"{where}.content is required for a {message.role} message",
+                       f"{where}.content")
+    if message.role == "function" and not message.name:
+        raise APIError(ErrorKind.INVALID_REQUEST, f"{where}.name is required for a function message", f"{where}.name")
+    if message.role == "tool" and not message.tool_call_id:
+        raise APIError(ErrorKind.INVALID_REQUEST, f"{where}.tool_call_id is required for a tool message",
+                       f"{where}.tool_call_id")
+    if calls and message.role != "assistant":
+        raise APIError(ErrorKind.INVALID_REQUEST, "only assistant messages carry calls", f"{where}.tool_calls")
+    if message.role in ("tool", "function"):
+        if native_tools:
+            entry = {"role": "tool", "content": text, "tool_call_id": message.tool_call_id}
+            return {**entry, "name": message.name} if message.name else entry
+        return {"role": "user", "content": f"<tool_response>\n{text}\n</tool_response>"}
+    entry: dict[str, Any] = {"role": message.role, "content": text}
+    if message.name is not None:
+        entry["name"] = message.name
+    if calls and native_tools:
+        entry["tool_calls"] = [{"id": call_id, "type": "function",
+                                "function": {"name": call.name, "arguments": _arguments_value(call.arguments)}}
+                               for call_id, call in calls]
+    elif calls:
+        markup = "\n".join(call_markup(call.name, call.arguments) for _, call in calls)
+        entry["content"] = f"{text}\n{markup}" if text else markup
+    return entry
+
+
+def _calls_of(message: ChatMessage) -> list[tuple[str, FunctionCall]]:
+    calls = [(call.id, call.function) for call in message.tool_calls or []]
+    if message.function_call is not None:
+        calls.append(("call_0", message.function_call))
+    return calls
+
+
+def _arguments_value(arguments: str) -> Any:
+    """Templates write the arguments as an object; a call whose arguments are not JSON keeps its text."""
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments
+
+
+def _with_system_text(messages: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    if messages and messages[0]["role"] == "system":
+        first = messages[0]
+        return [{**first, "content": f"{first['content']}\n\n{text}" if first["content"] else text}, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]
