@@ -233,7 +233,7 @@ class LLMEngine:
         bitmask = self.grammars.new_bitmask(len(rows))
         for k, row in enumerate(rows):
             seqs[row].constraint.fill_bitmask(bitmask, k)
-        return TokenMasks(rows, torch.from_numpy(bitmask))
+        return TokenMasks(rows, bitmask)
 
     @staticmethod
     def _rows(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:

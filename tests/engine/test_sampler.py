@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from rillet.engine.constraints import TokenMasks
 from rillet.engine.sampler import Sampler
 from rillet.engine.sampling_params import SamplingParams
 
@@ -91,3 +93,18 @@ def test_logprobs_are_the_models_distribution_with_top_alternatives():
     assert [value for _, value in entry.top] == pytest.approx([math.log(0.5), math.log(0.3)])
     [bare] = sampler.logprobs(logits, [2], [0])
     assert bare.top == [] and bare.logprob == pytest.approx(math.log(0.2))
+
+
+def test_a_token_mask_forbids_what_its_bits_do_not_allow():
+    logits = torch.tensor([[0.0, 5.0, 1.0, 3.0] + [9.0] * 36, [4.0, 0.0, 2.0, 1.0] + [0.0] * 36])
+    bitmask = np.zeros((2, 1), dtype=np.int32)
+    bitmask[0, 0] = 0b1101  # tokens 0, 2 and 3 of 32: the best allowed is 3
+    bitmask[1, 0] = 0b0110  # tokens 1 and 2
+    greedy = [SamplingParams(temperature=0)] * 2
+    # The bias lifts token 1 of row 0, which the mask forbids all the same; columns past the
+    # mask's 32 tokens are forbidden too.
+    biased = [SamplingParams(temperature=0, logit_bias={1: 100.0}), SamplingParams(temperature=0)]
+    assert sampler.sample(logits.clone(), biased, [[], []], [None, None], TokenMasks([0, 1], bitmask)) == [3, 2]
+    # Masking one row of three leaves the others alone.
+    three = torch.cat([logits[:1], logits[:1], logits[1:]])
+    assert sampler.sample(three, greedy + greedy[:1], [[], [], []], [None] * 3, TokenMasks([1], bitmask[:1])) == [4, 3, 0]
