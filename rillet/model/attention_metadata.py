@@ -2,7 +2,7 @@
 token's key and value go in the paged KV cache and which cached tokens each sequence attends to."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -70,8 +70,9 @@ class DecodeBatch:
     rows: torch.Tensor | None
     block_tables: torch.Tensor  # [D, max_blocks_per_seq] int64
     context_lens: torch.Tensor  # [D] int64
-    # [D, 1, 1, max_context] bool: which padded key slots each sees (built by the PyTorch path).
-    mask: torch.Tensor | None = None
+    # Sliding window (None: full) -> [D, 1, 1, max_context] bool: which padded key slots each sees
+    # (built by the PyTorch path, once per step and window).
+    masks: dict[int | None, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -1,5 +1,5 @@
 """Reads a GGUF file with the gguf package: its metadata, its config, and its tensors
-dequantized into Hugging Face llama naming."""
+dequantized into Hugging Face naming (the family's own, rillet/model/architecture.py)."""
 from __future__ import annotations
 
 import re
@@ -12,21 +12,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rillet.model.config import SUPPORTED_ARCHITECTURES, ModelConfig
+from rillet.model.architecture import ARCHITECTURES, SUPPORTED_ARCHITECTURES, Architecture
+from rillet.model.config import ModelConfig
 from rillet.model.errors import ModelLoadError
 from rillet.model.quantized import QuantizedWeight
 
-_LAYER_NAMES = {
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
+# Gemma 3's local layers: every layer but each sixth, with their own RoPE base (llama.cpp's defaults
+# for files that do not say).
+GEMMA3_SLIDING_WINDOW_PATTERN = 6
+GEMMA3_LOCAL_ROPE_THETA = 10000.0
 # rope_freqs (Llama 3.1 style per-frequency scaling) has no Hugging Face tensor; it keeps a rillet name.
 _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",
                  "rope_freqs": "rope_freq_factors"}
@@ -87,31 +81,51 @@ def read_config(file: GGUFFile) -> ModelConfig:
 
     hidden = int(required("embedding_length"))
     num_heads = int(required("attention.head_count"))
+    num_layers = int(required("block_count"))
     scaling = file.get(f"{arch}.rope.scaling.type", "none")
     if scaling not in ("none", "linear"):
         raise ModelLoadError(f"unsupported rope scaling {scaling!r} (supported: none, linear)")
+    rope_theta = float(file.get(f"{arch}.rope.freq_base", 10000.0))
+    windows, thetas = (), ()
+    window = file.get(f"{arch}.attention.sliding_window")
+    if arch == "gemma3" and window:
+        # A layer count (every nth layer global) or, in newer files, a flag per layer.
+        pattern = file.get(f"{arch}.attention.sliding_window_pattern", GEMMA3_SLIDING_WINDOW_PATTERN)
+        local = ([bool(flag) for flag in pattern] if isinstance(pattern, list)
+                 else [(i + 1) % int(pattern) != 0 for i in range(num_layers)])
+        windows = tuple(int(window) if is_local else None for is_local in local)
+        local_theta = float(file.get(f"{arch}.rope.freq_base_swa", GEMMA3_LOCAL_ROPE_THETA))
+        thetas = tuple(local_theta if is_local else rope_theta for is_local in local)
+    elif window:
+        windows = (int(window),) * num_layers
     return ModelConfig(
         architecture=arch,
         vocab_size=int(file.get(f"{arch}.vocab_size") or len(file.get("tokenizer.ggml.tokens", []))),
         hidden_size=hidden,
         intermediate_size=int(required("feed_forward_length")),
-        num_layers=int(required("block_count")),
+        num_layers=num_layers,
         num_heads=num_heads,
         num_kv_heads=int(file.get(f"{arch}.attention.head_count_kv", num_heads)),
         head_dim=int(file.get(f"{arch}.attention.key_length", hidden // num_heads)),
-        rope_theta=float(file.get(f"{arch}.rope.freq_base", 10000.0)),
+        rope_theta=rope_theta,
         rms_norm_eps=float(file.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
         max_context_len=int(required("context_length")),
         tie_word_embeddings=not any(t.name == "output.weight" for t in file.tensors),
         rope_scaling_factor=float(file.get(f"{arch}.rope.scaling.factor", 1.0)) if scaling == "linear" else 1.0,
+        layer_windows=windows,
+        layer_rope_thetas=thetas,
+        # Files that do not say use head_dim ** -0.5, as llama.cpp does (Gemma 3 27B's files need it said).
+        attention_scale=None if file.get(f"{arch}.attention.scale") is None else float(file.get(f"{arch}.attention.scale")),
     )
 
 
-def hf_name(gguf_name: str) -> str | None:
+def hf_name(gguf_name: str, arch: Architecture = ARCHITECTURES["llama"]) -> str | None:
+    """The Hugging Face name of a GGUF tensor in the family's naming; None for a name it does not know."""
     match = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", gguf_name)
     if match:
         layer, part, kind = match.groups()
-        return f"model.layers.{layer}.{_LAYER_NAMES[part]}.{kind}" if part in _LAYER_NAMES else None
+        names = arch.gguf_layer_names
+        return f"model.layers.{layer}.{names[part]}.{kind}" if part in names else None
     base, _, kind = gguf_name.rpartition(".")
     return f"{_GLOBAL_NAMES[base]}.{kind}" if base in _GLOBAL_NAMES else None
 
@@ -141,10 +155,13 @@ def read_tensors(file: GGUFFile, config: ModelConfig, dtype: torch.dtype,
     keep_quantized: matrices in a quantized block type stay in their blocks (Linear multiplies them
     with a native kernel, or dequantizes the types that have none)."""
     tensors: dict[str, torch.Tensor | QuantizedWeight] = {}
+    arch = config.arch
+    unknown = [t.name for t in file.tensors if hf_name(t.name, arch) is None]
+    if unknown:
+        raise ModelLoadError(f"the {arch.name} model in {file.path} has tensors rillet does not read: "
+                             f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
     for tensor in tqdm(file.tensors, desc="loading weights", unit="tensor", leave=False):
-        name = hf_name(tensor.name)
-        if name is None:
-            continue
+        name = hf_name(tensor.name, arch)
         if keep_quantized and len(tensor.shape) == 2 and gguf.GGML_QUANT_SIZES[tensor.tensor_type][0] > 1:
             dequantize(tensor, rows=1)  # a type gguf cannot read fails here, as a whole matrix would
             blocks = torch.from_numpy(np.array(tensor.data, dtype=np.uint8).reshape(tensor.shape[0], -1))
@@ -152,9 +169,9 @@ def read_tensors(file: GGUFFile, config: ModelConfig, dtype: torch.dtype,
         else:
             weight = dequantize(tensor)
             weight = weight.to(dtype) if weight.dim() > 1 else weight
-        if name.endswith("q_proj.weight"):
+        if arch.gguf_interleaved_rope and name.endswith("q_proj.weight"):
             weight = _unpermute(weight, config.num_heads)
-        elif name.endswith("k_proj.weight"):
+        elif arch.gguf_interleaved_rope and name.endswith("k_proj.weight"):
             weight = _unpermute(weight, config.num_kv_heads)
         tensors[name] = weight
     return tensors

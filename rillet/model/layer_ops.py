@@ -29,6 +29,10 @@ class LayerOps:
                               weight.data_ptr(), out.data_ptr(), hidden.shape[0], hidden.shape[1], eps)
         return hidden, out
 
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """RMSNorm of each row of x [T, dim] times weight; x itself is left as it is."""
+        return self.add_rms_norm(x.contiguous(), None, weight, eps)[1]
+
     def rope_(self, x: torch.Tensor, heads: int, head_dim: int, cos: torch.Tensor, sin: torch.Tensor) -> None:
         """Rotates the first heads heads of each row of x [T, >= heads * head_dim] in place; cos,
         sin: [T, head_dim]. The two halves of a head are rotated together (Hugging Face layout)."""

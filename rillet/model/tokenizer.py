@@ -15,9 +15,13 @@ from rillet.model.gguf_loader import GGUFFile
 # The split regex of Llama 3 style byte-level BPE (llama.cpp's "llama-bpe" and kin).
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Qwen 2 and 3's split: Llama 3's, with every digit apart.
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 # llama.cpp pre-tokenizer names that split every digit apart before GPT-2's byte-level split.
 _DIGIT_SPLIT_PRES = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b")
 _LLAMA3_PRES = ("llama3", "llama-bpe", "llama-v3", "dbrx", "smaug-bpe", "falcon3", "pixtral")
+_QWEN2_PRES = ("qwen2", "deepseek-r1-qwen")
 _END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 _NORMAL, _CONTROL, _USER_DEFINED, _BYTE = 1, 3, 4, 6
 _SPACE = "\u2581"  # SentencePiece's visible space
@@ -27,9 +31,10 @@ def _byte_level_pre_tokenizer(pre: str | None) -> pre_tokenizers.PreTokenizer:
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if pre in _DIGIT_SPLIT_PRES:
         return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    if pre in _LLAMA3_PRES:
+    split = _LLAMA3_SPLIT if pre in _LLAMA3_PRES else _QWEN2_SPLIT if pre in _QWEN2_PRES else None
+    if split is not None:
         return pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(split), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ])
     if pre not in (None, "default", "gpt2", "gpt-2"):
@@ -92,6 +97,8 @@ class Tokenizer:
         self.stop_token_ids = stop_token_ids
         # Byte-level BPE spells each byte as one printable character; this maps them back.
         self._byte_of_char: dict[str, int] | None = None
+        # SentencePiece-style pieces: "\u2581" is a space, "<0xAB>" a byte.
+        self._sentencepiece = False
 
     @classmethod
     def from_gguf(cls, file: GGUFFile) -> Tokenizer:
@@ -113,8 +120,7 @@ class Tokenizer:
         bos, eos = file.get("tokenizer.ggml.bos_token_id"), file.get("tokenizer.ggml.eos_token_id")
         tokenizer = cls(backend, tokens, bos, eos, bool(file.get("tokenizer.ggml.add_bos_token", kind == "llama")),
                         _stop_token_ids(file, tokens, types))
-        if kind == "gpt2":
-            tokenizer._byte_of_char = {char: byte for byte, char in _byte_level_alphabet().items()}
+        tokenizer._set_token_spelling("gpt2" if kind == "gpt2" else "sentencepiece")
         return tokenizer
 
     @classmethod
@@ -138,7 +144,18 @@ class Tokenizer:
         stops.update(backend.token_to_id(t) for t in _END_OF_TURN_TOKENS if t in specials)
         # Without add_bos_token in the config, the tokenizer.json post-processor says whether bos leads.
         add_bos = settings.get("add_bos_token", bos is not None and backend.encode("").ids[:1] == [bos])
-        return cls(backend, tokens, bos, eos, bool(add_bos), frozenset(stops))
+        tokenizer = cls(backend, tokens, bos, eos, bool(add_bos), frozenset(stops))
+        decoder = json.dumps(json.loads(backend.to_str()).get("decoder"))
+        tokenizer._set_token_spelling("gpt2" if '"ByteLevel"' in decoder else
+                                      "sentencepiece" if '"ByteFallback"' in decoder or _SPACE in decoder else None)
+        return tokenizer
+
+    def _set_token_spelling(self, kind: str | None) -> None:
+        """How the vocabulary spells a token's bytes: byte-level BPE ("gpt2"), SentencePiece, or
+        neither (token_bytes then decodes the token)."""
+        if kind == "gpt2":
+            self._byte_of_char = {char: byte for byte, char in _byte_level_alphabet().items()}
+        self._sentencepiece = kind == "sentencepiece"
 
     def encode(self, text: str) -> list[int]:
         ids = self._backend.encode(text, add_special_tokens=False).ids
@@ -158,10 +175,15 @@ class Tokenizer:
         return [self._tokens[i] for i in ids]
 
     def token_bytes(self, token_id: int) -> bytes:
-        """The bytes one token stands for; a multi-byte character may span several tokens."""
+        """The bytes one token stands for, as it stands in a longer text (a SentencePiece piece
+        keeps its leading space); a multi-byte character may span several tokens."""
         token = self._tokens[token_id]
         if self._byte_of_char is not None and all(char in self._byte_of_char for char in token):
             return bytes(self._byte_of_char[char] for char in token)
+        if self._sentencepiece:
+            if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+                return bytes([int(token[3:5], 16)])
+            return token.replace(_SPACE, " ").encode()
         return self.decode([token_id], skip_special_tokens=False).encode()
 
 

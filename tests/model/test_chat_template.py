@@ -61,3 +61,14 @@ def test_a_template_that_does_not_parse_is_a_one_line_error():
     with pytest.raises(ChatTemplateError) as caught:
         ChatTemplate("{% for m in messages %}\n{{ m }")
     assert "\n" not in str(caught.value)
+
+
+def test_a_gemma_file_without_a_template_gets_gemmas_turns():
+    """Gemma 3's instruction-tuned turns: a system message opens the first user turn."""
+    from rillet.model.architecture import ARCHITECTURES
+
+    template = ChatTemplate(ARCHITECTURES["gemma3"].default_template, "<bos>", "<eos>")
+    rendered = template.render([{"role": "system", "content": "Be brief."}, {"role": "user", "content": " Hi "},
+                                {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Name a color."}])
+    assert rendered == ("<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"
+                        "<start_of_turn>user\nName a color.<end_of_turn>\n<start_of_turn>model\n")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rillet.model.gguf_loader import open_gguf, read_config, read_tensors
-from rillet.model.llama import LlamaModel
+from rillet.model.decoder import DecoderModel
 from rillet.model.native import quant_matmul_available
 from tests.model.test_forward_parity import BLOCK_SIZE, PROMPTS, PagedSequences, run_step
 from tests.model.tiny_gguf import Q, random_blocks, write_raw_gguf
@@ -90,7 +90,7 @@ def block_type_model(tmp_path, weight_format: str, replace: dict[str, str] | Non
     file = open_gguf(write_raw_gguf(tmp_path / "blocks.gguf", tensors, HIDDEN, INTERMEDIATE, HEADS, KV_HEADS, 2, VOCAB))
     config = read_config(file)
     weights = read_tensors(file, config, torch.float16, keep_quantized=True)
-    return SimpleNamespace(model=LlamaModel(config, weights, weight_format))
+    return SimpleNamespace(model=DecoderModel(config, weights, weight_format))
 
 
 def block_type_logits(loaded) -> list[torch.Tensor]:

@@ -180,3 +180,61 @@ def write_raw_gguf(path: Path, tensors: dict[str, tuple[np.ndarray, Q]], hidden:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def write_model_gguf(path: Path, model, arch, qtype: Q = Q.F32) -> Path:
+    """A Hugging Face model (transformers, float32) as llama.cpp's converter writes it for its family:
+    its names, q/k rows interleaved for Llama and Mistral, Gemma's norms stored as 1 + weight, Llama
+    3.1 scaling as rope_freqs; the matrices in qtype, with the SentencePiece vocabulary above."""
+    import torch
+
+    from rillet.model.decoder import llama3_freq_factors
+    from rillet.model.loader import hf_config
+
+    config = hf_config(model.config.to_dict() | {"model_type": model.config.model_type}, path)
+    writer = gguf.GGUFWriter(path, arch.name)
+    writer.add_block_count(config.num_layers)
+    writer.add_context_length(config.max_context_len)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_heads)
+    writer.add_head_count_kv(config.num_kv_heads)
+    writer.add_key_length(config.head_dim)
+    writer.add_value_length(config.head_dim)
+    writer.add_rope_freq_base(config.rope_theta)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    if config.layer_windows:
+        writer.add_sliding_window(next(w for w in config.layer_windows if w))
+        writer.add_sliding_window_pattern([w is not None for w in config.layer_windows])
+    if config.layer_rope_thetas:
+        writer.add_rope_freq_base_swa(next(t for t, w in zip(config.layer_rope_thetas, config.layer_windows) if w))
+    _add_sentencepiece_vocab(writer)
+    gguf_names = {hf: gguf_name for gguf_name, hf in arch.gguf_layer_names.items()}
+    for name, tensor in model.state_dict().items():
+        values = tensor.float().numpy()
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            continue
+        if name.startswith("model.layers."):
+            _, _, layer, rest = name.split(".", 3)
+            part, _, kind = rest.rpartition(".")
+            target = f"blk.{layer}.{gguf_names[part]}.{kind}"
+        else:
+            target = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+                      "lm_head.weight": "output.weight"}[name]
+        if arch.gguf_interleaved_rope and name.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = config.num_heads if "q_proj" in name else config.num_kv_heads
+            values = values.reshape(heads, 2, -1, values.shape[-1]).swapaxes(1, 2).reshape(values.shape)
+        if arch.hf_norm_offset and name.endswith("norm.weight"):
+            values = values + arch.hf_norm_offset
+        kind = qtype if values.ndim == 2 and values.shape[1] % 32 == 0 else Q.F32
+        writer.add_tensor(target, gguf.quants.quantize(values, kind), raw_dtype=kind)
+    if config.rope_llama3 is not None:
+        half = torch.arange(0, config.head_dim, 2, dtype=torch.float64) / config.head_dim
+        inv_freq = 1.0 / config.rope_theta ** half
+        writer.add_tensor("rope_freqs.weight", llama3_freq_factors(inv_freq, *config.rope_llama3).float().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+

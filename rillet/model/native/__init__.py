@@ -96,7 +96,7 @@ def _decode_attention_function(dtype: torch.dtype):
         return None
     function = getattr(lib, f"paged_decode_attention_{suffix}")
     function.restype = ctypes.c_int
-    function.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR] + [_I64] * 7 + [_F32]
+    function.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR] + [_I64] * 7 + [_F32, _I64]
     return function
 
 
@@ -111,10 +111,12 @@ def decode_attention_address(dtype: torch.dtype) -> int | None:
 
 
 def paged_decode_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: torch.Tensor,
-                           context_lens: torch.Tensor) -> torch.Tensor | None:
+                           context_lens: torch.Tensor, scale: float | None = None,
+                           window: int | None = None) -> torch.Tensor | None:
     """q: [S, heads, dim]; cache: [2, blocks, block_size, kv_heads, dim] float32 or float16 on the
-    CPU; block_tables: [S, width] int64; context_lens: [S] int64. Returns [S, heads, dim] float32,
-    or None where the kernel does not apply (then the caller uses PyTorch ops)."""
+    CPU; block_tables: [S, width] int64; context_lens: [S] int64; scale: of the scores (default
+    dim ** -0.5); window: a sliding window (each row sees its last `window` tokens). Returns
+    [S, heads, dim] float32, or None where the kernel does not apply (then the caller uses PyTorch ops)."""
     function = _decode_attention_function(cache.dtype) if cache.device.type == "cpu" and cache.is_contiguous() else None
     if function is None:
         return None
@@ -125,7 +127,7 @@ def paged_decode_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: t
     _, num_blocks, block_size, num_kv_heads, _ = cache.shape
     status = function(q.data_ptr(), cache.data_ptr(), block_tables.data_ptr(), context_lens.data_ptr(),
                       out.data_ptr(), num_seqs, num_heads, num_kv_heads, head_dim, num_blocks, block_size,
-                      block_tables.shape[1], head_dim ** -0.5)
+                      block_tables.shape[1], head_dim ** -0.5 if scale is None else scale, window or 0)
     return out if status == 0 else None
 
 

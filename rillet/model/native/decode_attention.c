@@ -8,6 +8,8 @@
  * q, out: [rows, num_heads, head_dim] float32; block_tables: [rows, table_width] int64 (the
  *        argument names say seqs: for decode each row is one sequence)
  * Query heads h * groups .. (h + 1) * groups - 1 share kv head h (grouped-query attention).
+ * window > 0: a sliding window, each row sees only its last `window` tokens (itself included);
+ *        blocks wholly before a row's window are not read for it.
  * Returns 0, or -1 when a size is beyond the limits below or memory runs out (the caller falls
  * back). Work is split by rows, up to 16 of one sequence together, and by kv head; each reads its
  * blocks in order.
@@ -99,7 +101,7 @@ static inline __attribute__((always_inline)) void block_values(float *a, const f
 static inline __attribute__((always_inline)) int attend(
     const float *q, const void *cache, const int64_t *block_tables, const int64_t *context_lens, float *out,
     int64_t num_seqs, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, int64_t num_blocks,
-    int64_t block_size, int64_t table_width, float scale, int half) {
+    int64_t block_size, int64_t table_width, float scale, int64_t window, int half) {
     const int64_t groups = num_heads / num_kv_heads;
     if (num_heads > MAX_HEADS || head_dim > MAX_HEAD_DIM || block_size > MAX_BLOCK_SIZE) return -1;
     const int64_t token_stride = num_kv_heads * head_dim;
@@ -143,7 +145,7 @@ static inline __attribute__((always_inline)) int attend(
             if (!ok) continue;
             const int64_t task = job / num_kv_heads, h = job % num_kv_heads;
             const int64_t first = task_start[task], rows = task_start[task + 1] - first;
-            int64_t longest = 0;
+            int64_t longest = 0, earliest = INT64_MAX;
             for (int64_t r = 0; r < rows; r++) {
                 for (int64_t i = 0; i < groups; i++) {
                     running_max[r * groups + i] = NEG_HUGE;
@@ -151,9 +153,11 @@ static inline __attribute__((always_inline)) int attend(
                     for (int64_t d = 0; d < head_dim; d++) acc[(r * groups + i) * head_dim + d] = 0.0f;
                 }
                 longest = context_lens[first + r] > longest ? context_lens[first + r] : longest;
+                const int64_t from = window > 0 && context_lens[first + r] > window ? context_lens[first + r] - window : 0;
+                earliest = from < earliest ? from : earliest;
             }
             const int64_t *table = block_tables + first * table_width;
-            for (int64_t start = 0; start < longest; start += block_size) {
+            for (int64_t start = earliest / block_size * block_size; start < longest; start += block_size) {
                 const int64_t block = table[start / block_size];
                 const int64_t n = longest - start < block_size ? longest - start : block_size;
                 if (start + block_size < longest) { /* the next block's keys and values, while this one computes */
@@ -177,12 +181,15 @@ static inline __attribute__((always_inline)) int attend(
                 }
                 for (int64_t r = 0; r < rows; r++) {
                     const int64_t len = context_lens[first + r];
-                    if (start >= len) continue;
-                    const int64_t rn = len - start < block_size ? len - start : block_size;
+                    const int64_t from = window > 0 && len > window ? len - window : 0; /* the row's first visible token */
+                    if (start >= len || start + block_size <= from) continue;
+                    const int64_t skip = from > start ? from - start : 0;
+                    const int64_t rn = (len - start < block_size ? len - start : block_size) - skip;
+                    const float *kr = kb + skip * row_stride, *vr = vb + skip * row_stride;
                     const float *qs = q + ((first + r) * num_heads + h * groups) * head_dim;
                     for (int64_t i = 0; i < groups; i++) {
                         float block_max = running_max[r * groups + i];
-                        block_scores(qs + i * head_dim, kb, row_stride, rn, head_dim, scale, scores);
+                        block_scores(qs + i * head_dim, kr, row_stride, rn, head_dim, scale, scores);
                         for (int64_t t = 0; t < rn; t++) block_max = scores[t] > block_max ? scores[t] : block_max;
                         const float correction = expf(running_max[r * groups + i] - block_max);
                         float sum = running_sum[r * groups + i] * correction;
@@ -190,7 +197,7 @@ static inline __attribute__((always_inline)) int attend(
                         for (int64_t d = 0; d < head_dim; d++) a[d] *= correction;
                         for (int64_t t = 0; t < rn; t++) scores[t] = expf(scores[t] - block_max);
                         for (int64_t t = 0; t < rn; t++) sum += scores[t];
-                        block_values(a, scores, vb, row_stride, rn, head_dim);
+                        block_values(a, scores, vr, row_stride, rn, head_dim);
                         running_max[r * groups + i] = block_max;
                         running_sum[r * groups + i] = sum;
                     }
@@ -213,15 +220,18 @@ static inline __attribute__((always_inline)) int attend(
 #define ENTRY_POINT(NAME, KV_TYPE, HALF)                                                                      \
     int NAME(const float *q, const KV_TYPE *cache, const int64_t *block_tables, const int64_t *context_lens, \
              float *out, int64_t num_seqs, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,        \
-             int64_t num_blocks, int64_t block_size, int64_t table_width, float scale) {                     \
+             int64_t num_blocks, int64_t block_size, int64_t table_width, float scale, int64_t window) {      \
         if (head_dim == 64)                                                                                  \
             return attend(q, cache, block_tables, context_lens, out, num_seqs, num_heads, num_kv_heads, 64,  \
-                          num_blocks, block_size, table_width, scale, HALF);                                 \
+                          num_blocks, block_size, table_width, scale, window, HALF);                         \
         if (head_dim == 128)                                                                                 \
             return attend(q, cache, block_tables, context_lens, out, num_seqs, num_heads, num_kv_heads, 128, \
-                          num_blocks, block_size, table_width, scale, HALF);                                 \
+                          num_blocks, block_size, table_width, scale, window, HALF);                         \
+        if (head_dim == 256)                                                                                 \
+            return attend(q, cache, block_tables, context_lens, out, num_seqs, num_heads, num_kv_heads, 256, \
+                          num_blocks, block_size, table_width, scale, window, HALF);                         \
         return attend(q, cache, block_tables, context_lens, out, num_seqs, num_heads, num_kv_heads,          \
-                      head_dim, num_blocks, block_size, table_width, scale, HALF);                           \
+                      head_dim, num_blocks, block_size, table_width, scale, window, HALF);                   \
     }
 
 ENTRY_POINT(paged_decode_attention_f32, float, 0)

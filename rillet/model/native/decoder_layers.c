@@ -25,7 +25,7 @@ typedef void (*write_kv_fn)(const float *keys, const float *values, int64_t row_
 typedef int (*attention_fn)(const float *q, const void *cache, const int64_t *block_tables,
                             const int64_t *context_lens, float *out, int64_t num_seqs, int64_t num_heads,
                             int64_t num_kv_heads, int64_t head_dim, int64_t num_blocks, int64_t block_size,
-                            int64_t table_width, float scale);
+                            int64_t table_width, float scale, int64_t window);
 
 typedef struct {
     matmul_fn multiply;
@@ -36,6 +36,7 @@ typedef struct {
 typedef struct {
     const float *attn_norm, *mlp_norm;
     linear_t qkv, o, gate_up, down;
+    int64_t window; /* the layer's sliding window, 0 for full attention */
 } layer_t;
 
 typedef struct {
@@ -110,7 +111,8 @@ int run_decoder_layers(const decoder_t *d, const kv_caches_t *caches, float *hid
                     caches->half);
         for (int64_t t = 0; t < T; t++) memcpy(q + t * q_width, qkv + t * qkv_width, q_width * sizeof(float));
         if ((status = caches->attention(q, cache, block_tables, context_lens, attn, T, d->num_heads, d->num_kv_heads,
-                                        hd, caches->num_blocks, caches->block_size, table_width, d->scale)) != 0)
+                                        hd, caches->num_blocks, caches->block_size, table_width, d->scale,
+                                        l->window)) != 0)
             break;
         if ((status = linear(&l->o, attn, T, delta)) != 0) break;
         d->add_rms_norm(hidden, delta, l->mlp_norm, x, T, dim, d->eps);

@@ -1,6 +1,6 @@
 """The decoder layers of a step in one call of decoder_layers.c, where every piece of the layer
 has a native kernel: matrices in the file's blocks (the quantized formats), LayerOps in C, the
-paged attention kernel for the cache's dtype. It computes bit for bit what LlamaModel's Python
+paged attention kernel for the cache's dtype. It computes bit for bit what DecoderModel's Python
 loop over the same kernels does, without that loop's per-kernel cost.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ class _Linear(ctypes.Structure):
 
 class _Layer(ctypes.Structure):
     _fields_ = [("attn_norm", _PTR), ("mlp_norm", _PTR), ("qkv", _Linear), ("o", _Linear), ("gate_up", _Linear),
-                ("down", _Linear)]
+                ("down", _Linear), ("window", _I64)]
 
 
 class _Decoder(ctypes.Structure):
@@ -50,10 +50,15 @@ class NativeDecoder:
 
     @classmethod
     def build(cls, model) -> NativeDecoder | None:
-        """For a LlamaModel; None where some piece has no native kernel here."""
+        """For a DecoderModel; None where some piece has no native kernel here, or the architecture
+        has a part the native loop does not run (biases, q/k norms, sandwich norms, GeGLU, a RoPE base
+        per layer: rillet/model/architecture.py)."""
         c = model.config
         ops = model.ops.lib
-        if ops is None or c.num_heads > MAX_HEADS or c.head_dim > MAX_HEAD_DIM:
+        arch = c.arch
+        if arch.qkv_bias or arch.qk_norm or arch.sandwich_norms or arch.activation != "silu":
+            return None
+        if ops is None or c.num_heads > MAX_HEADS or c.head_dim > MAX_HEAD_DIM or len(set(c.layer_rope_thetas)) > 1:
             return None
         norms = [model.norm] + [w for layer in model.layers for w in (layer.attn_norm, layer.mlp_norm)]
         if any(w.dtype != torch.float32 or not w.is_contiguous() for w in norms):
@@ -69,11 +74,12 @@ class NativeDecoder:
                 setattr(entry, name, _Linear(address, packed.data_ptr(), in_features, out_features))
                 keep_alive.append(packed)
             entry.attn_norm, entry.mlp_norm = layer.attn_norm.data_ptr(), layer.mlp_norm.data_ptr()
+            entry.window = layer.window or 0
         lib = native.library("decoder_layers")
         if lib is None:
             return None
         decoder = _Decoder(c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads, c.head_dim,
-                           c.rms_norm_eps, c.head_dim ** -0.5, native.address(ops.add_rms_norm), native.address(ops.rope),
+                           c.rms_norm_eps, c.scale, native.address(ops.add_rms_norm), native.address(ops.rope),
                            native.address(ops.silu_mul), native.address(ops.write_kv), model.norm.data_ptr(), layers)
         function = lib.run_decoder_layers
         function.restype = ctypes.c_int
