@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from rillet.model import default_model_path
 from rillet.model.gguf_loader import open_gguf
 from rillet.model.tokenizer import Tokenizer
 from tests.model.tiny_gguf import write_gguf
@@ -64,3 +65,30 @@ def test_sentencepiece_vocab_equals_transformers(sentencepiece_gguf, text):
 def test_sentencepiece_prefixes_a_space_after_special_tokens_like_llama_cpp(sentencepiece_gguf):
     ours = Tokenizer.from_gguf(open_gguf(sentencepiece_gguf))
     assert ours.convert_ids_to_tokens(ours.encode("<|user|>hello")) == ["<s>", "<|user|>", "\u2581h", "el", "lo"]
+
+
+def test_a_qwen2_byte_level_vocabulary_splits_as_transformers_does(tmp_path):
+    """Qwen's pre-tokenizer (llama.cpp's "qwen2": Llama 3's split with every digit apart), on the
+    default model's vocabulary and merges written as a qwen2 GGUF file."""
+    import gguf
+    transformers = pytest.importorskip("transformers")
+    source = open_gguf(default_model_path())
+    path = tmp_path / "qwen.gguf"
+    writer = gguf.GGUFWriter(path, "qwen2")
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("qwen2")
+    writer.add_token_list(source.get("tokenizer.ggml.tokens"))
+    writer.add_token_types(source.get("tokenizer.ggml.token_type"))
+    writer.add_token_merges(source.get("tokenizer.ggml.merges"))
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_add_bos_token(False)
+    for add in (writer.write_header_to_file, writer.write_kv_data_to_file, writer.write_tensors_to_file, writer.close):
+        add()
+    ours = Tokenizer.from_gguf(open_gguf(path))
+    reference = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+    for text in ["Numbers 1234567890 and 3.14159", "I'm sure they'll say we've DON'T", "  leading   spaces\n\n\nnewlines",
+                 "中文分词测试", "x=12345;"]:
+        assert ours.encode(text) == reference(text)["input_ids"], text
+    # Every digit its own piece, where Llama 3's split keeps runs of three.
+    assert len(ours.encode("1234567890")) == 10
