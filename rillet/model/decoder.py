@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from rillet.model.attention import paged_attention
 from rillet.model.attention_metadata import AttentionMetadata
@@ -58,13 +57,12 @@ class DecoderLayer(torch.nn.Module):
         c, ops = self.config, self.ops
         hidden, x = ops.add_rms_norm(hidden, delta, self.attn_norm, c.rms_norm_eps)
         qkv = self.qkv_proj(x)
-        if self.qkv_bias is not None:
-            qkv += self.qkv_bias
         q_width, kv_width = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        if self.qkv_bias is not None:
+            ops.add_bias_(qkv, self.qkv_bias)
         if self.q_norm is not None:
-            for start, width, weight in ((0, q_width, self.q_norm), (q_width, kv_width, self.k_norm)):
-                heads = qkv[:, start:start + width].reshape(-1, c.head_dim)
-                qkv[:, start:start + width] = ops.rms_norm(heads, weight, c.rms_norm_eps).view(-1, width)
+            ops.head_rms_norm_(qkv, 0, c.num_heads, c.head_dim, self.q_norm, c.rms_norm_eps)
+            ops.head_rms_norm_(qkv, q_width, c.num_kv_heads, c.head_dim, self.k_norm, c.rms_norm_eps)
         # q and k heads side by side at the front of each row: one rotation for both, in place.
         cos, sin = rope[self.rope_base]
         ops.rope_(qkv, c.num_heads + c.num_kv_heads, c.head_dim, cos, sin)
@@ -77,11 +75,7 @@ class DecoderLayer(torch.nn.Module):
             out = ops.rms_norm(out, self.post_attn_norm, c.rms_norm_eps)
         hidden, x = ops.add_rms_norm(hidden, out, self.mlp_norm, c.rms_norm_eps)
         gate_up = self.gate_up_proj(x)
-        if c.arch.activation == "gelu_tanh":
-            gate, up = gate_up.chunk(2, dim=-1)
-            act = F.gelu(gate, approximate="tanh") * up
-        else:
-            act = ops.silu_mul(gate_up)
+        act = ops.gelu_mul(gate_up) if c.arch.activation == "gelu_tanh" else ops.silu_mul(gate_up)
         out = self.down_proj(act)
         if self.post_mlp_norm is not None:
             out = ops.rms_norm(out, self.post_mlp_norm, c.rms_norm_eps)
@@ -116,10 +110,6 @@ class DecoderModel(torch.nn.Module):
         # All layers in one native call where every kernel is native (the quantized formats on the CPU).
         self.native_layers = NativeDecoder.build(self) if self.device.type == "cpu" else None
 
-    @property
-    def rope_cos(self) -> torch.Tensor:
-        return self.rope_tables[self.config.rope_theta][0]
-
     def allocate_kv_cache(self, num_blocks: int, block_size: int, dtype: torch.dtype) -> list[torch.Tensor]:
         c = self.config
         shape = (2, num_blocks, block_size, c.num_kv_heads, c.head_dim)
@@ -135,7 +125,7 @@ class DecoderModel(torch.nn.Module):
             hidden *= self.embed_scale
         rope = {base: (cos[positions], sin[positions]) for base, (cos, sin) in self.rope_tables.items()}
         if self.native_layers is not None and self.native_layers.supports(kv_caches):
-            return self.native_layers(hidden, *rope[self.config.rope_theta], kv_caches, meta)
+            return self.native_layers(hidden, rope, kv_caches, meta)
         delta = None
         for layer, cache in zip(self.layers, kv_caches):
             hidden, delta = layer(hidden, delta, rope, cache, meta)

@@ -1,5 +1,5 @@
-"""The small steps of a decoder layer: residual add with RMSNorm, rotary embedding, SwiGLU's
-gate, and writing keys and values into the paged cache.
+"""The small steps of a decoder layer: residual add with RMSNorm, rotary embedding, the MLP's gate
+(SwiGLU or GeGLU), q/k/v biases and per-head norms, and writing keys and values into the paged cache.
 
 On the CPU each is one call into rillet/model/native/layer_ops.c (a dozen PyTorch ops and their
 dispatch cost more than the arithmetic at small batch); elsewhere, or without a C compiler, the
@@ -53,6 +53,34 @@ class LayerOps:
         out = gate_up.new_empty(gate_up.shape[0], width)
         self.lib.silu_mul(gate_up.data_ptr(), out.data_ptr(), gate_up.shape[0], width)
         return out
+
+    def gelu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """gelu_tanh(gate) * up, for gate and up side by side in each row of gate_up [T, 2 * width]."""
+        if self.lib is None:
+            gate, up = gate_up.chunk(2, dim=-1)
+            return F.gelu(gate, approximate="tanh") * up
+        width = gate_up.shape[1] // 2
+        out = gate_up.new_empty(gate_up.shape[0], width)
+        self.lib.gelu_mul(gate_up.data_ptr(), out.data_ptr(), gate_up.shape[0], width)
+        return out
+
+    def add_bias_(self, x: torch.Tensor, bias: torch.Tensor) -> None:
+        """x [T, width] (contiguous) += bias [width], in place."""
+        if self.lib is None:
+            x += bias
+            return
+        self.lib.add_bias(x.data_ptr(), bias.data_ptr(), x.shape[0], x.stride(0), x.shape[1])
+
+    def head_rms_norm_(self, x: torch.Tensor, start: int, heads: int, head_dim: int, weight: torch.Tensor,
+                       eps: float) -> None:
+        """RMSNorm, in place, of the heads heads of each row of x [T, >= start + heads * head_dim] that
+        begin at column start, each times weight [head_dim]."""
+        if self.lib is None:
+            view = x[:, start:start + heads * head_dim]
+            view.copy_(torch.rms_norm(view.reshape(-1, heads, head_dim), (head_dim,), weight, eps).reshape(view.shape))
+            return
+        self.lib.head_rms_norm(x.data_ptr() + start * x.element_size(), weight.data_ptr(), x.shape[0], x.stride(0),
+                               heads, head_dim, eps)
 
     def write_kv(self, k: torch.Tensor, v: torch.Tensor, cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
         """k, v [T, kv_heads, dim] (rows may be strided) into their slots of cache

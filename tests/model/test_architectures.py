@@ -160,3 +160,17 @@ def test_a_tensor_the_family_does_not_read_is_an_error(family, tmp_path):
     save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ModelLoadError, match="does not read: model.layers.0.self_attn.q_proj.extra"):
         load_model(str(broken), weight_format="float32")
+
+
+@pytest.mark.parametrize("weight_format", ["quantized", "quantized-int8"])
+def test_the_native_layer_loop_is_the_python_loop_bit_for_bit(family, tmp_path, weight_format):
+    """Every family's layers in one native call (biases, q/k norms, sandwich norms, GeGLU, windows
+    and a RoPE base per layer included) give exactly what the Python loop over the same kernels gives."""
+    arch, model, folder = family
+    path = write_model_gguf(tmp_path / f"{arch.name}.gguf", model, arch, Q.Q8_0)
+    loaded = load_model(str(path), weight_format=weight_format)
+    assert loaded.model.native_layers is not None
+    native_logits = paged_logits(loaded)
+    loaded.model.native_layers = None
+    for got, expected in zip(native_logits, paged_logits(loaded)):
+        assert torch.equal(got, expected)

@@ -195,6 +195,9 @@ def layer_ops() -> ctypes.CDLL | None:
         "add_rms_norm": [_PTR, _PTR, _PTR, _PTR, _I64, _I64, _F32],
         "rope": [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64],
         "silu_mul": [_PTR, _PTR, _I64, _I64],
+        "gelu_mul": [_PTR, _PTR, _I64, _I64],
+        "add_bias": [_PTR, _PTR, _I64, _I64, _I64],
+        "head_rms_norm": [_PTR, _PTR, _I64, _I64, _I64, _I64, _F32],
         "write_kv": [_PTR, _PTR, _I64, _PTR, _I64, _I64, _PTR, _I64, ctypes.c_int],
     }
     for name, argtypes in signatures.items():

@@ -19,7 +19,10 @@ typedef void (*add_rms_norm_fn)(float *hidden, const float *delta, const float *
                                 int64_t dim, float eps);
 typedef void (*rope_fn)(float *x, const float *cos, const float *sin, int64_t rows, int64_t row_stride,
                         int64_t heads, int64_t dim);
-typedef void (*silu_mul_fn)(const float *x, float *out, int64_t rows, int64_t width);
+typedef void (*gate_fn)(const float *x, float *out, int64_t rows, int64_t width);
+typedef void (*add_bias_fn)(float *x, const float *bias, int64_t rows, int64_t row_stride, int64_t width);
+typedef void (*head_rms_norm_fn)(float *x, const float *weight, int64_t rows, int64_t row_stride, int64_t heads,
+                                 int64_t dim, float eps);
 typedef void (*write_kv_fn)(const float *keys, const float *values, int64_t row_stride, const int64_t *slots,
                             int64_t rows, int64_t width, void *cache, int64_t num_slots, int half);
 typedef int (*attention_fn)(const float *q, const void *cache, const int64_t *block_tables,
@@ -33,10 +36,13 @@ typedef struct {
     int64_t in_features, out_features;
 } linear_t;
 
+/* The parts a family may lack are NULL (rillet/model/architecture.py says which each has). */
 typedef struct {
     const float *attn_norm, *mlp_norm;
     linear_t qkv, o, gate_up, down;
-    int64_t window; /* the layer's sliding window, 0 for full attention */
+    int64_t window;     /* the layer's sliding window, 0 for full attention */
+    int64_t rope_index; /* which of the step's RoPE tables (a base each) the layer rotates with */
+    const float *qkv_bias, *q_norm, *k_norm, *post_attn_norm, *post_mlp_norm;
 } layer_t;
 
 typedef struct {
@@ -44,8 +50,10 @@ typedef struct {
     float eps, scale;
     add_rms_norm_fn add_rms_norm;
     rope_fn rope;
-    silu_mul_fn silu_mul;
+    gate_fn gate; /* silu_mul or gelu_mul */
     write_kv_fn write_kv;
+    add_bias_fn add_bias;
+    head_rms_norm_fn head_rms_norm;
     const float *final_norm;
     const layer_t *layers;
 } decoder_t;
@@ -83,9 +91,10 @@ static int linear(const linear_t *l, const float *x, int64_t rows, float *y) {
     return l->multiply(x, rows, l->in_features, l->packed, l->out_features, y);
 }
 
+/* cos, sin: the step's rows of each RoPE table ([T, head_dim] each), indexed by a layer's rope_index. */
 int run_decoder_layers(const decoder_t *d, const kv_caches_t *caches, float *hidden, float *out, int64_t T,
-                       const float *cos, const float *sin, const int64_t *slots, const int64_t *block_tables,
-                       const int64_t *context_lens, int64_t table_width) {
+                       const float *const *cos, const float *const *sin, const int64_t *slots,
+                       const int64_t *block_tables, const int64_t *context_lens, int64_t table_width) {
     const int64_t dim = d->hidden_size, hd = d->head_dim;
     const int64_t q_width = d->num_heads * hd, kv_width = d->num_kv_heads * hd;
     const int64_t qkv_width = q_width + 2 * kv_width, inter = d->intermediate_size;
@@ -106,7 +115,12 @@ int run_decoder_layers(const decoder_t *d, const kv_caches_t *caches, float *hid
         void *cache = caches->layers[i];
         d->add_rms_norm(hidden, i == 0 ? NULL : delta, l->attn_norm, x, T, dim, d->eps);
         if ((status = linear(&l->qkv, x, T, qkv)) != 0) break;
-        d->rope(qkv, cos, sin, T, qkv_width, d->num_heads + d->num_kv_heads, hd);
+        if (l->qkv_bias != NULL) d->add_bias(qkv, l->qkv_bias, T, qkv_width, qkv_width);
+        if (l->q_norm != NULL) {
+            d->head_rms_norm(qkv, l->q_norm, T, qkv_width, d->num_heads, hd, d->eps);
+            d->head_rms_norm(qkv + q_width, l->k_norm, T, qkv_width, d->num_kv_heads, hd, d->eps);
+        }
+        d->rope(qkv, cos[l->rope_index], sin[l->rope_index], T, qkv_width, d->num_heads + d->num_kv_heads, hd);
         d->write_kv(qkv + q_width, qkv + q_width + kv_width, qkv_width, slots, T, kv_width, cache, num_slots,
                     caches->half);
         for (int64_t t = 0; t < T; t++) memcpy(q + t * q_width, qkv + t * qkv_width, q_width * sizeof(float));
@@ -115,10 +129,12 @@ int run_decoder_layers(const decoder_t *d, const kv_caches_t *caches, float *hid
                                         l->window)) != 0)
             break;
         if ((status = linear(&l->o, attn, T, delta)) != 0) break;
+        if (l->post_attn_norm != NULL) d->add_rms_norm(delta, NULL, l->post_attn_norm, delta, T, dim, d->eps);
         d->add_rms_norm(hidden, delta, l->mlp_norm, x, T, dim, d->eps);
         if ((status = linear(&l->gate_up, x, T, gate_up)) != 0) break;
-        d->silu_mul(gate_up, act, T, inter);
-        status = linear(&l->down, act, T, delta);
+        d->gate(gate_up, act, T, inter);
+        if ((status = linear(&l->down, act, T, delta)) != 0) break;
+        if (l->post_mlp_norm != NULL) d->add_rms_norm(delta, NULL, l->post_mlp_norm, delta, T, dim, d->eps);
     }
     if (status == 0) d->add_rms_norm(hidden, d->num_layers ? delta : NULL, d->final_norm, out, T, dim, d->eps);
     free(scratch);

@@ -22,16 +22,20 @@ class _Linear(ctypes.Structure):
     _fields_ = [("multiply", _PTR), ("packed", _PTR), ("in_features", _I64), ("out_features", _I64)]
 
 
+# A family's optional vectors of a layer: NULL in the struct where the family has none.
+_OPTIONAL = ("qkv_bias", "q_norm", "k_norm", "post_attn_norm", "post_mlp_norm")
+
+
 class _Layer(ctypes.Structure):
     _fields_ = [("attn_norm", _PTR), ("mlp_norm", _PTR), ("qkv", _Linear), ("o", _Linear), ("gate_up", _Linear),
-                ("down", _Linear), ("window", _I64)]
+                ("down", _Linear), ("window", _I64), ("rope_index", _I64), *((name, _PTR) for name in _OPTIONAL)]
 
 
 class _Decoder(ctypes.Structure):
     _fields_ = [("num_layers", _I64), ("hidden_size", _I64), ("intermediate_size", _I64), ("num_heads", _I64),
                 ("num_kv_heads", _I64), ("head_dim", _I64), ("eps", _F32), ("scale", _F32),
-                ("add_rms_norm", _PTR), ("rope", _PTR), ("silu_mul", _PTR), ("write_kv", _PTR),
-                ("final_norm", _PTR), ("layers", ctypes.POINTER(_Layer))]
+                ("add_rms_norm", _PTR), ("rope", _PTR), ("gate", _PTR), ("write_kv", _PTR), ("add_bias", _PTR),
+                ("head_rms_norm", _PTR), ("final_norm", _PTR), ("layers", ctypes.POINTER(_Layer))]
 
 
 class _Caches(ctypes.Structure):
@@ -42,9 +46,10 @@ class _Caches(ctypes.Structure):
 class NativeDecoder:
     """Built once per model by build(); call it for a step where supports() says so."""
 
-    def __init__(self, function, decoder: _Decoder, keep_alive: list) -> None:
+    def __init__(self, function, decoder: _Decoder, rope_bases: list[float], keep_alive: list) -> None:
         self._function = function
         self._decoder = decoder
+        self._rope_bases = rope_bases  # the order of the RoPE tables a layer's rope_index points into
         self._keep_alive = keep_alive  # the tensors and arrays the struct points into
         self._caches: tuple[tuple[int, ...], _Caches, list[torch.Tensor]] | None = None
 
@@ -55,16 +60,15 @@ class NativeDecoder:
         per layer: rillet/model/architecture.py)."""
         c = model.config
         ops = model.ops.lib
-        arch = c.arch
-        if arch.qkv_bias or arch.qk_norm or arch.sandwich_norms or arch.activation != "silu":
+        if ops is None or c.num_heads > MAX_HEADS or c.head_dim > MAX_HEAD_DIM:
             return None
-        if ops is None or c.num_heads > MAX_HEADS or c.head_dim > MAX_HEAD_DIM or len(set(c.layer_rope_thetas)) > 1:
+        vectors = [model.norm] + [w for layer in model.layers for w in (
+            layer.attn_norm, layer.mlp_norm, *(getattr(layer, name) for name in _OPTIONAL)) if w is not None]
+        if any(w.dtype != torch.float32 or not w.is_contiguous() for w in vectors):
             return None
-        norms = [model.norm] + [w for layer in model.layers for w in (layer.attn_norm, layer.mlp_norm)]
-        if any(w.dtype != torch.float32 or not w.is_contiguous() for w in norms):
-            return None
+        rope_bases = sorted(model.rope_tables)
         layers = (_Layer * c.num_layers)()
-        keep_alive: list = [layers, norms]
+        keep_alive: list = [layers, vectors]
         for layer, entry in zip(model.layers, layers):
             for name in ("qkv", "o", "gate_up", "down"):
                 kernel = getattr(layer, f"{name}_proj").native_kernel()
@@ -74,18 +78,23 @@ class NativeDecoder:
                 setattr(entry, name, _Linear(address, packed.data_ptr(), in_features, out_features))
                 keep_alive.append(packed)
             entry.attn_norm, entry.mlp_norm = layer.attn_norm.data_ptr(), layer.mlp_norm.data_ptr()
-            entry.window = layer.window or 0
+            entry.window, entry.rope_index = layer.window or 0, rope_bases.index(layer.rope_base)
+            for name in _OPTIONAL:
+                vector = getattr(layer, name)
+                setattr(entry, name, None if vector is None else vector.data_ptr())
         lib = native.library("decoder_layers")
         if lib is None:
             return None
+        gate = ops.gelu_mul if c.arch.activation == "gelu_tanh" else ops.silu_mul
         decoder = _Decoder(c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads, c.head_dim,
-                           c.rms_norm_eps, c.scale, native.address(ops.add_rms_norm), native.address(ops.rope),
-                           native.address(ops.silu_mul), native.address(ops.write_kv), model.norm.data_ptr(), layers)
+                           c.rms_norm_eps, c.scale, *(native.address(f) for f in (
+                               ops.add_rms_norm, ops.rope, gate, ops.write_kv, ops.add_bias, ops.head_rms_norm)),
+                           model.norm.data_ptr(), layers)
         function = lib.run_decoder_layers
         function.restype = ctypes.c_int
         function.argtypes = [ctypes.POINTER(_Decoder), ctypes.POINTER(_Caches), _PTR, _PTR, _I64, _PTR, _PTR, _PTR,
                              _PTR, _PTR, _I64]
-        return cls(function, decoder, keep_alive)
+        return cls(function, decoder, rope_bases, keep_alive)
 
     def supports(self, kv_caches: Sequence[torch.Tensor]) -> bool:
         cache = kv_caches[0]
@@ -93,19 +102,23 @@ class NativeDecoder:
                 and native.decode_attention_address(cache.dtype) is not None
                 and all(c.is_contiguous() and c.dtype == cache.dtype for c in kv_caches))
 
-    def __call__(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    def __call__(self, hidden: torch.Tensor, rope: dict[float, tuple[torch.Tensor, torch.Tensor]],
                  kv_caches: Sequence[torch.Tensor], meta: AttentionMetadata) -> torch.Tensor:
-        """hidden: [T, dim] float32 embeddings (becomes the residual stream); cos, sin: [T, head_dim]
-        float32. Returns the final norm of the stream, [T, dim]."""
+        """hidden: [T, dim] float32 embeddings (becomes the residual stream); rope: each RoPE base's
+        cos and sin of the step's positions, [T, head_dim] float32. Returns the final norm of the
+        stream, [T, dim]."""
         assert hidden.dtype == torch.float32 and hidden.is_contiguous()
         caches = self._caches_struct(kv_caches)
         rows = meta.query_rows()
         tables, lens = rows.block_tables.contiguous(), rows.context_lens.contiguous()
-        slots, cos, sin = meta.slot_mapping.contiguous(), cos.contiguous(), sin.contiguous()
+        slots = meta.slot_mapping.contiguous()
+        tables_of_step = [tuple(t.contiguous() for t in rope[base]) for base in self._rope_bases]
+        cos = (_PTR * len(tables_of_step))(*(c.data_ptr() for c, _ in tables_of_step))
+        sin = (_PTR * len(tables_of_step))(*(s.data_ptr() for _, s in tables_of_step))
         out = torch.empty_like(hidden)
         status = self._function(ctypes.byref(self._decoder), ctypes.byref(caches), hidden.data_ptr(), out.data_ptr(),
-                                hidden.shape[0], cos.data_ptr(), sin.data_ptr(), slots.data_ptr(),
-                                tables.data_ptr(), lens.data_ptr(), tables.shape[1])
+                                hidden.shape[0], cos, sin, slots.data_ptr(), tables.data_ptr(), lens.data_ptr(),
+                                tables.shape[1])
         if status != 0:
             raise RuntimeError(f"run_decoder_layers failed (status {status})")
         return out

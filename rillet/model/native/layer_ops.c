@@ -74,3 +74,37 @@ void write_kv(const float *keys, const float *values, int64_t row_stride, const 
         }
     }
 }
+
+/* out[t][i] = gelu_tanh(x[t][i]) * x[t][width + i] (GeGLU, Gemma's gate): gelu with the tanh
+ * approximation, 0.5 g (1 + tanh(sqrt(2 / pi) (g + 0.044715 g^3))). */
+void gelu_mul(const float *x, float *out, int64_t rows, int64_t width) {
+#pragma omp parallel for schedule(static) if (rows > 4)
+    for (int64_t t = 0; t < rows; t++) {
+        const float *gate = x + t * 2 * width, *up = gate + width;
+        float *o = out + t * width;
+        for (int64_t i = 0; i < width; i++) {
+            const float g = gate[i];
+            o[i] = 0.5f * g * (1.0f + tanhf(0.7978845608f * (g + 0.044715f * g * g * g))) * up[i];
+        }
+    }
+}
+
+/* x[t][i] += bias[i] for the first width floats of each row (rows row_stride apart). */
+void add_bias(float *x, const float *bias, int64_t rows, int64_t row_stride, int64_t width) {
+    for (int64_t t = 0; t < rows; t++)
+        for (int64_t i = 0; i < width; i++) x[t * row_stride + i] += bias[i];
+}
+
+/* RMSNorm of each of the `heads` heads (dim floats each, side by side from the row's start) of each
+ * row of x, in place, times weight [dim]: the query and key norms of Qwen3 and Gemma 3. */
+void head_rms_norm(float *x, const float *weight, int64_t rows, int64_t row_stride, int64_t heads, int64_t dim,
+                   float eps) {
+    for (int64_t t = 0; t < rows; t++)
+        for (int64_t h = 0; h < heads; h++) {
+            float *v = x + t * row_stride + h * dim;
+            float squares = 0.0f;
+            for (int64_t i = 0; i < dim; i++) squares += v[i] * v[i];
+            const float scale = 1.0f / sqrtf(squares / (float)dim + eps);
+            for (int64_t i = 0; i < dim; i++) v[i] = v[i] * scale * weight[i];
+        }
+}
