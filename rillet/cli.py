@@ -1,4 +1,5 @@
-"""Command line: `rillet serve` runs the OpenAI-compatible server."""
+"""Command line: `rillet serve` runs the OpenAI-compatible server; `rillet chat` talks to one
+(rillet/chat.py)."""
 from __future__ import annotations
 
 import argparse
@@ -96,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="on SIGTERM or SIGINT, stop accepting connections and give in-flight requests "
                        "this long to finish before cancelling them; then exit 0 (default: 30)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    browsers = serve.add_argument_group("browsers")
+    browsers.add_argument("--no-playground", action="store_true",
+                          help="do not serve the chat playground page at / (default: served)")
+    browsers.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                          help="let web pages of this origin (such as https://app.example.com) call the API "
+                          "from a browser; repeatable, * for any (default: none)")
+    from rillet.chat import add_arguments as add_chat_arguments
+
+    add_chat_arguments(commands.add_parser("chat", help="chat with a model in the terminal"))
     return parser
 
 
@@ -107,6 +117,11 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["chat"]:  # before anything imports torch or the engine, which a chat does not need
+        from rillet.chat import main as chat
+
+        return chat(argv[1:])
     from rillet.api.access_log import configure_access_log
 
     args = build_parser().parse_args(argv)
@@ -197,7 +212,8 @@ async def _serve(engine, front, max_context_len: int, name: str, fingerprint: st
                                                        ("/openapi.json", args.public_openapi)) if public)
     app = create_app(engine, served, keys, RateLimiter(args.rate_limit_rpm, args.rate_limit_tpm),
                      admission.AdmissionLimits(args.max_queued_requests, args.max_queued_tokens, args.queue_timeout),
-                     max_request_bytes=args.max_request_bytes, public_paths=public_paths)
+                     max_request_bytes=args.max_request_bytes, public_paths=public_paths,
+                     playground=not args.no_playground, cors_origins=tuple(args.cors_origin))
     server = _graceful_server_class()(uvicorn.Config(
         app, host=args.host, port=args.port, log_level="warning", access_log=False,
         timeout_graceful_shutdown=args.shutdown_grace))
@@ -216,6 +232,8 @@ async def _serve(engine, front, max_context_len: int, name: str, fingerprint: st
         await asyncio.sleep(0.05)
     if server.started:
         print(f"rillet: serving {name} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+        if not args.no_playground:
+            print(f"rillet: playground at http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
     await serving
     return 0 if server.started and not gave_up else 1
 

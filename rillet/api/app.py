@@ -10,17 +10,22 @@ from rillet.api.admission import Admission, AdmissionLimits
 from rillet.api.auth import AuthMiddleware, KeyStore, api_key_of, check_model_allowed
 from rillet.api.body_limit import DEFAULT_MAX_REQUEST_BYTES, BodySizeLimitMiddleware
 from rillet.api.chat import router as chat_router
+from rillet.api.cors import add_cors
 from rillet.api.errors import APIError, ErrorKind, install_error_handlers
 from rillet.api.logprobs import LogprobFormatter
 from rillet.api.metrics import ApiMetrics, EngineCollector, metrics_router
+from rillet.api.playground import playground_router
 from rillet.api.rate_limit import RateLimiter, RateLimitMiddleware
 from rillet.api.served_model import ServedModel
 
 
 def create_app(engine, served: ServedModel, keys: KeyStore | None = None, rate_limiter: RateLimiter | None = None,
                admission_limits: AdmissionLimits | None = None, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-               public_paths: frozenset[str] = frozenset()) -> FastAPI:
-    """public_paths: of /metrics and /openapi.json, those that stay open on a server with keys."""
+               public_paths: frozenset[str] = frozenset(), playground: bool = True,
+               cors_origins: tuple[str, ...] = ()) -> FastAPI:
+    """public_paths: of /metrics and /openapi.json, those that stay open on a server with keys;
+    playground: serve the chat page at /; cors_origins: the web origins that may call the API
+    from a browser (none: no CORS)."""
     app = FastAPI(title="rillet", description="OpenAI-compatible chat completions", docs_url=None, redoc_url=None)
     app.state.engine = engine
     app.state.served = served
@@ -31,16 +36,20 @@ def create_app(engine, served: ServedModel, keys: KeyStore | None = None, rate_l
     app.state.metrics = metrics = ApiMetrics(registry)
     metrics.queued_requests.set_function(lambda: admission.num_waiting_requests)
     metrics.queued_prompt_tokens.set_function(lambda: admission.num_waiting_tokens)
-    # The last added runs first: request id and access log, then the key, then its request count and
-    # rate-limit headers, then the bound on the body: all before the route reads the body.
+    # The last added runs first: CORS (a preflight carries no key), request id and access log, then
+    # the key, then its request count and rate-limit headers, then the bound on the body: all before
+    # the route reads the body.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_request_bytes)
     app.add_middleware(RateLimitMiddleware, limiter=app.state.rate_limiter)
     app.add_middleware(AuthMiddleware, store=keys or KeyStore([]), public_paths=public_paths)
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
+    add_cors(app, cors_origins)
     app.state.logprob_formatter = LogprobFormatter(served.tokenizer)
     install_error_handlers(app)
     app.include_router(chat_router)
     app.include_router(metrics_router(registry))
+    if playground:
+        app.include_router(playground_router())
 
     def model_card() -> dict:
         return {"id": served.name, "object": "model", "created": served.created, "owned_by": "rillet"}
