@@ -7,6 +7,7 @@
 #   bash bench/side_by_side.sh [ROUNDS]        (run `make install` first; the peer installs itself)
 #   RILLET_ARGS="--weights quantized-int8" bash bench/side_by_side.sh 3     (rillet with other flags)
 #   PEER_CONCURRENCY="1" bash bench/side_by_side.sh      (the peer only where it is the drift reference)
+#   MODEL=/path/to/file.gguf CONCURRENCY="1 16" bash bench/side_by_side.sh 3   (another model on both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-1}
@@ -14,6 +15,11 @@ PEER=${PEER:-../shared/peers/llama-cpp-python.sh}
 PY=.venv/bin/python
 PORT_RILLET=18431
 PORT_PEER=18432
+NAME=bench-model
+CONCURRENCY=${CONCURRENCY:-1 4 16 64}
+MODEL_ARGS=()
+if [ -n "${MODEL:-}" ]; then MODEL_ARGS=(--model "$MODEL"); export PEER_MODEL=$MODEL; fi
+export PEER_ALIAS=$NAME
 
 wait_ready() {  # port
   for _ in $(seq 1 120); do
@@ -28,15 +34,16 @@ measure() {  # name port concurrency...
   local name=$1 port=$2
   shift 2
   wait_ready "$port"
-  $PY bench/serve.py --base-url "http://127.0.0.1:$port/v1" --model SmolLM2-135M-Instruct \
+  $PY bench/serve.py --base-url "http://127.0.0.1:$port/v1" --model $NAME \
     --concurrency "$@" --rounds "$ROUNDS" | sed "s/^{/{\"server\": \"$name\", /"
-  $PY bench/long_prompt.py --base-url "http://127.0.0.1:$port/v1" --model SmolLM2-135M-Instruct \
+  $PY bench/long_prompt.py --base-url "http://127.0.0.1:$port/v1" --model $NAME \
     --repeats 3 | sed "s/^{/{\"server\": \"$name\", /"
 }
 
-.venv/bin/rillet serve --port $PORT_RILLET ${RILLET_ARGS:-} --log-level warning >/tmp/side_by_side_rillet.log 2>&1 &
+.venv/bin/rillet serve --port $PORT_RILLET "${MODEL_ARGS[@]}" --served-model-name $NAME ${RILLET_ARGS:-} \
+  --log-level warning >/tmp/side_by_side_rillet.log 2>&1 &
 pid=$!
-measure rillet $PORT_RILLET 1 4 16 64
+measure rillet $PORT_RILLET $CONCURRENCY
 # The server and its engine process (and multiprocessing's resource tracker), together.
 rss_kb=0
 for p in $pid $(pgrep -P "$pid"); do rss_kb=$(( rss_kb + $(awk '/VmRSS/ {print $2}' /proc/$p/status) )); done
@@ -46,5 +53,5 @@ kill $pid; wait $pid 2>/dev/null || true
 bash "$PEER" install >/dev/null
 bash "$PEER" start $PORT_PEER >/tmp/side_by_side_peer.log 2>&1 &
 pid=$!
-measure llama-cpp-python $PORT_PEER ${PEER_CONCURRENCY:-1 4 16 64}
+measure llama-cpp-python $PORT_PEER ${PEER_CONCURRENCY:-$CONCURRENCY}
 kill $pid; wait $pid 2>/dev/null || true
