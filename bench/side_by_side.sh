@@ -8,6 +8,7 @@
 #   RILLET_ARGS="--weights quantized-int8" bash bench/side_by_side.sh 3     (rillet with other flags)
 #   PEER_CONCURRENCY="1" bash bench/side_by_side.sh      (the peer only where it is the drift reference)
 #   MODEL=/path/to/file.gguf CONCURRENCY="1 16" bash bench/side_by_side.sh 3   (another model on both)
+#   PEER_ARGS="--chat_format gemma"   (a file without a chat template needs the peer told its format)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-1}
@@ -51,7 +52,7 @@ echo "{\"server\": \"rillet\", \"rss_mb\": $(( rss_kb / 1024 ))}"
 kill $pid; wait $pid 2>/dev/null || true
 
 bash "$PEER" install >/dev/null
-bash "$PEER" start $PORT_PEER >/tmp/side_by_side_peer.log 2>&1 &
+bash "$PEER" start $PORT_PEER ${PEER_ARGS:-} >/tmp/side_by_side_peer.log 2>&1 &
 pid=$!
 measure llama-cpp-python $PORT_PEER ${PEER_CONCURRENCY:-$CONCURRENCY}
 kill $pid; wait $pid 2>/dev/null || true
