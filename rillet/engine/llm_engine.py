@@ -148,11 +148,7 @@ class LLMEngine:
         groups: dict[str, list[tuple[Sequence, int]]] = {}
         for seq, num_new in batch.scheduled:
             groups.setdefault(seq.request_id, []).append((seq, num_new))
-
-        def run_group(scheduled: list[tuple[Sequence, int]]) -> tuple[list[Sequence], torch.Tensor | None]:
-            return self.runner.run(scheduled)
-
-        results = self._isolated(lambda: [self.runner.run(batch.scheduled)], run_group, list(groups.values()),
+        results = self._isolated(lambda: [self.runner.run(batch.scheduled)], self.runner.run, list(groups.values()),
                                  list(groups), failed)
         seqs = [seq for result in results if result is not None for seq in result[0]]
         logits = [result[1] for result in results if result is not None and result[1] is not None]
