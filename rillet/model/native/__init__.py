@@ -2,7 +2,7 @@
 with ctypes. Without a compiler, or on another device, callers fall back to PyTorch ops.
 
 The shared object is cached under $RILLET_CACHE_DIR (default ~/.cache/rillet), keyed by the
-source, the flags and the CPU, since it is built for the machine it runs on (-march=native).
+source (and the headers beside it), the flags and the CPU, since it is built for the machine it runs on (-march=native).
 It links the OpenMP runtime PyTorch has already loaded, so both share one thread pool.
 """
 from __future__ import annotations
@@ -48,7 +48,8 @@ def library(name: str) -> ctypes.CDLL | None:
     if compiler is None:
         log.warning("no C compiler found: %s falls back to PyTorch ops", name)
         return None
-    source = (SOURCE_DIR / f"{name}.c").read_bytes()
+    # The headers the sources include count too: a change to one rebuilds every library.
+    source = (SOURCE_DIR / f"{name}.c").read_bytes() + b"".join(h.read_bytes() for h in sorted(SOURCE_DIR.glob("*.h")))
     flags = FLAGS + EXTRA_FLAGS.get(name, [])
     key = hashlib.sha256(source + repr((flags, LIBRARIES)).encode() + _cpu_signature()).hexdigest()[:16]
     target = cache_dir() / f"{name}-{key}.so"

@@ -290,14 +290,7 @@ static int matmul(int t, const float *x, int64_t M, int64_t K, const uint8_t *pa
 #else
 
 /* Portable C: each output one row at a time, its sums in one fixed order. */
-static float half_to_float(const uint8_t *p) {
-    const uint16_t h = (uint16_t)(p[0] | p[1] << 8);
-    const int exponent = (h >> 10) & 31, mantissa = h & 1023;
-    float value = exponent == 0 ? mantissa * (1.0f / 16777216.0f)
-                : exponent == 31 ? (mantissa ? __builtin_nanf("") : __builtin_inff())
-                : (1024 + mantissa) * __builtin_ldexpf(1.0f, exponent - 25);
-    return h & 0x8000 ? -value : value;
-}
+#include "half_float.h"
 
 /* Integer q(n, k) of row n (0..15), value k of a sub-block, less the bias. */
 static int value_of(int t, const uint8_t *sub, int n, int k) {
