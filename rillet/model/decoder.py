@@ -92,6 +92,7 @@ class DecoderModel(torch.nn.Module):
         self.ops = LayerOps(self.device)
         self.layers = torch.nn.ModuleList(DecoderLayer(config, weights, i, weight_format, self.ops)
                                           for i in range(config.num_layers))
+        tied = "lm_head.weight" not in weights
         self.lm_head = Linear(weights.pop("lm_head.weight", embeddings), weight_format)
         freq_factors = weights.pop("rope_freq_factors.weight", None)
         if weights:
@@ -104,9 +105,15 @@ class DecoderModel(torch.nn.Module):
         # float rows are held in the weight format's precision.
         self.embed_tokens = embeddings if isinstance(embeddings, QuantizedWeight) else embeddings.to(
             torch.float32 if weight_format == "float32" else torch.float16)
+        # A tied head holding the embedding's own blocks serves the lookups too: one copy, not two.
+        self.embed_from_head = tied and isinstance(embeddings, QuantizedWeight) and self.lm_head.serves_rows
+        if self.embed_from_head:
+            self.embed_tokens = None
         self.embed_scale = math.sqrt(config.hidden_size) if config.arch.scale_embeddings else None
-        self.rope_tables = {base: rope_tables(config, self.device, freq_factors, base)
-                            for base in {config.rope_base(i) for i in range(config.num_layers)}}
+        # Each RoPE base's frequencies; a step's cos and sin are computed for its own positions
+        # (a table of every position would hold 64 MiB per base at a 32k context).
+        self.rope_frequencies = {base: rope_frequencies(config, self.device, freq_factors, base)
+                                 for base in {config.rope_base(i) for i in range(config.num_layers)}}
         # All layers in one native call where every kernel is native (the quantized formats on the CPU).
         self.native_layers = NativeDecoder.build(self) if self.device.type == "cpu" else None
 
@@ -117,13 +124,15 @@ class DecoderModel(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor],
                 meta: AttentionMetadata) -> torch.Tensor:
-        if isinstance(self.embed_tokens, QuantizedWeight):
+        if self.embed_from_head:
+            hidden = self.lm_head.rows(input_ids.cpu()).to(self.device)
+        elif isinstance(self.embed_tokens, QuantizedWeight):
             hidden = self.embed_tokens.rows(input_ids)
         else:
             hidden = self.embed_tokens[input_ids].float()
         if self.embed_scale is not None:
             hidden *= self.embed_scale
-        rope = {base: (cos[positions], sin[positions]) for base, (cos, sin) in self.rope_tables.items()}
+        rope = {base: rope_angles(positions, frequencies, self.config) for base, frequencies in self.rope_frequencies.items()}
         if self.native_layers is not None and self.native_layers.supports(kv_caches):
             return self.native_layers(hidden, rope, kv_caches, meta)
         delta = None
@@ -135,19 +144,24 @@ class DecoderModel(torch.nn.Module):
         return self.lm_head(hidden).float()
 
 
-def rope_tables(config: ModelConfig, device: torch.device, freq_factors: torch.Tensor | None = None,
-                base: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of every position's rotation angles at a RoPE base, [max_context_len, head_dim]
-    float32. freq_factors (Llama 3.1 style files) divide the frequencies one by one; a Hugging Face
-    config's llama3 scaling gives the same factors."""
+def rope_frequencies(config: ModelConfig, device: torch.device, freq_factors: torch.Tensor | None = None,
+                     base: float | None = None) -> torch.Tensor:
+    """The rotation frequencies at a RoPE base, [head_dim / 2] float64. freq_factors (Llama 3.1
+    style files) divide them one by one; a Hugging Face config's llama3 scaling gives the same factors."""
     half = torch.arange(0, config.head_dim, 2, dtype=torch.float64, device=device) / config.head_dim
     inv_freq = 1.0 / ((config.rope_theta if base is None else base) ** half)
     if freq_factors is None and config.rope_llama3 is not None:
         freq_factors = llama3_freq_factors(inv_freq, *config.rope_llama3)
     if freq_factors is not None:
         inv_freq = inv_freq / freq_factors.to(device, torch.float64)
-    positions = torch.arange(config.max_context_len, dtype=torch.float64, device=device) / config.rope_scaling_factor
-    angles = torch.outer(positions, inv_freq)
+    return inv_freq
+
+
+def rope_angles(positions: torch.Tensor, frequencies: torch.Tensor,
+                config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angles of each position, [len(positions), head_dim] float32
+    (computed in float64, so every position gets the same values however it is batched)."""
+    angles = torch.outer(positions.to(torch.float64) / config.rope_scaling_factor, frequencies)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos().float(), angles.sin().float()
 

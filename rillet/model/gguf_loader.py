@@ -3,8 +3,6 @@ dequantized into Hugging Face naming (the family's own, rillet/model/architectur
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gguf
@@ -15,6 +13,7 @@ from tqdm import tqdm
 from rillet.model.architecture import ARCHITECTURES, SUPPORTED_ARCHITECTURES, Architecture
 from rillet.model.config import ModelConfig
 from rillet.model.errors import ModelLoadError
+from rillet.model.gguf_file import GGUFFile, GGUFTensor
 from rillet.model.quantized import QuantizedWeight
 
 # Gemma 3's local layers: every layer but each sixth, with their own RoPE base (llama.cpp's defaults
@@ -24,48 +23,6 @@ GEMMA3_LOCAL_ROPE_THETA = 10000.0
 # rope_freqs (Llama 3.1 style per-frequency scaling) has no Hugging Face tensor; it keeps a rillet name.
 _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",
                  "rope_freqs": "rope_freq_factors"}
-
-
-@dataclass(slots=True)
-class GGUFTensor:
-    name: str
-    tensor_type: gguf.GGMLQuantizationType
-    shape: tuple[int, ...]  # torch order: GGUF lists dimensions innermost first
-    data: np.ndarray  # as stored: typed for F32/F16, else rows of quantized blocks as uint8
-
-
-@dataclass(slots=True)
-class GGUFFile:
-    path: Path
-    metadata: dict[str, Any]
-    tensors: list[GGUFTensor]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.metadata.get(key, default)
-
-
-def open_gguf(path: str | Path) -> GGUFFile:
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"model file not found: {path}")
-    try:
-        reader = gguf.GGUFReader(path)
-        metadata = {key: entry.contents() for key, entry in reader.fields.items()}
-        tensors = [_tensor(t) for t in reader.tensors]
-    except ModelLoadError:
-        raise
-    except Exception as error:  # the gguf package raises many kinds for a bad or truncated file
-        raise ModelLoadError(f"{path} is not a readable GGUF file ({' '.join(str(error).split())})") from None
-    return GGUFFile(path, metadata, tensors)
-
-
-def _tensor(tensor: gguf.ReaderTensor) -> GGUFTensor:
-    try:
-        kind = gguf.GGMLQuantizationType(tensor.tensor_type)
-    except ValueError:
-        raise ModelLoadError(f"tensor {tensor.name} has unknown GGML type id {tensor.tensor_type}") from None
-    shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
-    return GGUFTensor(tensor.name, kind, shape, tensor.data)
 
 
 def read_config(file: GGUFFile) -> ModelConfig:

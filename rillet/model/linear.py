@@ -24,7 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from rillet.model import native
-from rillet.model.quantized import BLOCK_FORMATS, KERNELS, QuantizedWeight, Weight
+from rillet.model.quantized import (
+    BLOCK_FORMATS,
+    KERNELS,
+    QuantizedWeight,
+    Weight,
+    packed_q8_rows,
+)
 
 log = logging.getLogger("rillet.model")
 WEIGHT_FORMATS = ("quantized", "quantized-int8", "float16", "float32")
@@ -75,6 +81,17 @@ class Linear:
             return [(self.source, "_".join(self._function))]
         float16 = self._packed is not None or self.weight.dtype == torch.float16
         return [(self.source, "float16" if float16 else "float32")]
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """Rows ids of the weight, float32 [len(ids), in_features], read from the packed blocks where
+        the weight is Q8_0 in a legacy block kernel's layout (the one a tied embedding needs); else None."""
+        if not self.serves_rows:
+            return None
+        return packed_q8_rows(self._blocks, self._function[0], ids, self.in_features)
+
+    @property
+    def serves_rows(self) -> bool:
+        return not self._parts and self.source == "Q8_0" and self._function is not None and self._function[1] == "q8"
 
     def native_kernel(self) -> tuple[int, torch.Tensor, int, int] | None:
         """(kernel address, packed weights, in_features, out_features) where native block kernels

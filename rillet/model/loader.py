@@ -18,7 +18,8 @@ from rillet.model.chat_template import ChatTemplate
 from rillet.model.config import ModelConfig
 from rillet.model.decoder import DecoderModel
 from rillet.model.errors import ModelLoadError
-from rillet.model.gguf_loader import open_gguf, read_config, read_tensors
+from rillet.model.gguf_file import open_gguf
+from rillet.model.gguf_loader import read_config, read_tensors
 from rillet.model.linear import DEFAULT_WEIGHT_FORMAT
 from rillet.model.quantized import BLOCK_FORMATS
 from rillet.model.tokenizer import Tokenizer

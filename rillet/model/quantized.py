@@ -124,6 +124,24 @@ class QuantizedWeight:
         return blocks.shape[0] // group, blocks.shape[1], *_fields(self.ggml_type, blocks)
 
 
+def packed_q8_rows(packed: torch.Tensor, library: str, ids: torch.Tensor, in_features: int) -> torch.Tensor:
+    """Rows ids of a Q8_0 matrix packed for quant_matmul.c or int8_matmul.c, dequantized to float32
+    [len(ids), in_features] exactly as QuantizedWeight.rows does: the embedding lookup of a model
+    whose output head is its embedding matrix reads the head's blocks rather than a second copy."""
+    group = INT8_GROUP if library == "int8_matmul" else GROUP
+    blocks = in_features // BLOCK
+    fields = packed.numpy().reshape(-1, blocks, group * 2 + BLOCK * group)
+    ids = ids.numpy()
+    g, n = ids // group, ids % group
+    scale = fields[:, :, :group * 2].view(np.float16)[g, :, n]  # [rows, blocks]
+    if library == "int8_matmul":  # runs of 4 consecutive k for each row: [run, row, 4]
+        q = fields[:, :, group * 2:].view(np.int8).reshape(-1, blocks, BLOCK // 4, group, 4)[g, :, :, n]
+    else:  # [k, row]
+        q = fields[:, :, group * 2:].view(np.int8).reshape(-1, blocks, BLOCK, group)[g, :, :, n]
+    values = scale.astype(np.float32)[..., None] * q.reshape(len(ids), blocks, BLOCK).astype(np.float32)
+    return torch.from_numpy(values.reshape(len(ids), in_features))
+
+
 def _fields(ggml_type: str, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """[..., bytes_per_block] uint8 -> scale d (float16 [...]), offset m (float16 [...], None for
     Q8_0) and the 32 integers q of each block ([..., 32]): the weight is d q + m.

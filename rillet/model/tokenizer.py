@@ -10,7 +10,7 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 from rillet.model.errors import ModelLoadError
-from rillet.model.gguf_loader import GGUFFile
+from rillet.model.gguf_file import GGUFFile
 
 # The split regex of Llama 3 style byte-level BPE (llama.cpp's "llama-bpe" and kin).
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"

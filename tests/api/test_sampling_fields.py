@@ -6,7 +6,7 @@ import concurrent.futures
 import pytest
 
 from rillet.model import default_model_path
-from rillet.model.gguf_loader import open_gguf
+from rillet.model.gguf_file import open_gguf
 from rillet.model.tokenizer import Tokenizer
 from tests.api.helpers import chat_body, stream_events, stream_text
 

@@ -14,7 +14,7 @@ from rillet.engine.errors import RequestRejectedError
 from rillet.engine.llm_engine import LLMEngine
 from rillet.engine.sampling_params import SamplingParams
 from rillet.model import default_model_path
-from rillet.model.gguf_loader import open_gguf
+from rillet.model.gguf_file import open_gguf
 from rillet.model.tokenizer import Tokenizer
 
 from .toy_model import ToyModel

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from rillet.model.gguf_loader import open_gguf, read_config, read_tensors
 from rillet.model.decoder import DecoderModel
+from rillet.model.gguf_file import open_gguf
+from rillet.model.gguf_loader import read_config, read_tensors
 from rillet.model.native import quant_matmul_available
 from tests.model.test_forward_parity import BLOCK_SIZE, PROMPTS, PagedSequences, run_step
 from tests.model.tiny_gguf import Q, random_blocks, write_raw_gguf

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from rillet.model import default_model_path
-from rillet.model.gguf_loader import open_gguf
+from rillet.model.gguf_file import open_gguf
 from rillet.model.tokenizer import Tokenizer
 from tests.model.tiny_gguf import write_gguf
 

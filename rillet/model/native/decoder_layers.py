@@ -66,7 +66,7 @@ class NativeDecoder:
             layer.attn_norm, layer.mlp_norm, *(getattr(layer, name) for name in _OPTIONAL)) if w is not None]
         if any(w.dtype != torch.float32 or not w.is_contiguous() for w in vectors):
             return None
-        rope_bases = sorted(model.rope_tables)
+        rope_bases = sorted(model.rope_frequencies)
         layers = (_Layer * c.num_layers)()
         keep_alive: list = [layers, vectors]
         for layer, entry in zip(model.layers, layers):
