@@ -186,3 +186,20 @@ def test_a_type_without_a_kernel_falls_back_to_float16_and_is_named(weight_forma
     assert describe_weights([native_one], weight_format) == weight_format
     assert describe_weights([fallback], weight_format) == "float16"  # nothing is held in blocks
     assert describe_weights([fallback], "float32") == "float32"
+
+
+@pytest.mark.parametrize("weight_format", FORMATS)
+def test_a_q8_0_head_serves_embedding_rows_from_its_packed_blocks(weight_format):
+    """A tied Q8_0 head looks embeddings up from its own packed blocks: the same float32 rows as
+    the file's blocks give, for rows in every position of a packed group, padding included."""
+    weight = quantized("Q8_0", 37, 96)
+    head = Linear(weight, weight_format)
+    if not head.serves_rows:
+        pytest.skip("no native Q8_0 kernel here")
+    ids = torch.tensor([0, 1, 7, 8, 15, 16, 36, 36, 5])
+    assert torch.equal(head.rows(ids), weight.rows(ids))
+
+
+def test_only_a_q8_0_head_serves_rows():
+    head = Linear(quantized("Q4_0", 32, 64), "quantized")
+    assert not head.serves_rows and head.rows(torch.tensor([0])) is None
