@@ -27,6 +27,55 @@ def _strftime_now(format: str) -> str:
     return datetime.now().strftime(format)
 
 
+class _TemplateDict:
+    """`dict` in a template: calling it and `dict.fromkeys` only, as in transformers."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict:
+        return dict(*args, **kwargs)
+
+    def fromkeys(self, *args: Any, **kwargs: Any) -> dict:
+        return dict.fromkeys(*args, **kwargs)
+
+
+class _TemplateNamespace(jinja2.utils.Namespace):
+    """`namespace()` that refuses underscore-prefixed attributes, as transformers' does."""
+
+    def __init__(*args: Any, **kwargs: Any) -> None:  # Namespace's own signature trick: `self` may be a key
+        self, args = args[0], args[1:]
+        attrs = dict(*args, **kwargs)
+        for name in attrs:
+            _TemplateNamespace._check_name(name)
+        jinja2.utils.Namespace.__init__(self, attrs)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        _TemplateNamespace._check_name(name)
+        jinja2.utils.Namespace.__setitem__(self, name, value)
+
+    @staticmethod
+    def _check_name(name: Any) -> None:
+        if isinstance(name, str) and name.startswith("_"):
+            raise jinja2.exceptions.SecurityError(
+                f"chat templates cannot store underscore-prefixed attributes on a namespace ({name!r})")
+
+
+# The names a message's reasoning comes under; templates read the first (and gpt-oss's `thinking`).
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
+def _template_message(message: dict) -> dict:
+    """A message as transformers hands it to the template: keys whose value is None are left out,
+    except content, which is "" (OpenAI clients send `content: null` beside tool calls, and many
+    templates concatenate it); a reasoning field under any of its names is also reasoning_content
+    and thinking."""
+    entry = {key: value for key, value in message.items() if value is not None}
+    if entry.get("content") is None:
+        entry["content"] = ""
+    reasoning = next((entry[key] for key in _REASONING_FIELDS if entry.get(key) is not None), None)
+    if reasoning is not None:
+        entry = {"thinking": reasoning, **entry, "reasoning_content": reasoning}
+    return entry
+
+
 class _GenerationBlock(Extension):
     """`{% generation %}...{% endgeneration %}` marks assistant text for training masks in
     transformers; for inference the block just renders its body."""
@@ -49,6 +98,8 @@ class ChatTemplate:
                                             extensions=[_GenerationBlock, jinja2.ext.loopcontrols])
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = _strftime_now
+        env.globals["dict"] = _TemplateDict()
+        env.globals["namespace"] = _TemplateNamespace
         env.filters["tojson"] = _tojson
         try:
             self._template = env.from_string(template)
@@ -59,8 +110,11 @@ class ChatTemplate:
         self.eos_token = eos_token
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True, **extra: Any) -> str:
-        """Renders messages (content None becomes ""); `extra` (tools, documents, ...) reaches the template."""
-        messages = [{**m, "content": "" if m.get("content") is None else m["content"]} for m in messages]
+        """Renders messages as transformers' apply_chat_template does (see _template_message for the
+        one difference: content None is ""); `extra` (tools, documents, ...) reaches the template, and
+        tools and documents are none when not given."""
+        messages = [_template_message(m) for m in messages]
+        extra = {"tools": None, "documents": None, **extra}
         try:
             return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
                                          bos_token=self.bos_token, eos_token=self.eos_token, **extra)
