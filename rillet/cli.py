@@ -103,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     browsers.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                           help="let web pages of this origin (such as https://app.example.com) call the API "
                           "from a browser; repeatable, * for any (default: none)")
+    cluster = serve.add_argument_group("more than one machine (Ray Serve; pip install 'rillet[cluster]')")
+    cluster.add_argument("--replicas", type=_positive_int, default=None, metavar="N",
+                         help="serve through Ray Serve with N engine replicas, each its own model and KV cache, "
+                         "routed by prompt prefix (default: one engine, no Ray)")
+    cluster.add_argument("--ray-address", metavar="ADDRESS",
+                         help="with --replicas: join this Ray cluster (such as 10.0.0.5:6379, or auto) "
+                         "instead of starting a local one")
+    cluster.add_argument("--cpus-per-replica", type=float, default=None, metavar="N",
+                         help="with --replicas: Ray CPUs each replica takes (default: --threads, or one per "
+                         "core); with --device cuda each replica takes one GPU")
     from rillet.chat import add_arguments as add_chat_arguments
 
     add_chat_arguments(commands.add_parser("chat", help="chat with a model in the terminal"))
@@ -158,6 +168,15 @@ def serve(args: argparse.Namespace) -> int:
         max_num_batched_tokens=args.max_num_batched_tokens,
         enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
     )
+    if args.replicas is not None:
+        from rillet.cluster.launch import serve_cluster
+
+        path = args.model or default_model_path()
+        name = args.served_model_name or (DEFAULT_MODEL_NAME if not args.model else _name_from_path(path))
+        return serve_cluster(args, keys, config, os.path.abspath(path), name, LOG_FORMAT)
+    if args.ray_address or args.cpus_per_replica:
+        print("rillet: error: --ray-address and --cpus-per-replica go with --replicas", file=sys.stderr)
+        return 2
     try:
         path = args.model or default_model_path()
         engine, front, ready = _start_engine(path, args, config)

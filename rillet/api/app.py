@@ -22,10 +22,11 @@ from rillet.api.served_model import ServedModel
 def create_app(engine, served: ServedModel, keys: KeyStore | None = None, rate_limiter: RateLimiter | None = None,
                admission_limits: AdmissionLimits | None = None, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
                public_paths: frozenset[str] = frozenset(), playground: bool = True,
-               cors_origins: tuple[str, ...] = ()) -> FastAPI:
+               cors_origins: tuple[str, ...] = (), collectors: tuple = ()) -> FastAPI:
     """public_paths: of /metrics and /openapi.json, those that stay open on a server with keys;
     playground: serve the chat page at /; cors_origins: the web origins that may call the API
-    from a browser (none: no CORS)."""
+    from a browser (none: no CORS); collectors: more Prometheus collectors for /metrics (a
+    cluster's per-replica figures)."""
     app = FastAPI(title="rillet", description="OpenAI-compatible chat completions", docs_url=None, redoc_url=None)
     app.state.engine = engine
     app.state.served = served
@@ -33,6 +34,8 @@ def create_app(engine, served: ServedModel, keys: KeyStore | None = None, rate_l
     app.state.admission = admission = Admission(admission_limits)
     registry = CollectorRegistry()
     registry.register(EngineCollector(engine.stats))
+    for collector in collectors:
+        registry.register(collector)
     app.state.metrics = metrics = ApiMetrics(registry)
     metrics.queued_requests.set_function(lambda: admission.num_waiting_requests)
     metrics.queued_prompt_tokens.set_function(lambda: admission.num_waiting_tokens)
