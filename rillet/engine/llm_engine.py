@@ -16,6 +16,7 @@ from typing import TypeVar
 import torch
 
 from rillet.engine.block_manager import BlockManager
+from rillet.engine.kv_layout import KVLayout
 from rillet.engine.config import EngineConfig
 from rillet.engine.constraints import GrammarCompiler, TokenMasks
 from rillet.engine.detokenizer import IncrementalDetokenizer
@@ -48,13 +49,20 @@ class LLMEngine:
         self.config = config
         self.tokenizer = tokenizer
         self.device = torch.device(config.device)
-        self.block_manager = BlockManager(config.num_blocks, config.block_size, config.enable_prefix_caching)
+        # Sliding-window layers get KV groups of their own, drawn from one pool of pages.
+        model_config = getattr(model, "config", None)
+        num_layers = getattr(model_config, "num_layers", 1)
+        self.kv_layout = KVLayout.of(getattr(model_config, "layer_windows", ()), num_layers, max_context_len)
+        num_pages = self.kv_layout.num_pages(config.num_blocks)
+        self.block_manager = BlockManager(num_pages, config.block_size, config.enable_prefix_caching, self.kv_layout)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
-        self.runner = ModelRunner(model, config.num_blocks, config.block_size, config.kv_cache_dtype, self.device)
+        self.runner = ModelRunner(model, num_pages, config.block_size, config.kv_cache_dtype, self.device,
+                                  self.kv_layout)
         self.sampler = Sampler(self.device)
         self.grammars = GrammarCompiler(tokenizer)
         # A lone sequence must always fit in the KV pool, or preemption could never make room.
-        self.max_model_len = min(max_context_len, config.num_blocks * config.block_size)
+        self.max_model_len = self.kv_layout.max_sequence_tokens(num_pages, config.block_size, max_context_len,
+                                                                config.max_num_batched_tokens)
         self._stop_token_ids = frozenset(tokenizer.stop_token_ids)
         self._requests: dict[str, _Request] = {}
         self._generators: dict[int, torch.Generator] = {}

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import torch
 
+from rillet.engine.kv_layout import KVLayout
 from rillet.engine.sequence import Sequence
 from rillet.model.attention_metadata import AttentionMetadata
 
 
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, num_blocks: int, block_size: int,
-                 kv_dtype: torch.dtype, device: torch.device) -> None:
+                 kv_dtype: torch.dtype, device: torch.device, layout: KVLayout | None = None) -> None:
+        """num_blocks: the pool's blocks; with a layout of several KV groups, its pages (each layer
+        keeps its keys and values in one of layout.group_size tensors of that many blocks)."""
         self.model = model
         self.block_size = block_size
         self.device = device
-        self.kv_caches: list[torch.Tensor] = model.allocate_kv_cache(num_blocks, block_size, kv_dtype)
+        self.layout = layout
+        if layout is None or layout.num_groups == 1:
+            self.kv_caches: list[torch.Tensor] = model.allocate_kv_cache(num_blocks, block_size, kv_dtype)
+            self._tensors = self.kv_caches
+        else:
+            self._tensors = model.allocate_kv_cache(num_blocks, block_size, kv_dtype, count=layout.group_size)
+            self.kv_caches = [self._tensors[slot] for slot in layout.layer_slots]
 
     @torch.inference_mode()
     def run(self, scheduled: list[tuple[Sequence, int]]) -> tuple[list[Sequence], torch.Tensor | None]:
@@ -22,31 +31,35 @@ class ModelRunner:
         and their logits, one row each. Call copy_blocks first with the step's block copies."""
         input_ids: list[int] = []
         positions: list[int] = []
-        slot_mapping: list[int] = []
         query_start = [0]
         context_lens: list[int] = []
         sampling_rows: list[int] = []
         sampling_seqs: list[Sequence] = []
+        num_groups = 1 if self.layout is None else self.layout.num_groups
+        slot_mappings: list[list[int]] = [[] for _ in range(num_groups)]
+        bs = self.block_size
         for seq, num_new in scheduled:
             start = seq.num_computed_tokens
             end = start + num_new
             input_ids.extend(seq.token_ids[start:end])
             positions.extend(range(start, end))
-            table = seq.block_table
-            bs = self.block_size
-            slot_mapping.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            for slots, table in zip(slot_mappings, seq.block_tables):
+                slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
             query_start.append(query_start[-1] + num_new)
             context_lens.append(end)
             if end == seq.num_tokens:
                 sampling_rows.append(query_start[-1] - 1)
                 sampling_seqs.append(seq)
-        meta = AttentionMetadata(
+        groups = [AttentionMetadata(
             query_start=query_start,
             context_lens=context_lens,
-            block_tables=self._block_tables(scheduled),
-            slot_mapping=torch.tensor(slot_mapping, dtype=torch.long, device=self.device),
+            block_tables=self._block_tables(scheduled, group),
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=self.device),
             block_size=self.block_size,
-        )
+        ) for group, slots in enumerate(slot_mappings)]
+        meta = groups[0]
+        if num_groups > 1:
+            meta.groups, meta.layer_groups = groups, list(self.layout.layer_groups)
         hidden = self.model(
             torch.tensor(input_ids, dtype=torch.long, device=self.device),
             torch.tensor(positions, dtype=torch.long, device=self.device),
@@ -58,9 +71,11 @@ class ModelRunner:
         rows = torch.tensor(sampling_rows, dtype=torch.long, device=self.device)
         return sampling_seqs, self.model.compute_logits(hidden.index_select(0, rows))
 
-    def _block_tables(self, scheduled: list[tuple[Sequence, int]]) -> torch.Tensor:
-        width = max(len(seq.block_table) for seq, _ in scheduled)
-        rows = [seq.block_table + [0] * (width - len(seq.block_table)) for seq, _ in scheduled]
+    def _block_tables(self, scheduled: list[tuple[Sequence, int]], group: int) -> torch.Tensor:
+        """The group's block tables, padded with block 0 (as are dead blocks: no query reads them)."""
+        tables = [seq.block_tables[group] for seq, _ in scheduled]
+        width = max(len(table) for table in tables)
+        rows = [[max(b, 0) for b in table] + [0] * (width - len(table)) for table in tables]
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
     @torch.inference_mode()
@@ -70,6 +85,6 @@ class ModelRunner:
             return
         src = torch.tensor([s for s, _ in copies], dtype=torch.long, device=self.device)
         dst = torch.tensor([d for _, d in copies], dtype=torch.long, device=self.device)
-        for cache in self.kv_caches:
+        for cache in self._tensors:
             # cache is [2, num_blocks, block_size, kv_heads, head_dim]
             cache[:, dst] = cache[:, src]

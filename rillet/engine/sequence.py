@@ -9,6 +9,10 @@ from rillet.engine.sampling_params import SamplingParams
 from rillet.engine.stop_checker import StopChecker
 
 
+# In a block table: a block the sequence no longer holds (behind a sliding window).
+DEAD_BLOCK = -1
+
+
 class SequenceStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
@@ -28,7 +32,9 @@ class Sequence:
     # The most tokens this sequence may hold (prompt + output): the model's context or max_tokens.
     max_total_tokens: int
     token_ids: list[int] = field(default_factory=list)
-    block_table: list[int] = field(default_factory=list)
+    # Each KV group's block table (rillet/engine/kv_layout.py; one group for most models). A
+    # windowed group's blocks that no query will read again are DEAD_BLOCK.
+    block_tables: list[list[int]] = field(default_factory=lambda: [[]])
     # Tokens whose K/V are in the cache. Everything past it is still to be computed.
     num_computed_tokens: int = 0
     # Prefix-cache key of each full, computed block of this sequence, in order.
@@ -45,6 +51,11 @@ class Sequence:
     def __post_init__(self) -> None:
         if not self.token_ids:
             self.token_ids = list(self.prompt_token_ids)
+
+    @property
+    def block_table(self) -> list[int]:
+        """The first group's block table (the only one of a model without sliding windows)."""
+        return self.block_tables[0]
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -23,6 +23,13 @@ class AttentionMetadata:
     decodes: DecodeBatch | None = None
     # Every new token as a query of its own, likewise built once a step.
     queries: QueryRows | None = None
+    # A KV cache of several groups (rillet/engine/kv_layout.py): each layer's group, and each
+    # group's metadata (its own block tables and slots; this one is the first). None: one group.
+    layer_groups: list[int] | None = None
+    groups: list[AttentionMetadata] | None = None
+
+    def for_layer(self, layer: int) -> AttentionMetadata:
+        return self if self.layer_groups is None else self.groups[self.layer_groups[layer]]
 
     @property
     def num_seqs(self) -> int:

@@ -117,10 +117,12 @@ class DecoderModel(torch.nn.Module):
         # All layers in one native call where every kernel is native (the quantized formats on the CPU).
         self.native_layers = NativeDecoder.build(self) if self.device.type == "cpu" else None
 
-    def allocate_kv_cache(self, num_blocks: int, block_size: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    def allocate_kv_cache(self, num_blocks: int, block_size: int, dtype: torch.dtype,
+                          count: int | None = None) -> list[torch.Tensor]:
+        """count tensors (default: one per layer) of [2, num_blocks, block_size, kv_heads, head_dim]."""
         c = self.config
         shape = (2, num_blocks, block_size, c.num_kv_heads, c.head_dim)
-        return [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(c.num_layers)]
+        return [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(count or c.num_layers)]
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor],
                 meta: AttentionMetadata) -> torch.Tensor:
@@ -136,8 +138,8 @@ class DecoderModel(torch.nn.Module):
         if self.native_layers is not None and self.native_layers.supports(kv_caches):
             return self.native_layers(hidden, rope, kv_caches, meta)
         delta = None
-        for layer, cache in zip(self.layers, kv_caches):
-            hidden, delta = layer(hidden, delta, rope, cache, meta)
+        for index, (layer, cache) in enumerate(zip(self.layers, kv_caches)):
+            hidden, delta = layer(hidden, delta, rope, cache, meta.for_layer(index))
         return self.ops.add_rms_norm(hidden, delta, self.norm, self.config.rms_norm_eps)[1]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

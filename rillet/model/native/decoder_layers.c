@@ -91,10 +91,13 @@ static int linear(const linear_t *l, const float *x, int64_t rows, float *y) {
     return l->multiply(x, rows, l->in_features, l->packed, l->out_features, y);
 }
 
-/* cos, sin: the step's rows of each RoPE table ([T, head_dim] each), indexed by a layer's rope_index. */
+/* cos, sin: the step's rows of each RoPE table ([T, head_dim] each), indexed by a layer's rope_index.
+ * slots, block_tables, table_widths: each KV group's (rillet/engine/kv_layout.py), indexed by
+ * layer_groups[layer]; a model with one group passes one of each and zeros. */
 int run_decoder_layers(const decoder_t *d, const kv_caches_t *caches, float *hidden, float *out, int64_t T,
-                       const float *const *cos, const float *const *sin, const int64_t *slots,
-                       const int64_t *block_tables, const int64_t *context_lens, int64_t table_width) {
+                       const float *const *cos, const float *const *sin, const int64_t *const *slots,
+                       const int64_t *const *block_tables, const int64_t *context_lens,
+                       const int64_t *table_widths, const int64_t *layer_groups) {
     const int64_t dim = d->hidden_size, hd = d->head_dim;
     const int64_t q_width = d->num_heads * hd, kv_width = d->num_kv_heads * hd;
     const int64_t qkv_width = q_width + 2 * kv_width, inter = d->intermediate_size;
@@ -113,6 +116,7 @@ int run_decoder_layers(const decoder_t *d, const kv_caches_t *caches, float *hid
     for (int64_t i = 0; i < d->num_layers && status == 0; i++) {
         const layer_t *l = d->layers + i;
         void *cache = caches->layers[i];
+        const int64_t group = layer_groups[i];
         d->add_rms_norm(hidden, i == 0 ? NULL : delta, l->attn_norm, x, T, dim, d->eps);
         if ((status = linear(&l->qkv, x, T, qkv)) != 0) break;
         if (l->qkv_bias != NULL) d->add_bias(qkv, l->qkv_bias, T, qkv_width, qkv_width);
@@ -121,11 +125,11 @@ int run_decoder_layers(const decoder_t *d, const kv_caches_t *caches, float *hid
             d->head_rms_norm(qkv + q_width, l->k_norm, T, qkv_width, d->num_kv_heads, hd, d->eps);
         }
         d->rope(qkv, cos[l->rope_index], sin[l->rope_index], T, qkv_width, d->num_heads + d->num_kv_heads, hd);
-        d->write_kv(qkv + q_width, qkv + q_width + kv_width, qkv_width, slots, T, kv_width, cache, num_slots,
+        d->write_kv(qkv + q_width, qkv + q_width + kv_width, qkv_width, slots[group], T, kv_width, cache, num_slots,
                     caches->half);
         for (int64_t t = 0; t < T; t++) memcpy(q + t * q_width, qkv + t * qkv_width, q_width * sizeof(float));
-        if ((status = caches->attention(q, cache, block_tables, context_lens, attn, T, d->num_heads, d->num_kv_heads,
-                                        hd, caches->num_blocks, caches->block_size, table_width, d->scale,
+        if ((status = caches->attention(q, cache, block_tables[group], context_lens, attn, T, d->num_heads, d->num_kv_heads,
+                                        hd, caches->num_blocks, caches->block_size, table_widths[group], d->scale,
                                         l->window)) != 0)
             break;
         if ((status = linear(&l->o, attn, T, delta)) != 0) break;

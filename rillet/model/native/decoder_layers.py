@@ -93,7 +93,7 @@ class NativeDecoder:
         function = lib.run_decoder_layers
         function.restype = ctypes.c_int
         function.argtypes = [ctypes.POINTER(_Decoder), ctypes.POINTER(_Caches), _PTR, _PTR, _I64, _PTR, _PTR, _PTR,
-                             _PTR, _PTR, _I64]
+                             _PTR, _PTR, _PTR, _PTR]
         return cls(function, decoder, rope_bases, keep_alive)
 
     def supports(self, kv_caches: Sequence[torch.Tensor]) -> bool:
@@ -109,16 +109,19 @@ class NativeDecoder:
         stream, [T, dim]."""
         assert hidden.dtype == torch.float32 and hidden.is_contiguous()
         caches = self._caches_struct(kv_caches)
-        rows = meta.query_rows()
-        tables, lens = rows.block_tables.contiguous(), rows.context_lens.contiguous()
-        slots = meta.slot_mapping.contiguous()
+        groups = meta.groups or [meta]  # each KV group's tables and slots (rillet/engine/kv_layout.py)
+        tables = [group.query_rows().block_tables.contiguous() for group in groups]
+        lens = meta.query_rows().context_lens.contiguous()
+        slots = [group.slot_mapping.contiguous() for group in groups]
+        layer_groups = torch.tensor(meta.layer_groups or [0] * len(kv_caches), dtype=torch.int64)
+        widths = torch.tensor([t.shape[1] for t in tables], dtype=torch.int64)
         tables_of_step = [tuple(t.contiguous() for t in rope[base]) for base in self._rope_bases]
         cos = (_PTR * len(tables_of_step))(*(c.data_ptr() for c, _ in tables_of_step))
         sin = (_PTR * len(tables_of_step))(*(s.data_ptr() for _, s in tables_of_step))
         out = torch.empty_like(hidden)
         status = self._function(ctypes.byref(self._decoder), ctypes.byref(caches), hidden.data_ptr(), out.data_ptr(),
-                                hidden.shape[0], cos, sin, slots.data_ptr(), tables.data_ptr(), lens.data_ptr(),
-                                tables.shape[1])
+                                hidden.shape[0], cos, sin, _pointers(slots), _pointers(tables), lens.data_ptr(),
+                                widths.data_ptr(), layer_groups.data_ptr())
         if status != 0:
             raise RuntimeError(f"run_decoder_layers failed (status {status})")
         return out
@@ -132,3 +135,7 @@ class NativeDecoder:
                              native.decode_attention_address(first.dtype))
             self._caches = (key, caches, list(kv_caches))  # the tensors stay alive while the struct points at them
         return self._caches[1]
+
+
+def _pointers(tensors: list[torch.Tensor]) -> ctypes.Array:
+    return (_PTR * len(tensors))(*(t.data_ptr() for t in tensors))
