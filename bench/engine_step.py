@@ -21,7 +21,7 @@ from rillet.model.linear import DEFAULT_WEIGHT_FORMAT, WEIGHT_FORMATS
 
 
 def make_engine(loaded, args) -> LLMEngine:
-    config = EngineConfig(kv_cache_tokens=args.kv_cache_tokens, kv_cache_dtype=getattr(torch, args.kv_cache_dtype), max_num_seqs=max(args.batch),
+    config = EngineConfig(kv_cache_tokens=args.kv_cache_tokens, kv_cache_dtype=args.kv_cache_dtype, max_num_seqs=max(args.batch),
                           max_num_batched_tokens=args.max_num_batched_tokens, enable_prefix_caching=False)
     return LLMEngine(loaded.model, loaded.tokenizer, loaded.config.max_context_len, config)
 

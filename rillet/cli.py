@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     from rillet.api import admission
     from rillet.api.body_limit import DEFAULT_MAX_REQUEST_BYTES
     from rillet.engine.engine_process import RestartPolicy
-    from rillet.model.linear import DEFAULT_WEIGHT_FORMAT, WEIGHT_FORMATS
+    from rillet.model.weight_formats import DEFAULT_WEIGHT_FORMAT, WEIGHT_FORMATS
 
     parser = argparse.ArgumentParser(prog="rillet", description="OpenAI-compatible chat completions server")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -145,9 +145,6 @@ def main(argv: list[str] | None = None) -> int:
 def serve(args: argparse.Namespace) -> int:
     # This process does no model compute: the engine runs in a child process (rillet/engine/engine_process.py).
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    import torch
-
-    torch.set_num_threads(1)
     from rillet.api.auth import KeyConfigError, KeyStore
     from rillet.engine.config import EngineConfig
     from rillet.engine.engine_process import EngineStartError
@@ -163,7 +160,7 @@ def serve(args: argparse.Namespace) -> int:
     if keys.is_open:
         print("rillet: no API key configured: the server is open to anyone who can reach it", file=sys.stderr)
     config = EngineConfig(
-        device=args.device, kv_cache_dtype=getattr(torch, args.kv_cache_dtype), block_size=args.block_size,
+        device=args.device, kv_cache_dtype=args.kv_cache_dtype, block_size=args.block_size,
         kv_cache_tokens=args.kv_cache_tokens, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,

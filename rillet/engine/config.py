@@ -4,14 +4,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import torch
-
 
 @dataclass(slots=True)
 class EngineConfig:
     device: str = "cpu"
-    # Element type of the KV cache; attention arithmetic is float32 either way on the CPU.
-    kv_cache_dtype: torch.dtype = torch.float32
+    # Element type of the KV cache, a torch dtype's name; attention arithmetic is float32 either way on the CPU.
+    kv_cache_dtype: str = "float32"
     block_size: int = 16
     # KV capacity in tokens, shared by all running sequences (rounded down to whole blocks).
     kv_cache_tokens: int = 16384

@@ -10,14 +10,15 @@ import signal
 import sys
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-
-import torch
+from typing import TYPE_CHECKING
 
 from rillet.engine.engine_loop import STOP, run_engine_loop
-from rillet.engine.llm_engine import LLMEngine
 from rillet.engine.outputs import RequestOutput
 from rillet.engine.stats import EngineStats
 from rillet.model.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from rillet.engine.llm_engine import LLMEngine
 
 log = logging.getLogger("rillet.engine")
 
@@ -38,6 +39,8 @@ def child_main(spec, commands: Connection, outputs: Connection, parent_pid: int,
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent(parent_pid)
     logging.basicConfig(level=log_settings[0], format=log_settings[1])
+    import torch  # here, in the child: the parent (the API process) never imports it
+
     torch.set_num_threads(spec.config.resolved_num_threads())
     try:
         engine, weight_format = spec.build()

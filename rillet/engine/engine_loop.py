@@ -7,11 +7,13 @@ Commands are tuples: ("add", request_id, prompt_token_ids, params), ("abort", re
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from rillet.engine.errors import RequestFailedError, RequestRejectedError
-from rillet.engine.llm_engine import LLMEngine
 from rillet.engine.outputs import RequestOutput
+
+if TYPE_CHECKING:
+    from rillet.engine.llm_engine import LLMEngine
 
 STOP = ("stop",)
 

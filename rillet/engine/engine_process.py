@@ -31,16 +31,16 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Protocol
-
-import torch
+from typing import TYPE_CHECKING, Protocol
 
 from rillet.engine.config import EngineConfig
 from rillet.engine.engine_child import EngineReady, child_main
 from rillet.engine.engine_client import EngineClient, EngineDeadError
 from rillet.engine.engine_loop import STOP
-from rillet.engine.llm_engine import LLMEngine
 from rillet.engine.stats import EngineStats
+
+if TYPE_CHECKING:  # the engine itself lives in the child process; this one never imports torch
+    from rillet.engine.llm_engine import LLMEngine
 
 log = logging.getLogger("rillet.engine")
 
@@ -65,9 +65,10 @@ class ModelEngineSpec:
     config: EngineConfig
 
     def build(self) -> tuple[LLMEngine, str]:
+        from rillet.engine.llm_engine import LLMEngine
         from rillet.model import load_model
 
-        loaded = load_model(self.path, dtype=torch.float32, device=self.config.device,
+        loaded = load_model(self.path, device=self.config.device,
                             weight_format=self.weight_format)
         engine = LLMEngine(loaded.model, loaded.tokenizer, loaded.config.max_context_len, self.config)
         return engine, loaded.model.weight_format

@@ -56,8 +56,8 @@ class LLMEngine:
         num_pages = self.kv_layout.num_pages(config.num_blocks)
         self.block_manager = BlockManager(num_pages, config.block_size, config.enable_prefix_caching, self.kv_layout)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
-        self.runner = ModelRunner(model, num_pages, config.block_size, config.kv_cache_dtype, self.device,
-                                  self.kv_layout)
+        self.runner = ModelRunner(model, num_pages, config.block_size, getattr(torch, config.kv_cache_dtype),
+                                  self.device, self.kv_layout)
         self.sampler = Sampler(self.device)
         self.grammars = GrammarCompiler(tokenizer)
         # A lone sequence must always fit in the KV pool, or preemption could never make room.

@@ -24,17 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from rillet.model import native
-from rillet.model.quantized import (
-    BLOCK_FORMATS,
-    KERNELS,
-    QuantizedWeight,
-    Weight,
-    packed_q8_rows,
-)
+from rillet.model.quantized import KERNELS, QuantizedWeight, Weight, packed_q8_rows
+from rillet.model.weight_formats import BLOCK_FORMATS, DEFAULT_WEIGHT_FORMAT, WEIGHT_FORMATS
+
+__all__ = ["DEFAULT_WEIGHT_FORMAT", "WEIGHT_FORMATS", "Linear", "describe_weights"]
 
 log = logging.getLogger("rillet.model")
-WEIGHT_FORMATS = ("quantized", "quantized-int8", "float16", "float32")
-DEFAULT_WEIGHT_FORMAT = "quantized"
 UNQUANTIZED = "unquantized"  # what held() calls a matrix the file stores in floats
 
 

