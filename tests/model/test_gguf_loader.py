@@ -7,7 +7,8 @@ import torch
 
 from rillet.model import ModelLoadError, load_model
 from rillet.model.gguf_file import open_gguf
-from rillet.model.gguf_loader import dequantize, read_config, unpermute_rope_rows
+from rillet.model.gguf_config import read_config
+from rillet.model.gguf_loader import dequantize, unpermute_rope_rows
 from tests.model.tiny_gguf import HAND_PACKED, Q, hand_packed_rows, write_gguf
 
 

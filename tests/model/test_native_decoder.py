@@ -12,7 +12,8 @@ import torch
 
 from rillet.model.decoder import DecoderModel
 from rillet.model.gguf_file import open_gguf
-from rillet.model.gguf_loader import read_config, read_tensors
+from rillet.model.gguf_config import read_config
+from rillet.model.gguf_loader import read_tensors
 from rillet.model.native import quant_matmul_available
 from tests.model.test_forward_parity import BLOCK_SIZE, PROMPTS, PagedSequences, run_step
 from tests.model.tiny_gguf import Q, random_blocks, write_raw_gguf
