@@ -53,7 +53,7 @@ def run_engine_loop(engine: LLMEngine, io: LoopIO) -> None:
         if handled:
             io.commands_handled()
         if engine.has_work and not engine.stalled:
-            outputs = engine.step()
+            outputs = engine.step(on_scheduled=io.publish)  # requests leave the queue before the forward
             if engine.stalled:
                 log.warning("the engine has %d waiting sequences and can schedule none of them; "
                             "it waits for the next request or abort", len(engine.scheduler.waiting))

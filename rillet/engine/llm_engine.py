@@ -16,11 +16,11 @@ from typing import TypeVar
 import torch
 
 from rillet.engine.block_manager import BlockManager
-from rillet.engine.kv_layout import KVLayout
 from rillet.engine.config import EngineConfig
 from rillet.engine.constraints import GrammarCompiler, TokenMasks
 from rillet.engine.detokenizer import IncrementalDetokenizer
 from rillet.engine.errors import PromptTooLongError, TooManyChoicesError
+from rillet.engine.kv_layout import KVLayout
 from rillet.engine.model_runner import ModelRunner
 from rillet.engine.outputs import ChoiceDelta, RequestOutput, TokenLogprob
 from rillet.engine.sampler import Sampler
@@ -115,11 +115,18 @@ class LLMEngine:
             self._generators.pop(seq.seq_id, None)
         self._requests.pop(request_id, None)
 
-    def step(self) -> list[RequestOutput]:
+    def step(self, on_scheduled: Callable[[list[RequestOutput]], None] | None = None) -> list[RequestOutput]:
+        """One batched model step. The step that first schedules a request tells its caller that the
+        request has left the queue with an output of no deltas: through on_scheduled before the
+        forward runs, or else among the step's outputs where the request has none of its own."""
         batch = self.scheduler.schedule()
         self.stalled = batch.is_empty and not batch.preempted
         if batch.is_empty:
             return []
+        notices = self._start_notices(batch)
+        if on_scheduled is not None and notices:
+            on_scheduled(notices)
+            notices = []
         failed: list[RequestOutput] = []
         sampling_seqs, logits = self._forward(batch, failed)
         for seq, num_new in batch.scheduled:
@@ -135,19 +142,18 @@ class LLMEngine:
             tokens = self._sample(sampling_seqs, logits, rows, failed)
             logprobs = self._logprobs(sampling_seqs, logits, rows, tokens, failed)
             outputs = failed + self._collect_outputs(sampling_seqs, tokens, logprobs, failed)
-        return self._with_start_notices(batch, outputs)
-
-    def _with_start_notices(self, batch: SchedulerOutput, outputs: list[RequestOutput]) -> list[RequestOutput]:
-        """The step that first schedules a request tells its caller that it has left the queue:
-        with its first tokens, or with an output of no deltas while its prompt is still computed."""
         answered = {output.request_id for output in outputs}
+        return outputs + [notice for notice in notices if notice.request_id not in answered]
+
+    def _start_notices(self, batch: SchedulerOutput) -> list[RequestOutput]:
+        """An output of no deltas for each request this step schedules for the first time."""
+        notices = []
         for seq, _ in batch.scheduled:
             request = self._requests.get(seq.request_id)
             if request is not None and not request.started:
                 request.started = True
-                if seq.request_id not in answered:
-                    outputs.append(RequestOutput(seq.request_id, request.num_prompt_tokens, []))
-        return outputs
+                notices.append(RequestOutput(seq.request_id, request.num_prompt_tokens, []))
+        return notices
 
     # -- the parts of a step, each run again request by request if it fails ------------
 

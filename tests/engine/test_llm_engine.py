@@ -239,3 +239,16 @@ def test_prefix_cache_keys_forced_to_collide_never_share_a_block(monkeypatch):
     # The one block the colliding key names ([1, 2, 3, 4], cached first) was found three times, by the
     # prompts that start with it: r2, again0 and again2.
     assert cached.block_manager.prefix_cache_hits == 3
+
+
+def test_a_request_leaves_the_queue_before_its_first_forward():
+    """The start notice (an output of no deltas) goes out through on_scheduled before the step's
+    forward runs, so the queue clock never counts the time a prompt takes to compute."""
+    engine = make_engine(max_num_batched_tokens=8)
+    engine.add_request("r", list(range(1, 30)), SamplingParams(temperature=0, max_tokens=2))
+    seen = []
+    outputs = engine.step(on_scheduled=lambda notices: seen.append(
+        ([(n.request_id, n.deltas) for n in notices], engine.num_computed_prompt_tokens)))
+    assert seen == [([("r", [])], 0)]
+    assert outputs == []  # the first chunk samples nothing, and the notice has gone already
+    assert engine.step(on_scheduled=seen.append) == [] and len(seen) == 1  # told once
