@@ -73,7 +73,8 @@ class PrefixAffinityRouter(RequestRouter):
         for replica in candidate_replicas:
             matched, cached = self.index.matches(replica.replica_id, hashes)
             candidates.append(Candidate(replica.replica_id, self._load(replica.replica_id), matched, cached))
-        decision = decide(candidates, len(hashes), self.min_match_share, self.imbalance_threshold)
+        decision = decide(candidates, len(prompt or ()), self.index.block_size, self.min_match_share,
+                          self.imbalance_threshold)
         if decision.by_prefix and pending_request is not None:
             with self._lock:
                 self._by_prefix.add(pending_request.metadata.internal_request_id)

@@ -10,6 +10,7 @@ import os
 import time
 
 import httpx
+import openai
 import pytest
 
 from tests.conftest import RunningServer
@@ -18,6 +19,7 @@ from tests.conftest import RunningServer
 # prompt), the single server's prefill chunk.
 REPLICA_ARGS = ["--threads", "1", "--kv-cache-tokens", "4096", "--max-num-batched-tokens", "256"]
 ENGINE_PROCESS_TITLE = b"ray::ServeReplica:rillet:rillet-engine"
+SERVE_PROCESS_TITLES = (b"ray::ServeController", b"ray::ProxyActor", b"ray::ServeReplica")
 
 
 def pytest_collection_modifyitems(items):
@@ -41,6 +43,7 @@ def ray_cluster():
 
 
 def start_cluster_server(ray_cluster, extra_args: list[str] = ()) -> RunningServer:
+    wait_until_gone(SERVE_PROCESS_TITLES, timeout=60)  # the previous server's Serve, shutting down
     running = RunningServer(["--replicas", "2", "--ray-address", ray_cluster.address, *REPLICA_ARGS, *extra_args])
     try:
         wait_for_replicas(running, 2, timeout=120)
@@ -80,25 +83,49 @@ def per_replica(server: RunningServer, name: str, headers: dict | None = None) -
 
 def engine_replica_pids() -> list[int]:
     """The engine replicas' Ray worker processes (Ray titles them by deployment)."""
+    return processes_titled((ENGINE_PROCESS_TITLE,))
+
+
+def processes_titled(titles: tuple[bytes, ...]) -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if f.read().startswith(ENGINE_PROCESS_TITLE):
+                    if f.read().startswith(titles):
                         pids.append(int(entry))
             except OSError:
                 continue
     return pids
 
 
-@pytest.fixture(scope="session")
+def wait_until_gone(titles: tuple[bytes, ...], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while processes_titled(titles):
+        assert time.monotonic() < deadline, f"still running: {processes_titled(titles)}"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
 def cluster_server(ray_cluster):
+    """An open server (no keys) for a module's tests; Ray Serve runs one application on a cluster
+    at a time, so each module that needs another kind starts its own."""
     running = start_cluster_server(ray_cluster)
     yield running
     running.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def server(cluster_server):
     return cluster_server
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="test", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server.base_url, timeout=120) as c:
+        yield c

@@ -23,22 +23,22 @@ def test_matched_blocks_is_the_leading_run_and_the_oldest_are_forgotten_first():
 def test_a_long_match_wins_unless_its_replica_is_clearly_busier():
     held = [Candidate("a", load=2, matched_blocks=8, cached_blocks=50), Candidate("b", load=0, matched_blocks=0,
                                                                                 cached_blocks=10)]
-    assert decide(held, num_prompt_blocks=10, imbalance_threshold=4).replica == "a"
+    assert decide(held, num_prompt_tokens=160, block_size=16, imbalance_threshold=4).replica == "a"
     busy = [Candidate("a", load=5, matched_blocks=8, cached_blocks=50), Candidate("b", load=0, matched_blocks=0,
                                                                                 cached_blocks=10)]
-    decision = decide(busy, num_prompt_blocks=10, imbalance_threshold=4)
+    decision = decide(busy, num_prompt_tokens=160, block_size=16, imbalance_threshold=4)
     assert decision.replica == "b" and not decision.by_prefix
 
 
 def test_a_short_shared_prefix_does_not_pull_and_new_work_goes_where_there_is_room():
-    # Only a shared system prompt matches (1 block of 10): the least loaded, then the emptier, wins.
+    # Only a shared system prompt matches (16 of 40 tokens): the least loaded, then the emptier, wins.
     candidates = [Candidate("a", load=0, matched_blocks=1, cached_blocks=50),
                   Candidate("b", load=0, matched_blocks=0, cached_blocks=10)]
-    assert decide(candidates, num_prompt_blocks=10).replica == "b"
+    assert decide(candidates, num_prompt_tokens=40, block_size=16).replica == "b"
     # Equal matches are no reason to prefer either.
     even = [Candidate("a", load=1, matched_blocks=9, cached_blocks=50),
             Candidate("b", load=0, matched_blocks=9, cached_blocks=60)]
-    assert decide(even, num_prompt_blocks=10).replica == "b"
+    assert decide(even, num_prompt_tokens=160, block_size=16).replica == "b"
 
 
 def test_index_forgets_replicas_that_are_gone():
