@@ -3,7 +3,9 @@ one CPU each, no dashboard) and `rillet serve --replicas 2 --ray-address` on it:
 replica per node. The `server` fixture is that server here, so the single server's API tests
 imported into test_api_subset.py run against the cluster unchanged.
 
-Everything here is marked `cluster` and left out of `make test`; `make test-cluster` runs it."""
+The modules that need Ray are marked `cluster` (pytestmark) and left out of `make test`;
+`make test-cluster` runs them. Ray is imported only inside the fixtures, so that collecting this
+folder without the cluster extra works."""
 from __future__ import annotations
 
 import os
@@ -20,13 +22,6 @@ from tests.conftest import RunningServer
 REPLICA_ARGS = ["--threads", "1", "--kv-cache-tokens", "4096", "--max-num-batched-tokens", "256"]
 ENGINE_PROCESS_TITLE = b"ray::ServeReplica:rillet:rillet-engine"
 SERVE_PROCESS_TITLES = (b"ray::ServeController", b"ray::ProxyActor", b"ray::ServeReplica")
-
-
-def pytest_collection_modifyitems(items):
-    here = os.path.dirname(__file__)
-    for item in items:
-        if str(item.path).startswith(here) and "prefix_index" not in item.path.name:
-            item.add_marker(pytest.mark.cluster)
 
 
 @pytest.fixture(scope="session")

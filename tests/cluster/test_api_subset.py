@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 
 from tests.api.helpers import NO_END, chat_body
 from tests.api.test_chat import (rendered_prompt_tokens, test_fingerprint_is_stable_and_created_is_recent,  # noqa: F401
@@ -39,6 +40,8 @@ from tests.api.test_stream import (test_include_usage_adds_a_final_usage_chunk, 
                                    test_sse_framing, test_stream_text_equals_non_stream_text_at_temperature_zero,
                                    test_stream_with_n_choices_has_each_choice_framed,
                                    test_stream_with_stop_string_equals_non_stream)
+
+pytestmark = pytest.mark.cluster
 
 
 def test_disconnect_mid_stream_cancels_the_sequence_in_its_replica(server):

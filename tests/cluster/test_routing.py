@@ -18,6 +18,8 @@ import pytest
 from tests.cluster.conftest import REPLICA_ARGS, per_replica
 from tests.conftest import MODEL_NAME, RunningServer
 
+pytestmark = pytest.mark.cluster
+
 TOPICS = ["harbor", "orchard", "library", "glacier", "market", "observatory", "vineyard", "foundry"]
 COLORS = ["red", "blue", "green", "amber", "violet", "white", "black", "silver", "gold"]
 FOLLOW_UPS = ["Which item is blue? Answer in one sentence.", "Now list two of the green items."]

@@ -16,6 +16,8 @@ import pytest
 from tests.api.helpers import NO_END, chat_body
 from tests.cluster.conftest import engine_replica_pids, per_replica, replica_metric, start_cluster_server
 
+pytestmark = pytest.mark.cluster
+
 # The README's bound: a request sent this long after a replica's death succeeds.
 NEW_REQUESTS_BOUND_S = 5.0
 REJOIN_TIMEOUT_S = 120.0
