@@ -6,8 +6,9 @@ one first, then the rest by load) and Ray sends the request to the first of a ra
 it. Load is the requests in flight to each replica from this router, counted on
 on_request_routed and on_request_completed: exact, since there is one ingress.
 
-The ingress's EngineClient (client.py) reads the router through router_registry: which replica served a
-request, what each replica reported of its engine (record_routing_stats), the requests routed.
+The ingress's EngineClient (client.py) reads the router through router_registry: which replica
+served a request, what each replica reported of its engine (record_routing_stats), the requests
+routed.
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ class PrefixAffinityRouter(RequestRouter):
         self._in_flight: dict[ReplicaID, set[str]] = defaultdict(set)
         self._routed: dict[ReplicaID, int] = defaultdict(int)
         self._routed_by_prefix: dict[ReplicaID, int] = defaultdict(int)
-        self._by_prefix: set[str] = set()  # internal ids of requests chosen for their prefix
+        self._by_prefix: dict[str, ReplicaID] = {}  # internal id -> the replica chosen for its prefix
         self._replica_of_request: dict[str, ReplicaID] = {}  # rillet request id -> replica, until it ends
         router_registry.ROUTERS[self._deployment_id.name] = self
 
@@ -77,7 +78,7 @@ class PrefixAffinityRouter(RequestRouter):
                           self.imbalance_threshold)
         if decision.by_prefix and pending_request is not None:
             with self._lock:
-                self._by_prefix.add(pending_request.metadata.internal_request_id)
+                self._by_prefix[pending_request.metadata.internal_request_id] = decision.replica
         chosen = [r for r in candidate_replicas if r.replica_id == decision.replica]
         rest = sorted((r for r in candidate_replicas if r.replica_id != decision.replica),
                       key=lambda r: self._load(r.replica_id))
@@ -87,8 +88,7 @@ class PrefixAffinityRouter(RequestRouter):
         internal_id = pending_request.metadata.internal_request_id
         with self._lock:
             self._in_flight[replica_id].add(internal_id)
-            by_prefix = internal_id in self._by_prefix
-            self._by_prefix.discard(internal_id)
+            by_prefix = self._by_prefix.pop(internal_id, None) == replica_id
             if pending_request.metadata.call_method != GENERATE_METHOD:
                 return
             self._routed[replica_id] += 1
@@ -99,7 +99,7 @@ class PrefixAffinityRouter(RequestRouter):
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         with self._lock:
             self._in_flight[replica_id].discard(internal_request_id)
-            self._by_prefix.discard(internal_request_id)
+            self._by_prefix.pop(internal_request_id, None)
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)

@@ -32,9 +32,9 @@ from tests.api.test_errors import (test_prompt_longer_than_context_is_400,  # no
                                    test_unknown_route_and_method)
 from tests.api.test_logprobs import test_logprobs_in_a_stream_match_the_non_stream_answer  # noqa: F401
 from tests.api.test_models import test_health, test_models_list_shape, test_unknown_model_card_is_404  # noqa: F401
-from tests.api.test_observability import (test_a_client_request_id_is_honoured_within_a_safe_alphabet_and_length,  # noqa: F401,E501
-                                          test_an_id_with_nothing_safe_in_it_is_replaced,
-                                          test_every_response_carries_a_fresh_request_id)
+from tests.api.test_observability import (  # noqa: F401
+    test_a_client_request_id_is_honoured_within_a_safe_alphabet_and_length,
+    test_an_id_with_nothing_safe_in_it_is_replaced, test_every_response_carries_a_fresh_request_id)
 from tests.api.test_sampling_fields import test_seed_gives_the_same_text_with_other_requests_in_flight  # noqa: F401
 from tests.api.test_stream import (test_include_usage_adds_a_final_usage_chunk, test_openai_client_stream,  # noqa: F401
                                    test_sse_framing, test_stream_text_equals_non_stream_text_at_temperature_zero,
