@@ -42,12 +42,14 @@ def serve_cluster(args: argparse.Namespace, keys, config, model_path: str, serve
         max_request_bytes=args.max_request_bytes, public_paths=public_paths, playground=not args.no_playground,
         cors_origins=tuple(args.cors_origin), max_num_seqs=config.max_num_seqs,
         config_description=config.describe())
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda number, frame: stop.set())
-    # The proxy's x-request-id made as a single server's (proxy_headers.py); the proxy is started
-    # by Serve's controller, which this job starts, so it inherits the job's environment.
-    runtime_env = {"env_vars": {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": PROXY_CALLBACK}}
+    # Serve's controller, proxy and replicas are started by this job and inherit its environment:
+    # the proxy's x-request-id made as a single server's (proxy_headers.py), and each Serve process
+    # running its router and user code on its one event loop instead of a thread of their own,
+    # which costs less CPU a streamed token (about +8% tokens/s on 2 cores; nothing here blocks
+    # the loop: the engine runs in its own process, the API's planning in a worker thread).
+    runtime_env = {"env_vars": {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": PROXY_CALLBACK,
+                                "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+                                "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}}
     if args.ray_address:
         ray.init(address=args.ray_address, namespace="rillet", logging_level=args.log_level.upper(),
                  runtime_env=runtime_env)
@@ -55,6 +57,10 @@ def serve_cluster(args: argparse.Namespace, keys, config, model_path: str, serve
         # A local Ray of this machine's cores, or of as many as the replicas ask for.
         ray.init(num_cpus=max(os.cpu_count() or 1, args.replicas * cpus_per_replica), namespace="rillet",
                  include_dashboard=False, logging_level=args.log_level.upper(), runtime_env=runtime_env)
+    # After ray.init, whose own SIGTERM handler would end this process without shutting Serve down.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda number, frame: stop.set())
     try:
         serve.start(http_options={"host": args.host, "port": args.port}, proxy_location="HeadOnly")
         print(f"rillet: starting {args.replicas} engine replicas ({cpus_per_replica:g} CPUs"
