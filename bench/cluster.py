@@ -3,9 +3,11 @@
 
 Each server is started on a free port, loaded with --requests streamed chat completions at
 --concurrency (distinct prompts, greedy, a fixed number of tokens each: end-of-text banned), then
-stopped. tokens/s is completion tokens over the load's wall time. On a machine of two cores two
-replicas of one thread share the cores that one server of two threads uses: equal throughput is
-what to expect there; replicas add throughput where they add cores, GPUs or machines.
+stopped. tokens/s is completion tokens over the load's wall time. A third setup, two plain servers
+of one thread each with the load split between them by the client, shows what two replicas cost
+without Ray Serve's path. On a machine of two cores two replicas of one thread share the cores that
+one server of two threads uses: equal throughput is what to expect of the engines there, less the
+CPU that Ray Serve's processes take; replicas add throughput where they add cores, GPUs or machines.
 
     .venv/bin/python bench/cluster.py --requests 64 --concurrency 16 --rounds 2
 
@@ -112,25 +114,42 @@ async def load(base_url: str, args) -> dict:
             "median_latency_s": round(latencies[len(latencies) // 2], 2)}
 
 
+async def load_all(base_urls: list[str], args) -> dict:
+    """The load split evenly between the servers, all at once; tokens/s over the longest wall time."""
+    share = argparse.Namespace(requests=args.requests // len(base_urls), max_tokens=args.max_tokens,
+                               concurrency=max(1, args.concurrency // len(base_urls)))
+    results = await asyncio.gather(*(load(url, share) for url in base_urls))
+    tokens, wall = sum(r["completion_tokens"] for r in results), max(r["wall_s"] for r in results)
+    return {"completion_tokens": tokens, "wall_s": wall, "tokens_per_s": round(tokens / wall, 1),
+            "median_latency_s": max(r["median_latency_s"] for r in results)}
+
+
 def main() -> None:
     args = parse_args()
     common = ["--kv-cache-tokens", str(args.kv_cache_tokens), "--log-level", "warning", "--no-playground"]
-    setups = {"one_server_2_threads": ["--threads", "2", *common],
-              "two_replicas_1_thread_each": ["--replicas", "2", "--threads", "1", *common]}
+    # The third: two plain servers of one thread each, the load split between them by the client:
+    # what two replicas would do without Ray Serve's path (proxy, ingress, replica actors).
+    setups = {"one_server_2_threads": [["--threads", "2", *common]],
+              "two_replicas_1_thread_each": [["--replicas", "2", "--threads", "1", *common]],
+              "two_servers_1_thread_each_without_ray": [["--threads", "1", *common]] * 2}
     figures = {"cores": os.cpu_count(), "requests": args.requests, "concurrency": args.concurrency,
                "max_tokens": args.max_tokens}
     runs: dict[str, list[dict]] = {name: [] for name in setups}
     for _ in range(args.rounds):
-        for name, flags in setups.items():
-            process, base_url, log = start(flags)
+        for name, servers in setups.items():
+            started = []
             try:
-                runs[name].append(asyncio.run(load(base_url, args)))
+                for flags in servers:
+                    started.append(start(flags))
+                runs[name].append(asyncio.run(load_all([base_url for _, base_url, _ in started], args)))
             finally:
-                stop(process, log)
+                for process, _, log in started:
+                    stop(process, log)
     for name, results in runs.items():
         figures[name] = {"tokens_per_s_best": max(r["tokens_per_s"] for r in results), "runs": results}
-    one, two = (figures[name]["tokens_per_s_best"] for name in setups)
-    figures["two_over_one"] = round(two / one, 2)
+    one, two, plain = (figures[name]["tokens_per_s_best"] for name in setups)
+    figures["two_replicas_over_one_server"] = round(two / one, 2)
+    figures["two_servers_without_ray_over_one_server"] = round(plain / one, 2)
     figures["load_average_after"] = os.getloadavg()
     print(json.dumps(figures, indent=2))
 
