@@ -73,15 +73,15 @@ class Decision:
 def decide(candidates: list[Candidate], num_prompt_tokens: int, block_size: int,
            min_match_share: float = DEFAULT_MIN_MATCH_SHARE,
            imbalance_threshold: int = DEFAULT_IMBALANCE_THRESHOLD) -> Decision:
-    """The replica holding the longest prefix of the prompt, if that prefix is at least
-    min_match_share of the prompt's tokens and the replica is not clearly busier (by
-    imbalance_threshold requests in flight) than the least loaded; else the least loaded, and of
-    those the one holding the fewest blocks (new conversations go where there is most room)."""
+    """The replica holding the longest prefix of the prompt (of several, the least loaded), if
+    that prefix is at least min_match_share of the prompt's tokens and the replica is not clearly
+    busier (by imbalance_threshold requests in flight) than the least loaded; else the least
+    loaded, and of those the one holding the fewest blocks (new conversations go where there is
+    most room)."""
     least_loaded = min(candidates, key=lambda c: (c.load, c.cached_blocks))
     best = max(candidates, key=lambda c: (c.matched_blocks, -c.load))
     share = best.matched_blocks * block_size / num_prompt_tokens if num_prompt_tokens else 0.0
-    if best.matched_blocks > least_loaded.matched_blocks and share >= min_match_share \
-            and best.load - least_loaded.load < imbalance_threshold:
+    if best.matched_blocks and share >= min_match_share and best.load - least_loaded.load < imbalance_threshold:
         return Decision(best.replica, by_prefix=True)
     return Decision(least_loaded.replica, by_prefix=False)
 

@@ -13,6 +13,7 @@ routed.
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -34,6 +35,7 @@ from rillet.cluster.prefix_index import (
 
 # The replica method that runs a request; other calls (describe) are routed by load alone.
 GENERATE_METHOD = "generate"
+CHOICE_TTL_S = 10.0
 
 
 @dataclass(slots=True)
@@ -58,7 +60,9 @@ class PrefixAffinityRouter(RequestRouter):
         self._in_flight: dict[ReplicaID, set[str]] = defaultdict(set)
         self._routed: dict[ReplicaID, int] = defaultdict(int)
         self._routed_by_prefix: dict[ReplicaID, int] = defaultdict(int)
-        self._by_prefix: dict[str, ReplicaID] = {}  # internal id -> the replica chosen for its prefix
+        # Chosen but not yet accepted (Ray asks the replica first): internal id -> (replica, chosen
+        # for its prefix, when). Counted in the replica's load, so that a burst of requests spreads.
+        self._chosen: dict[str, tuple[ReplicaID, bool, float]] = {}
         self._replica_of_request: dict[str, ReplicaID] = {}  # rillet request id -> replica, until it ends
         router_registry.ROUTERS[self._deployment_id.name] = self
 
@@ -76,9 +80,12 @@ class PrefixAffinityRouter(RequestRouter):
             candidates.append(Candidate(replica.replica_id, self._load(replica.replica_id), matched, cached))
         decision = decide(candidates, len(prompt or ()), self.index.block_size, self.min_match_share,
                           self.imbalance_threshold)
-        if decision.by_prefix and pending_request is not None:
+        if pending_request is not None:
             with self._lock:
-                self._by_prefix[pending_request.metadata.internal_request_id] = decision.replica
+                self._chosen[pending_request.metadata.internal_request_id] = (
+                    decision.replica, decision.by_prefix, time.monotonic())
+            if prompt is not None:
+                self.index.insert(decision.replica, hashes)
         chosen = [r for r in candidate_replicas if r.replica_id == decision.replica]
         rest = sorted((r for r in candidate_replicas if r.replica_id != decision.replica),
                       key=lambda r: self._load(r.replica_id))
@@ -88,18 +95,20 @@ class PrefixAffinityRouter(RequestRouter):
         internal_id = pending_request.metadata.internal_request_id
         with self._lock:
             self._in_flight[replica_id].add(internal_id)
-            by_prefix = self._by_prefix.pop(internal_id, None) == replica_id
+            chosen, by_prefix, _ = self._chosen.pop(internal_id, (None, False, 0.0))
+            by_prefix = by_prefix and chosen == replica_id
             if pending_request.metadata.call_method != GENERATE_METHOD:
                 return
             self._routed[replica_id] += 1
             self._routed_by_prefix[replica_id] += by_prefix
             self._replica_of_request[pending_request.args[0]] = replica_id
-        self.index.insert(replica_id, self.index.hashes(pending_request.args[1]))
+        if chosen != replica_id:  # taken by another than the one chosen (it was full)
+            self.index.insert(replica_id, self.index.hashes(pending_request.args[1]))
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         with self._lock:
             self._in_flight[replica_id].discard(internal_request_id)
-            self._by_prefix.pop(internal_request_id, None)
+            self._chosen.pop(internal_request_id, None)
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)
@@ -133,8 +142,14 @@ class PrefixAffinityRouter(RequestRouter):
                     for replica in self.curr_replicas.values()]
 
     def _load(self, replica_id: ReplicaID) -> int:
+        """Requests in flight to the replica, and those chosen for it in the last moments that it
+        has not accepted yet (a choice never followed up is forgotten after CHOICE_TTL_S)."""
+        now = time.monotonic()
         with self._lock:
-            return len(self._in_flight.get(replica_id, ()))
+            for internal_id in [i for i, (_, _, at) in self._chosen.items() if now - at > CHOICE_TTL_S]:
+                del self._chosen[internal_id]
+            pending = sum(1 for replica, _, _ in self._chosen.values() if replica == replica_id)
+            return len(self._in_flight.get(replica_id, ())) + pending
 
 
 def _prompt_of(pending_request: PendingRequest | None) -> list[int] | None:

@@ -9,6 +9,7 @@ the same KV cache (4096 tokens); the 8 conversations need more than one such cac
 than two do, which is what a second replica's cache is for."""
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import time
 
@@ -88,3 +89,35 @@ def test_follow_up_turns_go_to_the_first_turns_replica_and_the_caches_hit_at_lea
     assert sum(follow_ups) >= 0.9 * len(follow_ups), figures
     assert len(set(firsts)) == 2 and min(firsts.count(r) for r in set(firsts)) >= 2, figures  # spread
     assert cluster_hit_rate >= single_hit_rate, figures
+
+
+def test_concurrent_conversations_spread_over_the_replicas_and_keep_their_replica(server, client):
+    """8 conversations at once, each a client of its own: a burst of first turns spreads over both
+    replicas (a choice not yet accepted counts in its replica's load), and each follow-up is routed
+    for its prefix (to the one replica that holds its conversation)."""
+    def routed(name: str) -> dict[str, float]:
+        return per_replica(server, name, {})
+
+    routed_before, by_prefix_before = routed("rillet_replica_requests_routed_total"), \
+        routed("rillet_replica_requests_routed_by_prefix_total")
+
+    def converse(topic: str) -> None:
+        messages = [{"role": "user", "content": first_message(f"{topic} annex")}]
+        for turn in range(1 + len(FOLLOW_UPS)):
+            if turn:
+                messages.append({"role": "user", "content": FOLLOW_UPS[turn - 1]})
+            reply = client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=MAX_TOKENS,
+                                                   temperature=0)
+            messages.append({"role": "assistant", "content": reply.choices[0].message.content})
+
+    with concurrent.futures.ThreadPoolExecutor(len(TOPICS)) as pool:
+        list(pool.map(converse, TOPICS))
+    routed_after, by_prefix_after = routed("rillet_replica_requests_routed_total"), \
+        routed("rillet_replica_requests_routed_by_prefix_total")
+    per_replica_requests = {r: routed_after[r] - routed_before.get(r, 0) for r in routed_after}
+    follow_ups_by_prefix = sum(by_prefix_after[r] - by_prefix_before.get(r, 0) for r in by_prefix_after)
+    figures = {"requests_per_replica": per_replica_requests, "follow_ups_routed_by_prefix": follow_ups_by_prefix,
+               "follow_ups": len(TOPICS) * len(FOLLOW_UPS)}
+    print("concurrent routing:", json.dumps(figures))
+    assert follow_ups_by_prefix >= 0.9 * len(TOPICS) * len(FOLLOW_UPS), figures
+    assert min(per_replica_requests.values()) >= 0.25 * sum(per_replica_requests.values()), figures
