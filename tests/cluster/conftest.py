@@ -28,6 +28,7 @@ SERVE_PROCESS_TITLES = (b"ray::ServeController", b"ray::ProxyActor", b"ray::Serv
 def ray_cluster():
     from ray.cluster_utils import Cluster
 
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing to report from a test machine
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
         cluster.add_node(num_cpus=1)
