@@ -2,7 +2,8 @@
 # rillet and the reference peer (llama-cpp-python, ../shared/peers) measured back to back in one run,
 # one server at a time, with the same load: bench/serve.py at concurrency 1 4 16 64, max_tokens 128,
 # temperature 0, then bench/long_prompt.py (time to first token of a prompt of about 1,000 tokens).
-# Prints one JSON line per server and measurement, tagged with "server".
+# Prints one JSON line per server and measurement, tagged with "server", and each server's resident
+# set (all its processes) once the model is loaded and after the load.
 #
 #   bash bench/side_by_side.sh [ROUNDS]        (run `make install` first; the peer installs itself)
 #   RILLET_ARGS="--weights quantized-int8" bash bench/side_by_side.sh 3     (rillet with other flags)
@@ -31,10 +32,24 @@ wait_ready() {  # port
   return 1
 }
 
+rss_mb() {  # pid: the resident set of it and every process below it, in MB
+  local total=0 p
+  for p in $1 $(descendants "$1"); do
+    total=$(( total + $(awk '/VmRSS/ {print $2}' /proc/$p/status 2>/dev/null || echo 0) ))
+  done
+  echo $(( total / 1024 ))
+}
+
+descendants() {  # pid
+  local child
+  for child in $(cat /proc/$1/task/*/children 2>/dev/null); do echo "$child"; descendants "$child"; done
+}
+
 measure() {  # name port concurrency...
   local name=$1 port=$2
   shift 2
   wait_ready "$port"
+  echo "{\"server\": \"$name\", \"rss_mb_loaded\": $(rss_mb "$pid")}"
   $PY bench/serve.py --base-url "http://127.0.0.1:$port/v1" --model $NAME \
     --concurrency "$@" --rounds "$ROUNDS" | sed "s/^{/{\"server\": \"$name\", /"
   $PY bench/long_prompt.py --base-url "http://127.0.0.1:$port/v1" --model $NAME \
@@ -45,14 +60,14 @@ measure() {  # name port concurrency...
   --log-level warning >/tmp/side_by_side_rillet.log 2>&1 &
 pid=$!
 measure rillet $PORT_RILLET $CONCURRENCY
-# The server and its engine process (and multiprocessing's resource tracker), together.
-rss_kb=0
-for p in $pid $(pgrep -P "$pid"); do rss_kb=$(( rss_kb + $(awk '/VmRSS/ {print $2}' /proc/$p/status) )); done
-echo "{\"server\": \"rillet\", \"rss_mb\": $(( rss_kb / 1024 ))}"
+# The server and its engine process (and multiprocessing's resource tracker), together: once the
+# model is loaded (above) and after the load.
+echo "{\"server\": \"rillet\", \"rss_mb_after_load\": $(rss_mb $pid)}"
 kill $pid; wait $pid 2>/dev/null || true
 
 bash "$PEER" install >/dev/null
 bash "$PEER" start $PORT_PEER ${PEER_ARGS:-} >/tmp/side_by_side_peer.log 2>&1 &
 pid=$!
 measure llama-cpp-python $PORT_PEER ${PEER_CONCURRENCY:-$CONCURRENCY}
+echo "{\"server\": \"llama-cpp-python\", \"rss_mb_after_load\": $(rss_mb $pid)}"
 kill $pid; wait $pid 2>/dev/null || true

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from rillet.engine.errors import RequestFailedError, RequestRejectedError
 from rillet.engine.outputs import RequestOutput
+from rillet.model.loader import release_freed_memory
 
 if TYPE_CHECKING:
     from rillet.engine.llm_engine import LLMEngine
@@ -38,8 +39,14 @@ def run_engine_loop(engine: LLMEngine, io: LoopIO) -> None:
     """Runs until a stop command (or the command source closing); an error in a step that is not
     one request's propagates. An engine that has work but can schedule none of it (engine.stalled)
     waits for the next command instead of spinning: only a command can change what it can run."""
+    busy = False
     while True:
         block = not engine.has_work or engine.stalled
+        if block and busy:
+            # Going idle: hand the step buffers the C heap kept (hundreds of MB of logits and sampler
+            # temporaries after a large batch) back to the system.
+            release_freed_memory()
+        busy = not block
         handled = False
         while (command := io.receive(block)) is not None:
             block, handled = False, True
