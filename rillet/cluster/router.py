@@ -94,11 +94,11 @@ class PrefixAffinityRouter(RequestRouter):
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result) -> None:
         internal_id = pending_request.metadata.internal_request_id
         with self._lock:
-            self._in_flight[replica_id].add(internal_id)
             chosen, by_prefix, _ = self._chosen.pop(internal_id, (None, False, 0.0))
             by_prefix = by_prefix and chosen == replica_id
             if pending_request.metadata.call_method != GENERATE_METHOD:
-                return
+                return  # describe() and kin: not load, and never left counted as in flight
+            self._in_flight[replica_id].add(internal_id)
             self._routed[replica_id] += 1
             self._routed_by_prefix[replica_id] += by_prefix
             self._replica_of_request[pending_request.args[0]] = replica_id
