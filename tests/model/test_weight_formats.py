@@ -116,3 +116,22 @@ def test_linear_formats_compute_the_same_product():
     assert torch.allclose(Linear(weight, "float16")(x), x @ weight.half().float().T, atol=1e-4)
     with pytest.raises(ValueError, match="weight format"):
         Linear(weight, "int3")
+
+
+@pytest.mark.parametrize("weight_format", ["quantized", "quantized-int8"])
+def test_without_a_c_compiler_the_model_says_it_holds_float16(weight_format, tmp_path):
+    """No compiler and no built kernels: the block formats fall back to float16, and the model's
+    weight format (the system_fingerprint's input) and the log say so, not the format asked for."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import logging; logging.basicConfig(level='INFO')\n"
+              "from rillet.model import default_model_path, load_model\n"
+              f"print('held:', load_model(default_model_path(), weight_format={weight_format!r}).model.weight_format)\n")
+    env = {**os.environ, "CC": str(tmp_path / "no-such-cc"), "RILLET_CACHE_DIR": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "held: float16" in run.stdout
+    assert "cannot build quant_matmul" in run.stderr or "cannot build int8_matmul" in run.stderr
+    assert "by float16 (no native kernel)" in run.stderr
