@@ -246,11 +246,13 @@ class BlockManager:
 
     def _release_behind_windows(self, seq: Sequence) -> None:
         for group, table in enumerate(seq.block_tables):
-            end = min(len(table), self.layout.first_needed_block(group, seq.num_computed_tokens, self.block_size))
-            for index in range(end):
-                if table[index] != DEAD_BLOCK:
-                    self._release(table[index])
-                    table[index] = DEAD_BLOCK
+            # Dead blocks are always a prefix of the table: walk back from the first one still
+            # needed to the last one already released (a step or two's worth, not the whole table).
+            index = min(len(table), self.layout.first_needed_block(group, seq.num_computed_tokens, self.block_size)) - 1
+            while index >= 0 and table[index] != DEAD_BLOCK:
+                self._release(table[index])
+                table[index] = DEAD_BLOCK
+                index -= 1
 
     def _num_lookup_blocks(self, seq: Sequence) -> int:
         return (seq.num_tokens - 1) // self.block_size

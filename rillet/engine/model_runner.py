@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from rillet.engine.kv_layout import KVLayout
-from rillet.engine.sequence import Sequence
+from rillet.engine.sequence import DEAD_BLOCK, Sequence
 from rillet.model.attention_metadata import AttentionMetadata
 
 
@@ -75,7 +75,9 @@ class ModelRunner:
         """The group's block tables, padded with block 0 (as are dead blocks: no query reads them)."""
         tables = [seq.block_tables[group] for seq, _ in scheduled]
         width = max(len(table) for table in tables)
-        rows = [[max(b, 0) for b in table] + [0] * (width - len(table)) for table in tables]
+        # Dead blocks, always a prefix, are mapped only in tables that have them.
+        rows = [(table if not table or table[0] != DEAD_BLOCK else [max(b, 0) for b in table])
+                + [0] * (width - len(table)) for table in tables]
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
     @torch.inference_mode()
