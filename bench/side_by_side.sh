@@ -3,13 +3,22 @@
 # one server at a time, with the same load: bench/serve.py at concurrency 1 4 16 64, max_tokens 128,
 # temperature 0, then bench/long_prompt.py (time to first token of a prompt of about 1,000 tokens).
 # Prints one JSON line per server and measurement, tagged with "server", and each server's resident
-# set (all its processes) once the model is loaded and after the load.
+# set (all its processes) once the model is loaded and after the load; the first line ("measure":
+# "setup") names the model, the flags, the date and the CPU.
+#
+# The lines are also written to $RESULTS (default bench/results/side_by_side-DATE-TIME.jsonl, which
+# git ignores), and bench/chart.py draws them at the end into $CHART (default: the same path, .png):
+# tokens/s and TTFT p50 against concurrency, rillet beside the peer, titled with the model, rillet's
+# flags and the CPU. The chart needs matplotlib (the `bench` extra, `make bench-install`); when it is
+# missing the script pip-installs it into .venv, and says so. Redraw, or join several runs' medians:
+# `.venv/bin/python bench/chart.py FILE.jsonl [MORE.jsonl ...] -o chart.png`.
 #
 #   bash bench/side_by_side.sh [ROUNDS]        (run `make install` first; the peer installs itself)
 #   RILLET_ARGS="--weights quantized-int8" bash bench/side_by_side.sh 3     (rillet with other flags)
 #   PEER_CONCURRENCY="1" bash bench/side_by_side.sh      (the peer only where it is the drift reference)
 #   MODEL=/path/to/file.gguf CONCURRENCY="1 16" bash bench/side_by_side.sh 3   (another model on both)
 #   PEER_ARGS="--chat_format gemma"   (a file without a chat template needs the peer told its format)
+#   RESULTS=run1.jsonl CHART=run1.png bash bench/side_by_side.sh   (where the lines and chart go, from the repo root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-1}
@@ -19,9 +28,14 @@ PORT_RILLET=18431
 PORT_PEER=18432
 NAME=bench-model
 CONCURRENCY=${CONCURRENCY:-1 4 16 64}
+MAX_TOKENS=128
+RESULTS=${RESULTS:-bench/results/side_by_side-$(date +%Y-%m-%d-%H%M%S).jsonl}
+CHART=${CHART:-${RESULTS%.jsonl}.png}
+mkdir -p "$(dirname "$RESULTS")" "$(dirname "$CHART")"
 MODEL_ARGS=()
 if [ -n "${MODEL:-}" ]; then MODEL_ARGS=(--model "$MODEL"); export PEER_MODEL=$MODEL; fi
 export PEER_ALIAS=$NAME
+MODEL_FILE=$(basename "${MODEL:-$($PY -c 'from rillet.model import default_model_path; print(default_model_path())')}")
 
 wait_ready() {  # port
   for _ in $(seq 1 120); do
@@ -51,23 +65,43 @@ measure() {  # name port concurrency...
   wait_ready "$port"
   echo "{\"server\": \"$name\", \"rss_mb_loaded\": $(rss_mb "$pid")}"
   $PY bench/serve.py --base-url "http://127.0.0.1:$port/v1" --model $NAME \
-    --concurrency "$@" --rounds "$ROUNDS" | sed "s/^{/{\"server\": \"$name\", /"
+    --concurrency "$@" --rounds "$ROUNDS" --max-tokens $MAX_TOKENS | sed "s/^{/{\"server\": \"$name\", /"
   $PY bench/long_prompt.py --base-url "http://127.0.0.1:$port/v1" --model $NAME \
     --repeats 3 | sed "s/^{/{\"server\": \"$name\", /"
 }
 
-.venv/bin/rillet serve --port $PORT_RILLET "${MODEL_ARGS[@]}" --served-model-name $NAME ${RILLET_ARGS:-} \
-  --log-level warning >/tmp/side_by_side_rillet.log 2>&1 &
-pid=$!
-measure rillet $PORT_RILLET $CONCURRENCY
-# The server and its engine process (and multiprocessing's resource tracker), together: once the
-# model is loaded (above) and after the load.
-echo "{\"server\": \"rillet\", \"rss_mb_after_load\": $(rss_mb $pid)}"
-kill $pid; wait $pid 2>/dev/null || true
+run() {  # every JSON line of the run, on stdout
+  pid=
+  trap 'if [ -n "$pid" ]; then kill $pid 2>/dev/null || true; fi' EXIT
+  $PY bench/chart.py --setup model="$MODEL_FILE" rillet_args="${RILLET_ARGS:-}" peer=llama-cpp-python \
+    peer_args="${PEER_ARGS:-}" rounds="$ROUNDS" max_tokens=$MAX_TOKENS concurrency="$CONCURRENCY" \
+    peer_concurrency="${PEER_CONCURRENCY:-$CONCURRENCY}"
 
-bash "$PEER" install >/dev/null
-bash "$PEER" start $PORT_PEER ${PEER_ARGS:-} >/tmp/side_by_side_peer.log 2>&1 &
-pid=$!
-measure llama-cpp-python $PORT_PEER ${PEER_CONCURRENCY:-$CONCURRENCY}
-echo "{\"server\": \"llama-cpp-python\", \"rss_mb_after_load\": $(rss_mb $pid)}"
-kill $pid; wait $pid 2>/dev/null || true
+  .venv/bin/rillet serve --port $PORT_RILLET "${MODEL_ARGS[@]}" --served-model-name $NAME ${RILLET_ARGS:-} \
+    --log-level warning >/tmp/side_by_side_rillet.log 2>&1 &
+  pid=$!
+  measure rillet $PORT_RILLET $CONCURRENCY
+  # The server and its engine process (and multiprocessing's resource tracker), together: once the
+  # model is loaded (above) and after the load.
+  echo "{\"server\": \"rillet\", \"rss_mb_after_load\": $(rss_mb $pid)}"
+  kill $pid; wait $pid 2>/dev/null || true
+
+  bash "$PEER" install >/dev/null
+  bash "$PEER" start $PORT_PEER ${PEER_ARGS:-} >/tmp/side_by_side_peer.log 2>&1 &
+  pid=$!
+  measure llama-cpp-python $PORT_PEER ${PEER_CONCURRENCY:-$CONCURRENCY}
+  echo "{\"server\": \"llama-cpp-python\", \"rss_mb_after_load\": $(rss_mb $pid)}"
+  kill $pid; wait $pid 2>/dev/null || true
+  pid=
+}
+
+run | tee "$RESULTS"
+echo "results: $RESULTS" >&2
+
+# The chart, from the lines just written; matplotlib (the bench extra) installed when missing.
+if ! $PY -c 'import matplotlib' 2>/dev/null; then
+  bench_extra=$($PY -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["bench"])')
+  echo "matplotlib is missing: installing the bench extra into .venv for the chart (pip install $bench_extra)" >&2
+  $PY -m pip install --quiet --disable-pip-version-check $bench_extra >&2
+fi
+$PY bench/chart.py "$RESULTS" -o "$CHART"
