@@ -5,9 +5,10 @@
 Prints one JSON object per measurement. Each decode line also says what a step reads from memory
 and how fast: bytes_per_step (the weights the forward reads once per step, weight_bytes, plus the
 KV cache its sequences' attention reads at the median step, kv_bytes_per_step), gb_per_s (those
-bytes over the median step time, 1 GB = 1e9 bytes) and bandwidth_share (gb_per_s over the machine's
-bandwidth, measured first, in the "bandwidth" line: the median of 5 torch.sum over a 1 GiB float32
-tensor, with one thread and with the engine's threads; --no-bandwidth skips it).
+bytes over the median step time, 1 GB = 1e9 bytes) and bandwidth_share (gb_per_s over
+bandwidth_gb_per_s, the machine's bandwidth with the engine's threads). The bandwidth is measured
+first, in the "bandwidth" line: the median of 5 torch.sum over a 1 GiB float32 tensor, with one
+thread and with the engine's threads; --no-bandwidth skips it.
 """
 from __future__ import annotations
 
