@@ -2,6 +2,7 @@
 weight format, against Q4_1 (the type whose kernel came first):
 
     python bench/block_kernels.py --threads 1 --batch 1 16
+    RILLET_ISA=avx2 python bench/block_kernels.py ...     (a lower instruction set than the machine's best)
 
 The layers' weights are copied until they far exceed the last-level cache, and each step multiplies
 every copy once, so the weights stream from memory as they do in a model. Random blocks with sane
@@ -59,7 +60,7 @@ def time_type(ggml_type: str, weight_format: str, args, batch: int, rng) -> dict
         times.append((time.perf_counter() - started) / args.copies)
     seconds = statistics.median(times)
     layer_bytes = sum(packed.numel() for packed, _, _ in layers[0])
-    return {"format": weight_format, "type": ggml_type, "batch": batch, "threads": args.threads,
+    return {"format": weight_format, "type": ggml_type, "isa": native.kernel_isa(library), "batch": batch, "threads": args.threads,
             "layer_shapes": shapes, "layer_mb": round(layer_bytes / 1e6, 2), "ms_per_layer": round(seconds * 1e3, 3),
             "gb_per_s": round(layer_bytes / seconds / 1e9, 2)}
 

@@ -68,12 +68,14 @@ class Linear:
             self.weight = weight.float()
 
     def held(self) -> list[tuple[str, str]]:
-        """(the file's type, what multiplies it) for each part: ("Q4_K", "kquant_matmul_q4_k"),
-        ("Q3_K", "float16"), ("unquantized", "float32")..."""
+        """(the file's type, what multiplies it) for each part: ("Q4_K", "kquant_matmul_q4_k on avx2"),
+        ("Q3_K", "float16"), ("unquantized", "float32")... A block kernel names the code path its
+        library was built with (rillet/model/native: the machine's instruction set)."""
         if self._parts:
             return [held for part in self._parts for held in part.held()]
         if self._function is not None:
-            return [(self.source, "_".join(self._function))]
+            library, kernel = self._function
+            return [(self.source, f"{library}_{kernel} on {native.kernel_isa(library)}")]
         float16 = self._packed is not None or self.weight.dtype == torch.float16
         return [(self.source, "float16" if float16 else "float32")]
 

@@ -1,9 +1,13 @@
 """Small C kernels for the CPU, compiled on first use with the machine's C compiler and loaded
 with ctypes. Without a compiler, or on another device, callers fall back to PyTorch ops.
 
-The shared object is cached under $RILLET_CACHE_DIR (default ~/.cache/rillet), keyed by the
-source (and the headers beside it), the flags and the CPU, since it is built for the machine it runs on (-march=native).
-It links the OpenMP runtime PyTorch has already loaded, so both share one thread pool.
+Each library is built for one instruction set (ISA): the best one this CPU has, found at start
+(machine_isa), or a lower one named by $RILLET_ISA. The sources choose their code paths by what the
+flags enable (avx512: AVX-512 with VNNI; avx2: AVX2, FMA and F16C; scalar: portable C, which on ARM
+the compiler vectorizes for the CPU it runs on), and each library says which path it took
+(kernel_isa). The shared object is cached under $RILLET_CACHE_DIR (default ~/.cache/rillet), keyed
+by the source (and the headers beside it) and the flags. It links the OpenMP runtime PyTorch has
+already loaded, so both share one thread pool.
 """
 from __future__ import annotations
 
@@ -23,7 +27,21 @@ import torch
 log = logging.getLogger("rillet.native")
 
 SOURCE_DIR = Path(__file__).parent
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC"]
+FLAGS = ["-O3", "-fopenmp", "-fPIC"]
+# The instruction sets, best first, per machine: the compiler flags that enable each, and the CPU
+# features (/proc/cpuinfo's flags) it needs.
+ISAS = {
+    "x86_64": {
+        "avx512": (["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mavx2", "-mfma", "-mf16c"],
+                   {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx2", "fma", "f16c"}),
+        "avx2": (["-mavx2", "-mfma", "-mf16c"], {"avx2", "fma", "f16c"}),
+        "scalar": ([], set()),
+    },
+    "aarch64": {
+        "neon": (["-mcpu=native"], {"asimd"}),
+        "scalar": ([], set()),
+    },
+}
 # -ffast-math only when compiling: linked with it, the library would turn on flush-to-zero for
 # the whole process as it loads. Kernels whose results must not depend on the batch keep IEEE
 # arithmetic exactly as written.
@@ -35,14 +53,33 @@ LIBRARIES = [["-lmvec", "-lm"], ["-lm"]]
 _I64, _F32, _PTR = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
 
 
+def machine_isas() -> list[str]:
+    """The instruction sets this machine runs, best first (empty where there are no native kernels)."""
+    features = _cpu_features()
+    return [isa for isa, (_, needs) in ISAS.get(platform.machine(), {}).items() if needs <= features]
+
+
+@cache
+def machine_isa() -> str | None:
+    """The instruction set the libraries are built for: the best this CPU has, or $RILLET_ISA where
+    it names one the CPU has (to run or measure a lower path). None: no native kernels here."""
+    isas = machine_isas()
+    wanted = os.environ.get("RILLET_ISA")
+    if wanted and wanted not in isas:
+        log.warning("RILLET_ISA=%s is not one this CPU runs (%s): using %s", wanted, ", ".join(isas) or "none",
+                    isas[0] if isas else "none")
+    return wanted if wanted in isas else (isas[0] if isas else None)
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("RILLET_CACHE_DIR") or Path.home() / ".cache" / "rillet")
 
 
 @cache
-def library(name: str) -> ctypes.CDLL | None:
-    """The compiled SOURCE_DIR/<name>.c, or None where it cannot be built here."""
-    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "aarch64"):
+def library(name: str, isa: str | None = None) -> ctypes.CDLL | None:
+    """The compiled SOURCE_DIR/<name>.c for isa (default: machine_isa()), or None where it cannot be built here."""
+    isa = isa or machine_isa()
+    if platform.system() != "Linux" or isa is None:
         return None
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
@@ -50,15 +87,15 @@ def library(name: str) -> ctypes.CDLL | None:
         return None
     # The headers the sources include count too: a change to one rebuilds every library.
     source = (SOURCE_DIR / f"{name}.c").read_bytes() + b"".join(h.read_bytes() for h in sorted(SOURCE_DIR.glob("*.h")))
-    flags = FLAGS + EXTRA_FLAGS.get(name, [])
-    key = hashlib.sha256(source + repr((flags, LIBRARIES)).encode() + _cpu_signature()).hexdigest()[:16]
-    target = cache_dir() / f"{name}-{key}.so"
+    flags = FLAGS + ISAS[platform.machine()][isa][0] + EXTRA_FLAGS.get(name, [])
+    key = hashlib.sha256(source + repr((flags, LIBRARIES)).encode()).hexdigest()[:16]
+    target = cache_dir() / f"{name}-{isa}-{key}.so"
     try:
         if not target.is_file():
             _compile(compiler, SOURCE_DIR / f"{name}.c", target, flags)
         return ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as error:
-        log.warning("cannot build %s (%s): falls back to PyTorch ops", name, str(error)[:200])
+        log.warning("cannot build %s for %s (%s): falls back to PyTorch ops", name, isa, str(error)[:200])
         return None
 
 
@@ -81,12 +118,14 @@ def _compile(compiler: str, source: Path, target: Path, flags: list[str]) -> Non
         Path(f"{partial}.o").unlink(missing_ok=True)
 
 
-def _cpu_signature() -> bytes:
+def _cpu_features() -> set[str]:
+    """/proc/cpuinfo's feature flags (x86 "flags", ARM "Features")."""
     try:
-        with open("/proc/cpuinfo", "rb") as f:
-            return next((line for line in f if line.startswith((b"flags", b"Features"))), b"")
+        with open("/proc/cpuinfo") as f:
+            line = next((line for line in f if line.startswith(("flags", "Features"))), "")
     except OSError:
-        return b""
+        return set()
+    return set(line.partition(":")[2].split())
 
 
 @cache
@@ -138,8 +177,8 @@ def paged_decode_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: t
 
 
 @cache
-def _matmul_function(name: str, kind: str):
-    lib = library(name)
+def _matmul_function(name: str, kind: str, isa: str | None = None):
+    lib = library(name, isa)
     if lib is None:
         return None
     function = getattr(lib, f"{name}_{kind}")
@@ -156,20 +195,32 @@ def _probe_matmul(function) -> bool:
     return function(x.data_ptr(), 1, 256, packed.data_ptr(), 16, y.data_ptr()) == 0
 
 
-def matmul_address(kind: str, name: str = "quant_matmul") -> int | None:
-    return address(_matmul_function(name, kind))
+@cache
+def kernel_isa(name: str, isa: str | None = None) -> str | None:
+    """The code path library name's kernels took in the build for isa ("avx512", "avx2", "scalar"):
+    the library says, from what its flags enabled. None where it cannot be built."""
+    lib = library(name, isa)
+    if lib is None:
+        return None
+    function = getattr(lib, f"{name}_isa")
+    function.restype, function.argtypes = ctypes.c_char_p, []
+    return function().decode()
 
 
-def quant_matmul_available(kind: str, name: str = "quant_matmul") -> bool:
-    return _matmul_function(name, kind) is not None
+def matmul_address(kind: str, name: str = "quant_matmul", isa: str | None = None) -> int | None:
+    return address(_matmul_function(name, kind, isa))
+
+
+def quant_matmul_available(kind: str, name: str = "quant_matmul", isa: str | None = None) -> bool:
+    return _matmul_function(name, kind, isa) is not None
 
 
 def quant_matmul(x: torch.Tensor, packed: torch.Tensor, kind: str, out_features: int,
-                 name: str = "quant_matmul") -> torch.Tensor:
+                 name: str = "quant_matmul", isa: str | None = None) -> torch.Tensor:
     """x [..., K] times weights packed for library name's kernel kind (e.g. "q4", "q4_k"):
-    [..., out_features] float32. The caller checks quant_matmul_available(kind, name) once,
-    when it packs the weights."""
-    function = _matmul_function(name, kind)
+    [..., out_features] float32, by the build for isa (default: the machine's). The caller checks
+    quant_matmul_available(kind, name) once, when it packs the weights."""
+    function = _matmul_function(name, kind, isa)
     x2 = x if x.dim() == 2 and x.dtype == torch.float32 and x.is_contiguous() else \
         x.reshape(-1, x.shape[-1]).float().contiguous()
     rows, k = x2.shape

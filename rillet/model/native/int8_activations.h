@@ -1,8 +1,30 @@
-/* What int8_matmul.c and kquant_int8_matmul.c share (AVX2): rounding a block of 32 activations to
- * int8, so that both formats round them exactly alike, and broadcasting four of their bytes.
- * Included inside each file's AVX2 section, after <immintrin.h> and <string.h>. */
+/* What int8_matmul.c and kquant_int8_matmul.c share: rounding a block of 32 activations to int8, so
+ * that both formats (and every code path) round them exactly alike, and on AVX2 broadcasting four of
+ * their bytes. Included after isa.h (and <immintrin.h> on AVX2), <math.h> and <string.h>. */
 #ifndef RILLET_INT8_ACTIVATIONS_H
 #define RILLET_INT8_ACTIVATIONS_H
+
+#ifdef RILLET_AVX2
+
+/* Integer sums of u8 x s8 products, four adjacent products to a 32-bit lane: VNNI adds them in one
+ * instruction into 32-bit sums; AVX2 pairs them into 16-bit sums that widen() turns into 32-bit ones
+ * (exact where the caller keeps the 16-bit sums in range), and subtract() takes such sums from each
+ * other. The same integers either way. */
+#ifdef RILLET_AVX512
+static inline __m256i add_products(__m256i sum, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(sum, u, s); }
+static inline __m256i widen(__m256i sum) { return sum; }
+#else
+static inline __m256i add_products(__m256i sum, __m256i u, __m256i s) { return _mm256_add_epi16(sum, _mm256_maddubs_epi16(u, s)); }
+static inline __m256i widen(__m256i sum) { return _mm256_madd_epi16(sum, _mm256_set1_epi16(1)); }
+#endif
+
+static inline __m256i subtract(__m256i sum, __m256i products) {
+#ifdef RILLET_AVX512
+    return _mm256_sub_epi32(sum, products);
+#else
+    return _mm256_sub_epi16(sum, products);
+#endif
+}
 
 /* Four bytes of x's integers, repeated across a register. */
 static inline __m256i broadcast4(const int8_t *p) {
@@ -39,5 +61,20 @@ static void quantize_block(const float *x, int8_t *q, float *dx, float *sx) {
     *dx = d;
     *sx = d * (float)_mm_cvtsi128_si32(t);
 }
+
+#else
+
+/* The same rounding in portable C: round to nearest even, as _mm256_round_ps does. */
+static void quantize_block(const float *x, int8_t *q, float *dx, float *sx) {
+    float amax = 0.0f;
+    for (int k = 0; k < 32; k++) amax = fmaxf(amax, fabsf(x[k]));
+    const float inv = amax != 0.0f ? 127.0f / amax : 0.0f;
+    int sum = 0;
+    for (int k = 0; k < 32; k++) sum += q[k] = (int8_t)nearbyintf(x[k] * inv);
+    *dx = amax / 127.0f;
+    *sx = *dx * (float)sum;
+}
+
+#endif
 
 #endif

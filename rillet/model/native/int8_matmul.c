@@ -15,11 +15,17 @@
  * A block adds (d dx) * sum(q xq) + m sx to output n. The integer sums are exact; the float steps
  * run in one order whatever M is and whichever tile computes them, so a row's result does not
  * depend on the rows batched with it. Compiled without fp contraction to keep that order.
- * Returns 0, or -1 where this build has no AVX2/FMA/F16C (the caller then keeps float weights).
+ * Three code paths (isa.h): AVX-512 adds the products with VNNI's vpdpbusd, AVX2 with vpmaddubsw and
+ * vpmaddwd, portable C one by one; all three compute the same integer sums and the same float steps
+ * (fmaf where the vector paths fuse), so their results are identical bit for bit.
+ * Returns 0, or -1 (K not a multiple of 32, out of memory).
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "isa.h"
 
 #define GROUP 8
 #define BLOCK 32
@@ -30,9 +36,12 @@
 #define ROW_GROUPS 4  /* groups per tile for a single row */
 #define CHUNK_BYTES (256 << 10) /* int8 rows of x per pass over the weights: about half of L2 */
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#include <immintrin.h>
 #define INLINE static inline __attribute__((always_inline))
+
+const char *int8_matmul_isa(void) { return RILLET_ISA_NAME; }
+
+#ifdef RILLET_AVX2
+#include <immintrin.h>
 
 static inline __m256 half8(const uint8_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
@@ -49,7 +58,7 @@ static inline __m256 fold(__m256 acc, __m256 d, float dx, __m256i sum, __m256 m,
 INLINE void tile_q4(int rows, int groups, const int8_t *xq, const float *xd, const float *xs, int64_t K,
                     const uint8_t *w, int64_t group_bytes, float *out) {
     const int64_t blocks = K / BLOCK;
-    const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    const __m256i low = _mm256_set1_epi8(15);
     __m256 acc[TILE_ROWS][ROW_GROUPS];
     for (int r = 0; r < rows; r++)
         for (int g = 0; g < groups; g++) acc[r][g] = _mm256_setzero_ps();
@@ -68,7 +77,7 @@ INLINE void tile_q4(int rows, int groups, const int8_t *xq, const float *xd, con
                 for (int g = 0; g < groups; g++) {
                     __m256i v = _mm256_loadu_si256((const __m256i *)(w + g * group_bytes + b * Q4_BLOCK_BYTES + 32 + 32 * t));
                     v = _mm256_and_si256(high ? _mm256_srli_epi16(v, 4) : v, low);
-                    for (int r = 0; r < rows; r++) sum[r][g] = _mm256_add_epi16(sum[r][g], _mm256_maddubs_epi16(v, xt[r]));
+                    for (int r = 0; r < rows; r++) sum[r][g] = add_products(sum[r][g], v, xt[r]);
                 }
             }
         }
@@ -76,7 +85,7 @@ INLINE void tile_q4(int rows, int groups, const int8_t *xq, const float *xd, con
             const uint8_t *block = w + g * group_bytes + b * Q4_BLOCK_BYTES;
             const __m256 d = half8(block), m = half8(block + 16);
             for (int r = 0; r < rows; r++)
-                acc[r][g] = fold(acc[r][g], d, xd[r * blocks + b], _mm256_madd_epi16(sum[r][g], ones), m,
+                acc[r][g] = fold(acc[r][g], d, xd[r * blocks + b], widen(sum[r][g]), m,
                                  xs[r * blocks + b]);
         }
     }
@@ -88,7 +97,6 @@ INLINE void tile_q8(int rows, int groups, const int8_t *xq, const float *xd, con
                     const uint8_t *w, int64_t group_bytes, float *out) {
     (void)xs;
     const int64_t blocks = K / BLOCK;
-    const __m256i ones = _mm256_set1_epi16(1);
     const __m256 zero = _mm256_setzero_ps();
     __m256 acc[TILE_ROWS][ROW_GROUPS];
     for (int r = 0; r < rows; r++)
@@ -106,8 +114,12 @@ INLINE void tile_q8(int rows, int groups, const int8_t *xq, const float *xd, con
                 /* |q| times x with q's sign: unsigned times signed, as maddubs needs. */
                 const __m256i magnitude = _mm256_abs_epi8(v);
                 for (int r = 0; r < rows; r++) {
-                    const __m256i pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(xt[r], v));
-                    sum[r][g] = _mm256_add_epi32(sum[r][g], _mm256_madd_epi16(pairs, ones));
+#ifdef RILLET_AVX512
+                    sum[r][g] = add_products(sum[r][g], magnitude, _mm256_sign_epi8(xt[r], v));
+#else
+                    sum[r][g] = _mm256_add_epi32(sum[r][g], widen(add_products(_mm256_setzero_si256(), magnitude,
+                                                                               _mm256_sign_epi8(xt[r], v))));
+#endif
                 }
             }
         }
@@ -122,6 +134,57 @@ INLINE void tile_q8(int rows, int groups, const int8_t *xq, const float *xd, con
     for (int r = 0; r < rows; r++)
         for (int g = 0; g < groups; g++) _mm256_storeu_ps(out + (r * groups + g) * GROUP, acc[r][g]);
 }
+
+#else
+
+#include "half_float.h"
+#include "int8_activations.h"
+
+/* Portable C: the vector paths' integer sums, output by output, and their float steps in their order. */
+static void tile_q4(int rows, int groups, const int8_t *xq, const float *xd, const float *xs, int64_t K,
+                    const uint8_t *w, int64_t group_bytes, float *out) {
+    const int64_t blocks = K / BLOCK;
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++)
+            for (int n = 0; n < GROUP; n++) {
+                float acc = 0.0f;
+                for (int64_t b = 0; b < blocks; b++) {
+                    const uint8_t *block = w + g * group_bytes + b * Q4_BLOCK_BYTES;
+                    const int8_t *x = xq + r * K + b * BLOCK;
+                    int sum = 0;
+                    for (int t = 0; t < 4; t++)
+                        for (int i = 0; i < 4; i++) {
+                            const int byte = block[32 + 32 * t + 4 * n + i];
+                            sum += (byte & 15) * x[4 * t + i] + (byte >> 4) * x[16 + 4 * t + i];
+                        }
+                    const float scaled = half_to_float(block + 2 * n) * xd[r * blocks + b];
+                    acc = fmaf(half_to_float(block + 16 + 2 * n), xs[r * blocks + b], fmaf(scaled, (float)sum, acc));
+                }
+                out[(r * groups + g) * GROUP + n] = acc;
+            }
+}
+
+static void tile_q8(int rows, int groups, const int8_t *xq, const float *xd, const float *xs, int64_t K,
+                    const uint8_t *w, int64_t group_bytes, float *out) {
+    (void)xs;
+    const int64_t blocks = K / BLOCK;
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++)
+            for (int n = 0; n < GROUP; n++) {
+                float acc = 0.0f;
+                for (int64_t b = 0; b < blocks; b++) {
+                    const uint8_t *block = w + g * group_bytes + b * Q8_BLOCK_BYTES;
+                    const int8_t *x = xq + r * K + b * BLOCK;
+                    int sum = 0;
+                    for (int t = 0; t < 8; t++)
+                        for (int i = 0; i < 4; i++) sum += (int8_t)block[16 + 32 * t + 4 * n + i] * x[4 * t + i];
+                    acc = fmaf(half_to_float(block + 2 * n) * xd[r * blocks + b], (float)sum, acc);
+                }
+                out[(r * groups + g) * GROUP + n] = acc;
+            }
+}
+
+#endif
 
 /* Each (rows, groups) a copy of its own, unrolled with its sums in registers. */
 #define TILE_FUNCTIONS(r)                                                                                        \
@@ -200,14 +263,3 @@ int int8_matmul_q8(const float *x, int64_t M, int64_t K, const uint8_t *packed, 
     return matmul(x, M, K, packed, N, y, 1);
 }
 
-#else
-
-int int8_matmul_q4(const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, float *y) {
-    return -1;
-}
-
-int int8_matmul_q8(const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, float *y) {
-    return -1;
-}
-
-#endif

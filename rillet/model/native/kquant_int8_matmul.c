@@ -17,14 +17,17 @@
  * A sub-block adds (a dx) * sum((q - bias) xq) + b sx to output n. The integer sums are exact (the
  * bias is subtracted in integers); the float steps run in one order whatever M is and whichever tile
  * computes them, so a row's result does not depend on the rows batched with it. Compiled without fp
- * contraction to keep that order. Without AVX2/FMA/F16C a portable C loop computes the same integer
- * sums, its float steps in its own fixed order. Returns 0, or -1 (K not a multiple of the block, out
- * of memory).
+ * contraction to keep that order. Three code paths (isa.h): AVX-512 adds the products with VNNI's
+ * vpdpbusd, AVX2 with vpmaddubsw, portable C one by one; all compute the same integer sums and the same
+ * float steps in the same order (fmaf where the vector paths fuse), so their results are identical.
+ * Returns 0, or -1 (K not a multiple of the block, out of memory).
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "isa.h"
 
 enum { Q5_0, Q5_1, Q4_K, Q5_K, Q6_K };
 #define GROUP 8
@@ -34,6 +37,8 @@ enum { Q5_0, Q5_1, Q4_K, Q5_K, Q6_K };
 #define CHUNK_BYTES (256 << 10) /* int8 rows of x per pass over the weights: about half of L2 */
 #define INLINE static inline __attribute__((always_inline))
 
+const char *kquant_int8_matmul_isa(void) { return RILLET_ISA_NAME; }
+
 /* Per type: values per block and per sub-block, bits of q, its bias (0: the type has an offset b). */
 INLINE int block_values(int t) { return t == Q5_0 || t == Q5_1 ? 32 : 256; }
 INLINE int bits(int t) { return t == Q4_K ? 4 : t == Q6_K ? 6 : 5; }
@@ -42,7 +47,7 @@ INLINE int header_bytes(int t) { return t == Q5_0 ? 16 : t == Q5_1 ? 32 : t == Q
 INLINE int run_bytes(int t) { return 128 + 32 * (bits(t) - 4); } /* per 32 values */
 INLINE int64_t block_bytes(int t) { return header_bytes(t) + block_values(t) / 32 * run_bytes(t); }
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#ifdef RILLET_AVX2
 #include <immintrin.h>
 
 static inline __m256 half8(const uint8_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
@@ -88,7 +93,6 @@ INLINE void tile(int type, int rows, int groups, const int8_t *xq, const float *
                  const uint8_t *w, int64_t group_bytes, float *out) {
     const int64_t blocks = K / 32;
     const int per_block = block_values(type) / 32;
-    const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[TILE_ROWS][ROW_GROUPS];
     for (int r = 0; r < rows; r++)
         for (int g = 0; g < groups; g++) acc[r][g] = _mm256_setzero_ps();
@@ -110,14 +114,13 @@ INLINE void tile(int type, int rows, int groups, const int8_t *xq, const float *
                 __m256i xt[TILE_ROWS], xb[TILE_ROWS];
                 for (int r = 0; r < rows; r++) {
                     xt[r] = broadcast4(xq + r * K + b * 32 + 16 * h + 4 * t);
-                    if (bias(type)) xb[r] = _mm256_maddubs_epi16(_mm256_set1_epi8((char)bias(type)), xt[r]);
+                    if (bias(type)) xb[r] = add_products(_mm256_setzero_si256(), _mm256_set1_epi8((char)bias(type)), xt[r]);
                 }
                 for (int g = 0; g < groups; g++) {
                     const __m256i q = run(type, values + g * group_bytes, h, t);
                     for (int r = 0; r < rows; r++) {
-                        __m256i pairs = _mm256_maddubs_epi16(q, xt[r]);
-                        if (bias(type)) pairs = _mm256_sub_epi16(pairs, xb[r]);
-                        sum[r][g] = _mm256_add_epi16(sum[r][g], pairs);
+                        sum[r][g] = add_products(sum[r][g], q, xt[r]);
+                        if (bias(type)) sum[r][g] = subtract(sum[r][g], xb[r]);
                     }
                 }
             }
@@ -126,7 +129,7 @@ INLINE void tile(int type, int rows, int groups, const int8_t *xq, const float *
                 __m256 a, offset;
                 if (type == Q6_K) scales(type, header + g * group_bytes, 2 * (int)(b % per_block) + h, &a, &offset);
                 for (int r = 0; r < rows; r++) {
-                    const __m256i part = _mm256_madd_epi16(sum[r][g], ones);
+                    const __m256i part = widen(sum[r][g]);
                     if (type == Q6_K) {
                         const __m256 scaled = _mm256_mul_ps(a, _mm256_set1_ps(xd[r * blocks + b]));
                         acc[r][g] = _mm256_fmadd_ps(scaled, _mm256_cvtepi32_ps(part), acc[r][g]);
@@ -210,9 +213,10 @@ static int matmul(int t, const float *x, int64_t M, int64_t K, const uint8_t *pa
 
 #else
 
-/* Portable C: each output one row at a time, with the AVX2 path's rounding and integer sums, and the
- * float steps in one fixed order. */
+/* Portable C: each output one row at a time, with the AVX2 path's rounding, integer sums and float
+ * steps. */
 #include "half_float.h"
+#include "int8_activations.h"
 
 /* q(n, k) - bias of row n (0..7), value k (0..31) of a run of 32 values. */
 static int value_of(int t, const uint8_t *values, int n, int k) {
@@ -233,14 +237,7 @@ static int matmul(int t, const float *x, int64_t M, int64_t K, const uint8_t *pa
         free(xq), free(xd), free(xs);
         return -1;
     }
-    for (int64_t i = 0; i < M * blocks; i++) {
-        float amax = 0.0f;
-        int sum = 0;
-        for (int k = 0; k < 32; k++) amax = fmaxf(amax, fabsf(x[i * 32 + k]));
-        const float inv = amax != 0.0f ? 127.0f / amax : 0.0f;
-        for (int k = 0; k < 32; k++) sum += xq[i * 32 + k] = (int8_t)nearbyintf(x[i * 32 + k] * inv);
-        xd[i] = amax / 127.0f, xs[i] = xd[i] * (float)sum;
-    }
+    for (int64_t i = 0; i < M * blocks; i++) quantize_block(x + i * 32, xq + i * 32, xd + i, xs + i);
 #pragma omp parallel for schedule(static)
     for (int64_t o = 0; o < M * N; o++) {
         const int64_t m = o / N, n = o % N;
@@ -256,15 +253,15 @@ static int matmul(int t, const float *x, int64_t M, int64_t K, const uint8_t *pa
             for (int k = 0; k < 32; k++) sums[k / 16] += value_of(t, values, r, k) * xb[k];
             const float d = half_to_float(hd + 2 * r), dx = xd[m * blocks + b];
             if (t == Q6_K) {
-                acc += d * (int8_t)hd[16 + 8 * (2 * s) + r] * dx * (float)sums[0];
-                acc += d * (int8_t)hd[16 + 8 * (2 * s + 1) + r] * dx * (float)sums[1];
+                acc = fmaf(d * (float)(int8_t)hd[16 + 8 * (2 * s) + r] * dx, (float)sums[0], acc);
+                acc = fmaf(d * (float)(int8_t)hd[16 + 8 * (2 * s + 1) + r] * dx, (float)sums[1], acc);
                 continue;
             }
             float a = d, offset = t == Q5_1 ? half_to_float(hd + 16 + 2 * r) : 0.0f;
             if (t == Q4_K || t == Q5_K)
                 a *= hd[32 + 8 * s + r], offset = -(half_to_float(hd + 16 + 2 * r) * hd[96 + 8 * s + r]);
-            acc += a * dx * (float)(sums[0] + sums[1]);
-            if (!bias(t)) acc += offset * xs[m * blocks + b];
+            acc = fmaf(a * dx, (float)(sums[0] + sums[1]), acc);
+            if (!bias(t)) acc = fmaf(offset, xs[m * blocks + b], acc);
         }
         y[o] = acc;
     }

@@ -19,12 +19,16 @@
  * Each sub-block adds a * (sum of x (q - bias)) + b * (sum of x) to an output, the sums over its
  * values. Every sum runs in one fixed order, whatever M is and whichever path computes it, so a row's
  * result does not depend on the rows batched with it. Compiled without -ffast-math and without fp
- * contraction so that the compiler keeps that order. Without AVX2/FMA/F16C a portable C loop computes
- * the same sums, in its own fixed order. Returns 0, or -1 (K not a multiple of the block, out of memory).
+ * contraction so that the compiler keeps that order. Without AVX2/FMA/F16C (isa.h) a portable C loop
+ * computes the same sums in the same order (fmaf where AVX2 fuses), so both give identical results.
+ * Returns 0, or -1 (K not a multiple of the block, out of memory).
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "isa.h"
 
 enum { Q5_0, Q5_1, Q4_K, Q5_K, Q6_K };
 #define GROUP 16
@@ -32,6 +36,8 @@ enum { Q5_0, Q5_1, Q4_K, Q5_K, Q6_K };
 #define ROW_GROUPS 4 /* groups side by side for a single row */
 #define CHUNK_BYTES (256 << 10) /* rows of x per pass over the weights: about half of L2 */
 #define INLINE static inline __attribute__((always_inline))
+
+const char *kquant_matmul_isa(void) { return RILLET_ISA_NAME; }
 
 /* Per type: values per block and per sub-block, bits of q, its bias (0: the type has an offset b). */
 INLINE int block_values(int t) { return t == Q5_0 || t == Q5_1 ? 32 : 256; }
@@ -42,7 +48,7 @@ INLINE int header_bytes(int t) { return t == Q5_0 ? 32 : t == Q5_1 ? 64 : t == Q
 INLINE int sub_bytes(int t) { return sub_values(t) * (8 + 2 * (bits(t) - 4)); }
 INLINE int64_t block_bytes(int t) { return header_bytes(t) + block_values(t) / sub_values(t) * sub_bytes(t); }
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#ifdef RILLET_AVX2
 #include <immintrin.h>
 
 static inline __m128i load16(const uint8_t *p) { return _mm_loadu_si128((const __m128i *)p); }
@@ -289,8 +295,16 @@ static int matmul(int t, const float *x, int64_t M, int64_t K, const uint8_t *pa
 
 #else
 
-/* Portable C: each output one row at a time, its sums in one fixed order. */
+/* Portable C: each output one row at a time, its sums in the AVX2 path's order. */
 #include "half_float.h"
+
+/* The sum of 32 floats in the AVX2 path's order. */
+static float block_sum(const float *x) {
+    float s[8], h[4];
+    for (int j = 0; j < 8; j++) s[j] = (x[j] + x[j + 8]) + (x[j + 16] + x[j + 24]);
+    for (int i = 0; i < 4; i++) h[i] = s[i] + s[i + 4];
+    return (h[0] + h[2]) + (h[1] + h[3]);
+}
 
 /* Integer q(n, k) of row n (0..15), value k of a sub-block, less the bias. */
 static int value_of(int t, const uint8_t *sub, int n, int k) {
@@ -315,17 +329,14 @@ static int matmul(int t, const float *x, int64_t M, int64_t K, const uint8_t *pa
         for (int64_t v0 = 0; v0 < K; v0 += S) {
             const uint8_t *h = group + v0 / block_values(t) * block_bytes(t);
             const int s = (int)(v0 % block_values(t) / S);
-            float p = 0.0f, a = half_to_float(h + 2 * r), b = 0.0f, xs = 0.0f;
+            float p = 0.0f, a = half_to_float(h + 2 * r), b = 0.0f;
             const uint8_t *sub = h + header_bytes(t) + s * sub_bytes(t);
-            for (int k = 0; k < S; k++) p += xr[v0 + k] * (float)value_of(t, sub, r, k);
+            for (int k = 0; k < S; k++) p = fmaf(xr[v0 + k], (float)value_of(t, sub, r, k), p);
             if (t == Q5_1) b = half_to_float(h + 32 + 2 * r);
             if (t == Q4_K || t == Q5_K) a *= h[64 + 16 * s + r], b = -(half_to_float(h + 32 + 2 * r) * h[192 + 16 * s + r]);
             if (t == Q6_K) a *= (int8_t)h[32 + 16 * s + r];
-            acc += a * p;
-            if (!bias(t)) {
-                for (int k = 0; k < 32; k++) xs += xr[v0 + k];
-                acc += b * xs;
-            }
+            acc = fmaf(a, p, acc);
+            if (!bias(t)) acc = fmaf(b, block_sum(xr + v0), acc);
         }
         y[i] = acc;
     }

@@ -1,4 +1,4 @@
-/* y = x @ W.T with W kept in the GGUF file's own blocks of 32 weights, repacked for AVX2.
+/* y = x @ W.T with W kept in the GGUF file's own blocks of 32 weights, repacked.
  *
  * x: [M, K] float32 (row stride K); y: [M, N] float32 (row stride N); K a multiple of 32.
  * W is packed in groups of 16 output rows (N padded with zero rows to a multiple of 16); for
@@ -13,23 +13,34 @@
  * scaling each weight. Every sum runs in one fixed order, whatever M is and whichever path
  * computes it, so a row's result does not depend on the rows batched with it. Compiled without
  * -ffast-math and without fp contraction so that the compiler keeps that order.
- * Returns 0, or -1 where this build has no AVX2/FMA/F16C (the caller then keeps float weights).
+ * Three code paths (isa.h), each output's sums the same on all: AVX-512 holds a group's 16 outputs in
+ * one register, AVX2 in two, portable C in an array (fmaf where the vector paths fuse); so their
+ * results are identical bit for bit. Returns 0, or -1 (K not a multiple of 32, out of memory).
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "isa.h"
 
 #define GROUP 16
 #define BLOCK 32
 #define Q4_BLOCK_BYTES (2 * GROUP * 2 + GROUP * BLOCK / 2)
 #define Q8_BLOCK_BYTES (GROUP * 2 + GROUP * BLOCK)
+#ifdef RILLET_AVX512
+#define MAX_ROWS 8 /* rows of x per register tile: 16 sums + 1 weight + 1 broadcast of 32 registers */
+#else
 #define MAX_ROWS 6 /* rows of x per register tile: 12 partial sums + 2 weights + 1 broadcast */
+#endif
 #define ROW_GROUPS 4 /* groups side by side for a single row: 8 independent chains */
 #define CHUNK_BYTES (256 << 10) /* rows of x per pass over the weights: about half of L2 */
-
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#include <immintrin.h>
 #define INLINE static inline __attribute__((always_inline))
+
+const char *quant_matmul_isa(void) { return RILLET_ISA_NAME; }
+
+#ifdef RILLET_AVX2
+#include <immintrin.h>
 
 static inline __m256 half8(const uint8_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
@@ -79,6 +90,88 @@ static inline __m256 fold(__m256 acc, __m256 d, __m256 partial, __m256 m, __m256
     return _mm256_fmadd_ps(m, xs, _mm256_fmadd_ps(d, partial, acc));
 }
 
+#ifdef RILLET_AVX512
+
+static inline __m512 half16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+
+/* AVX2's fold, 16 outputs at once. */
+static inline __m512 fold16(__m512 acc, __m512 d, __m512 partial, __m512 m, __m512 xs) {
+    return _mm512_fmadd_ps(m, xs, _mm512_fmadd_ps(d, partial, acc));
+}
+
+/* rows (1..MAX_ROWS) rows of x times a group's unpacked blocks; out [rows][16].
+ * qf: [K][16] integers as float; dm: [K / 32][32] d then m; xsum: [rows][K / 32]. */
+INLINE void tile(int rows, const float *x, int64_t K, const float *restrict qf, const float *restrict dm,
+                 const float *xsum, float *out) {
+    __m512 acc[MAX_ROWS];
+    for (int r = 0; r < rows; r++) acc[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < K / BLOCK; b++) {
+        __m512 p[MAX_ROWS];
+        for (int r = 0; r < rows; r++) p[r] = _mm512_setzero_ps();
+        for (int k = 0; k < BLOCK; k++) {
+            const __m512 w = _mm512_loadu_ps(qf + (b * BLOCK + k) * GROUP);
+            for (int r = 0; r < rows; r++) p[r] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * K + b * BLOCK + k]), w, p[r]);
+        }
+        const __m512 d = _mm512_loadu_ps(dm + b * 32), m = _mm512_loadu_ps(dm + b * 32 + 16);
+        for (int r = 0; r < rows; r++) acc[r] = fold16(acc[r], d, p[r], m, _mm512_set1_ps(xsum[r * (K / BLOCK) + b]));
+    }
+    for (int r = 0; r < rows; r++) _mm512_storeu_ps(out + r * GROUP, acc[r]);
+}
+
+/* A single row reads each block's integers straight into its sums, groups side by side. */
+INLINE void row_q4(int groups, const float *x, int64_t K, const uint8_t *group, int64_t group_bytes,
+                   const float *xsum, float *out) {
+    __m512 acc[ROW_GROUPS];
+    const __m512i low = _mm512_set1_epi32(15);
+    for (int g = 0; g < groups; g++) acc[g] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < K / BLOCK; b++) {
+        __m512 p[ROW_GROUPS];
+        for (int g = 0; g < groups; g++) p[g] = _mm512_setzero_ps();
+        const float *xs = x + b * BLOCK;
+        for (int j = 0; j < BLOCK / 2; j++) {
+            const __m512 x0 = _mm512_set1_ps(xs[2 * j]), x1 = _mm512_set1_ps(xs[2 * j + 1]);
+            for (int g = 0; g < groups; g++) {
+                const uint8_t *q = group + g * group_bytes + b * Q4_BLOCK_BYTES + 64;
+                const __m512i a = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + 16 * j)));
+                p[g] = _mm512_fmadd_ps(x0, _mm512_cvtepi32_ps(_mm512_and_si512(a, low)), p[g]);
+                p[g] = _mm512_fmadd_ps(x1, _mm512_cvtepi32_ps(_mm512_srli_epi32(a, 4)), p[g]);
+            }
+        }
+        const __m512 s = _mm512_set1_ps(xsum[b]);
+        for (int g = 0; g < groups; g++) {
+            const uint8_t *block = group + g * group_bytes + b * Q4_BLOCK_BYTES;
+            acc[g] = fold16(acc[g], half16(block), p[g], half16(block + 32), s);
+        }
+    }
+    for (int g = 0; g < groups; g++) _mm512_storeu_ps(out + g * GROUP, acc[g]);
+}
+
+INLINE void row_q8(int groups, const float *x, int64_t K, const uint8_t *group, int64_t group_bytes,
+                   const float *xsum, float *out) {
+    __m512 acc[ROW_GROUPS];
+    const __m512 zero = _mm512_setzero_ps();
+    for (int g = 0; g < groups; g++) acc[g] = zero;
+    for (int64_t b = 0; b < K / BLOCK; b++) {
+        __m512 p[ROW_GROUPS];
+        for (int g = 0; g < groups; g++) p[g] = zero;
+        const float *xs = x + b * BLOCK;
+        for (int k = 0; k < BLOCK; k++) {
+            const __m512 xk = _mm512_set1_ps(xs[k]);
+            for (int g = 0; g < groups; g++) {
+                const uint8_t *q = group + g * group_bytes + b * Q8_BLOCK_BYTES + 32;
+                const __m512i v = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + 16 * k)));
+                p[g] = _mm512_fmadd_ps(xk, _mm512_cvtepi32_ps(v), p[g]);
+            }
+        }
+        const __m512 s = _mm512_set1_ps(xsum[b]);
+        for (int g = 0; g < groups; g++)
+            acc[g] = fold16(acc[g], half16(group + g * group_bytes + b * Q8_BLOCK_BYTES), p[g], zero, s);
+    }
+    for (int g = 0; g < groups; g++) _mm512_storeu_ps(out + g * GROUP, acc[g]);
+}
+
+#else
+
 /* rows (1..MAX_ROWS) rows of x times a group's unpacked blocks; out [rows][16].
  * qf: [K][16] integers as float; dm: [K / 32][32] d then m; xsum: [rows][K / 32]. */
 INLINE void tile(int rows, const float *x, int64_t K, const float *restrict qf, const float *restrict dm,
@@ -108,19 +201,6 @@ INLINE void tile(int rows, const float *x, int64_t K, const float *restrict qf, 
             _mm256_storeu_ps(o, fold(_mm256_loadu_ps(o), d0, p[r][0], m0, xs));
             _mm256_storeu_ps(o + 8, fold(_mm256_loadu_ps(o + 8), d1, p[r][1], m1, xs));
         }
-    }
-}
-
-/* One call per row count, so that each is unrolled with its sums in registers. */
-static void tile_any(int rows, const float *x, int64_t K, const float *qf, const float *dm, const float *xsum,
-                     float *out) {
-    switch (rows) {
-    case 1: tile(1, x, K, qf, dm, xsum, out); break;
-    case 2: tile(2, x, K, qf, dm, xsum, out); break;
-    case 3: tile(3, x, K, qf, dm, xsum, out); break;
-    case 4: tile(4, x, K, qf, dm, xsum, out); break;
-    case 5: tile(5, x, K, qf, dm, xsum, out); break;
-    default: tile(6, x, K, qf, dm, xsum, out); break;
     }
 }
 
@@ -192,6 +272,90 @@ INLINE void row_q8(int groups, const float *x, int64_t K, const uint8_t *group, 
     }
 }
 
+#endif /* RILLET_AVX512 */
+
+#else
+
+/* Portable C: the vector paths' sums output by output, in their order (fmaf where they fuse). */
+#include "half_float.h"
+
+/* The sum of 32 floats in the vector paths' order. */
+static float block_sum(const float *x) {
+    float s[8], h[4];
+    for (int j = 0; j < 8; j++) s[j] = (x[j] + x[j + 8]) + (x[j + 16] + x[j + 24]);
+    for (int i = 0; i < 4; i++) h[i] = s[i] + s[i + 4];
+    return (h[0] + h[2]) + (h[1] + h[3]);
+}
+
+static void unpack_q4(const uint8_t *block, float *restrict qf, float *restrict dm) {
+    for (int n = 0; n < 2 * GROUP; n++) dm[n] = half_to_float(block + 2 * n);
+    for (int j = 0; j < BLOCK / 2; j++)
+        for (int n = 0; n < GROUP; n++) {
+            qf[2 * j * GROUP + n] = (float)(block[64 + 16 * j + n] & 15);
+            qf[(2 * j + 1) * GROUP + n] = (float)(block[64 + 16 * j + n] >> 4);
+        }
+}
+
+static void unpack_q8(const uint8_t *block, float *restrict qf, float *restrict dm) {
+    for (int n = 0; n < GROUP; n++) dm[n] = half_to_float(block + 2 * n), dm[GROUP + n] = 0.0f;
+    for (int k = 0; k < BLOCK; k++)
+        for (int n = 0; n < GROUP; n++) qf[k * GROUP + n] = (float)(int8_t)block[32 + 16 * k + n];
+}
+
+static void tile(int rows, const float *x, int64_t K, const float *restrict qf, const float *restrict dm,
+                 const float *xsum, float *out) {
+    for (int r = 0; r < rows; r++) {
+        float acc[GROUP] = {0};
+        for (int64_t b = 0; b < K / BLOCK; b++) {
+            float p[GROUP] = {0};
+            for (int k = 0; k < BLOCK; k++)
+                for (int n = 0; n < GROUP; n++) p[n] = fmaf(x[r * K + b * BLOCK + k], qf[(b * BLOCK + k) * GROUP + n], p[n]);
+            const float xs = xsum[r * (K / BLOCK) + b];
+            for (int n = 0; n < GROUP; n++) acc[n] = fmaf(dm[b * 32 + GROUP + n], xs, fmaf(dm[b * 32 + n], p[n], acc[n]));
+        }
+        memcpy(out + r * GROUP, acc, sizeof(acc));
+    }
+}
+
+/* A single row, one group at a time: the blocks unpacked as tile() reads them. */
+static void row_blocks(int q8, int groups, const float *x, int64_t K, const uint8_t *group, int64_t group_bytes,
+                       const float *xsum, float *out) {
+    float qf[BLOCK * GROUP], dm[32];
+    for (int g = 0; g < groups; g++) {
+        float acc[GROUP] = {0};
+        for (int64_t b = 0; b < K / BLOCK; b++) {
+            if (q8) unpack_q8(group + g * group_bytes + b * Q8_BLOCK_BYTES, qf, dm);
+            else unpack_q4(group + g * group_bytes + b * Q4_BLOCK_BYTES, qf, dm);
+            float p[GROUP] = {0};
+            for (int k = 0; k < BLOCK; k++)
+                for (int n = 0; n < GROUP; n++) p[n] = fmaf(x[b * BLOCK + k], qf[k * GROUP + n], p[n]);
+            for (int n = 0; n < GROUP; n++) acc[n] = fmaf(dm[GROUP + n], xsum[b], fmaf(dm[n], p[n], acc[n]));
+        }
+        memcpy(out + g * GROUP, acc, sizeof(acc));
+    }
+}
+#define row_q4(groups, x, K, group, group_bytes, xsum, out) row_blocks(0, groups, x, K, group, group_bytes, xsum, out)
+#define row_q8(groups, x, K, group, group_bytes, xsum, out) row_blocks(1, groups, x, K, group, group_bytes, xsum, out)
+
+#endif
+
+/* One call per row count, so that each is unrolled with its sums in registers. */
+static void tile_any(int rows, const float *x, int64_t K, const float *qf, const float *dm, const float *xsum,
+                     float *out) {
+    switch (rows) {
+    case 1: tile(1, x, K, qf, dm, xsum, out); break;
+    case 2: tile(2, x, K, qf, dm, xsum, out); break;
+    case 3: tile(3, x, K, qf, dm, xsum, out); break;
+    case 4: tile(4, x, K, qf, dm, xsum, out); break;
+    case 5: tile(5, x, K, qf, dm, xsum, out); break;
+#if MAX_ROWS > 6
+    case 6: tile(6, x, K, qf, dm, xsum, out); break;
+    case 7: tile(7, x, K, qf, dm, xsum, out); break;
+#endif
+    default: tile(MAX_ROWS, x, K, qf, dm, xsum, out); break;
+    }
+}
+
 /* Up to ROW_GROUPS groups of one row, with the group count a constant in each copy. */
 static void row_any(int q8, int groups, const float *x, int64_t K, const uint8_t *group, int64_t group_bytes,
                     const float *xsum, float *out) {
@@ -233,8 +397,8 @@ static int matmul(const float *x, int64_t M, int64_t K, const uint8_t *packed, i
                 for (int i = 0; i < n; i++) put(out + i * GROUP, 1, y, N, (g + i) * GROUP);
             }
         } else {
-            float *qf = aligned_alloc(32, (size_t)K * GROUP * sizeof(float));
-            float *dm = aligned_alloc(32, (size_t)blocks * 32 * sizeof(float));
+            float *qf = aligned_alloc(64, (size_t)K * GROUP * sizeof(float));
+            float *dm = aligned_alloc(64, (size_t)blocks * 32 * sizeof(float));
             if (qf == NULL || dm == NULL) failed = 1;
             /* Rows in chunks that stay in L2 while every group's weights pass over them. */
             for (int64_t m0 = 0; m0 < M; m0 += chunk) {
@@ -270,14 +434,3 @@ int quant_matmul_q8(const float *x, int64_t M, int64_t K, const uint8_t *packed,
     return matmul(x, M, K, packed, N, y, 1);
 }
 
-#else
-
-int quant_matmul_q4(const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, float *y) {
-    return -1;
-}
-
-int quant_matmul_q8(const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, float *y) {
-    return -1;
-}
-
-#endif

@@ -1,0 +1,22 @@
+/* Which code path a kernel library compiles to, from the flags it is built with
+ * (rillet/model/native/__init__.py's ISAS): RILLET_AVX512 (AVX-512 with VNNI, over AVX2),
+ * RILLET_AVX2 (AVX2, FMA, F16C), else portable C. Each library reports its path by <name>_isa(). */
+#ifndef RILLET_ISA_H
+#define RILLET_ISA_H
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define RILLET_AVX2 1
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+#define RILLET_AVX512 1
+#endif
+#endif
+
+#if defined(RILLET_AVX512)
+#define RILLET_ISA_NAME "avx512"
+#elif defined(RILLET_AVX2)
+#define RILLET_ISA_NAME "avx2"
+#else
+#define RILLET_ISA_NAME "scalar"
+#endif
+
+#endif

@@ -1,0 +1,66 @@
+"""The table of kernels across instruction sets: every (block type, weight format) entry of
+rillet/model/quantized.py's KERNELS, built for each instruction set this machine runs (AVX-512,
+AVX2), gives exactly the result of its scalar reference, the portable C build of the same
+library, at every batch size; and the machine's instruction set is chosen at start."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rillet.model import native
+from rillet.model.quantized import KERNELS
+from tests.model.test_quantized_weights import quantized
+
+ISAS = native.machine_isas()
+VECTOR_ISAS = [isa for isa in ISAS if isa != "scalar"]
+pytestmark = pytest.mark.skipif(native.library("quant_matmul", "scalar") is None, reason="no C compiler here")
+
+
+@pytest.mark.parametrize("isa", VECTOR_ISAS)
+@pytest.mark.parametrize("ggml_type,weight_format", sorted(KERNELS))
+def test_each_instruction_set_gives_its_scalar_references_result_bit_for_bit(ggml_type, weight_format, isa):
+    library, kernel = KERNELS[(ggml_type, weight_format)]
+    assert native.quant_matmul_available(kernel, library, isa) and native.quant_matmul_available(kernel, library, "scalar")
+    # 83 outputs: not a multiple of the 8 or 16 rows packed together; 512 inputs: two K-type blocks.
+    weight = quantized(ggml_type, 83, 512)
+    packed = weight.pack(library)
+    generator = torch.Generator().manual_seed(7)
+    for rows in (1, 2, 5, 7, 9, 13, 64):  # the single-row path, whole and partial tiles of every width
+        x = torch.randn(rows, 512, generator=generator)
+        x[0, :32] = 0  # a block of zeros: its int8 scale is 0
+        got = native.quant_matmul(x, packed, kernel, 83, library, isa)
+        reference = native.quant_matmul(x, packed, kernel, 83, library, "scalar")
+        assert torch.equal(got, reference), (rows, (got - reference).abs().max().item())
+        # and each row's result is that row's alone
+        assert torch.equal(native.quant_matmul(x[-1:], packed, kernel, 83, library, isa), got[-1:])
+
+
+def test_each_library_says_which_code_path_its_build_took():
+    for library in sorted({library for library, _ in KERNELS.values()}):
+        assert native.kernel_isa(library, "scalar") == "scalar"
+        if "avx2" in ISAS:
+            assert native.kernel_isa(library, "avx2") == "avx2"
+        if "avx512" in ISAS:
+            # a library without AVX-512 code (kquant_matmul) keeps its AVX2 path
+            assert native.kernel_isa(library, "avx512") in ("avx512", "avx2")
+    if "avx512" in ISAS:
+        assert native.kernel_isa("int8_matmul", "avx512") == "avx512"
+        assert native.kernel_isa("quant_matmul", "avx512") == "avx512"
+        assert native.kernel_isa("kquant_int8_matmul", "avx512") == "avx512"
+
+
+def test_the_machines_best_instruction_set_is_chosen_and_rillet_isa_may_lower_it():
+    assert native.machine_isa() == (os.environ.get("RILLET_ISA") if os.environ.get("RILLET_ISA") in ISAS else ISAS[0])
+    code = ("import logging; logging.basicConfig(level=logging.INFO);"
+            "from rillet.model import native; print(native.machine_isa(), native.kernel_isa('int8_matmul'))")
+    for wanted, expected in [("scalar", "scalar scalar"), ("no-such-isa", f"{ISAS[0]} {native.kernel_isa('int8_matmul', ISAS[0])}")]:
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "RILLET_ISA": wanted})
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == expected.split()
+        if wanted == "no-such-isa":
+            assert "RILLET_ISA=no-such-isa is not one this CPU runs" in result.stderr
