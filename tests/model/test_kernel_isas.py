@@ -45,12 +45,13 @@ def test_each_library_says_which_code_path_its_build_took():
         if "avx2" in ISAS:
             assert native.kernel_isa(library, "avx2") == "avx2"
         if "avx512" in ISAS:
-            # a library without AVX-512 code (kquant_matmul) keeps its AVX2 path
-            assert native.kernel_isa(library, "avx512") in ("avx512", "avx2")
+            # every library has AVX-512 code
+            assert native.kernel_isa(library, "avx512") == "avx512"
     if "avx512" in ISAS:
         assert native.kernel_isa("int8_matmul", "avx512") == "avx512"
         assert native.kernel_isa("quant_matmul", "avx512") == "avx512"
         assert native.kernel_isa("kquant_int8_matmul", "avx512") == "avx512"
+        assert native.kernel_isa("kquant_matmul", "avx512") == "avx512"
 
 
 def test_the_machines_best_instruction_set_is_chosen_and_rillet_isa_may_lower_it():

@@ -19,8 +19,9 @@
  * Each sub-block adds a * (sum of x (q - bias)) + b * (sum of x) to an output, the sums over its
  * values. Every sum runs in one fixed order, whatever M is and whichever path computes it, so a row's
  * result does not depend on the rows batched with it. Compiled without -ffast-math and without fp
- * contraction so that the compiler keeps that order. Without AVX2/FMA/F16C (isa.h) a portable C loop
- * computes the same sums in the same order (fmaf where AVX2 fuses), so both give identical results.
+ * contraction so that the compiler keeps that order. Three code paths (isa.h), each output's sums the
+ * same on all: AVX-512 holds a group's 16 outputs in one register, AVX2 in two, portable C one output at
+ * a time (fmaf where the vector paths fuse); so their results are identical bit for bit.
  * Returns 0, or -1 (K not a multiple of the block, out of memory).
  */
 #include <math.h>
@@ -32,7 +33,11 @@
 
 enum { Q5_0, Q5_1, Q4_K, Q5_K, Q6_K };
 #define GROUP 16
-#define MAX_ROWS 6 /* rows of x per register tile */
+#ifdef RILLET_AVX512
+#define MAX_ROWS 8 /* rows of x per register tile: 16 sums + 1 weight + 1 broadcast of 32 registers */
+#else
+#define MAX_ROWS 6 /* rows of x per register tile: 12 partial sums + 2 weights + 1 broadcast */
+#endif
 #define ROW_GROUPS 4 /* groups side by side for a single row */
 #define CHUNK_BYTES (256 << 10) /* rows of x per pass over the weights: about half of L2 */
 #define INLINE static inline __attribute__((always_inline))
@@ -119,6 +124,114 @@ INLINE void scales(int t, const uint8_t *h, int s, __m256 ab[4]) {
     }
 }
 
+/* A group's integers as float32 [K][16] into qf, each sub-block's a then b ([K / S][32]) into ab. */
+INLINE void unpack(int t, const uint8_t *group, int64_t K, float *restrict qf, float *restrict ab) {
+    const int S = sub_values(t);
+    for (int64_t v0 = 0; v0 < K; v0 += S) {
+        const uint8_t *block = group + v0 / block_values(t) * block_bytes(t);
+        const int s = (int)(v0 % block_values(t) / S);
+        const uint8_t *sub = block + header_bytes(t) + s * sub_bytes(t);
+        for (int j = 0; j < S / 2; j++) {
+            __m256 q[4];
+            pair_floats(t, sub, j, q);
+            for (int i = 0; i < 4; i++) _mm256_storeu_ps(qf + (v0 + 2 * j) * GROUP + 8 * i, q[i]);
+        }
+        __m256 scale[4];
+        scales(t, block, s, scale);
+        for (int i = 0; i < 4; i++) _mm256_storeu_ps(ab + v0 / S * 32 + 8 * i, scale[i]);
+    }
+}
+
+#ifdef RILLET_AVX512
+
+/* The AVX2 path's sums with a group's 16 outputs in one register instead of two: per output the same
+ * operations in the same order. */
+static inline __m512 half16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+static inline __m512 u8_floats16(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
+static inline __m512 i8_floats16(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)); }
+
+/* pair_floats: values 2j (w[0]) and 2j + 1 (w[1]) of a sub-block for the 16 rows. */
+INLINE void pair_floats16(int t, const uint8_t *sub, int j, __m512 w[2]) {
+    if (bits(t) == 4) {
+        const __m512i a = _mm512_cvtepu8_epi32(load16(sub + 16 * j));
+        w[0] = _mm512_cvtepi32_ps(_mm512_and_si512(a, _mm512_set1_epi32(15)));
+        w[1] = _mm512_cvtepi32_ps(_mm512_srli_epi32(a, 4));
+        return;
+    }
+    for (int i = 0; i < 2; i++) {
+        const __m128i q = values(t, sub, 2 * j + i);
+        w[i] = bias(t) ? i8_floats16(q) : u8_floats16(q);
+    }
+}
+
+/* scales: a (ab[0]) and b (ab[1]) of sub-block s for the 16 rows. */
+INLINE void scales16(int t, const uint8_t *h, int s, __m512 ab[2]) {
+    ab[0] = half16(h);
+    ab[1] = t == Q5_1 ? half16(h + 32) : _mm512_setzero_ps();
+    if (t == Q4_K || t == Q5_K) {
+        const __m512i sign = _mm512_set1_epi32(INT32_MIN);
+        ab[0] = _mm512_mul_ps(ab[0], u8_floats16(load16(h + 64 + 16 * s)));
+        ab[1] = _mm512_castsi512_ps(_mm512_xor_si512(
+            sign, _mm512_castps_si512(_mm512_mul_ps(half16(h + 32), u8_floats16(load16(h + 192 + 16 * s))))));
+    }
+    if (t == Q6_K) ab[0] = _mm512_mul_ps(ab[0], i8_floats16(load16(h + 32 + 16 * s)));
+}
+
+/* fold: acc = fma(b, xs, fma(a, partial, acc)). */
+INLINE __m512 fold16(int offset, __m512 acc, __m512 a, __m512 partial, __m512 b, const float *xs) {
+    acc = _mm512_fmadd_ps(a, partial, acc);
+    return offset ? _mm512_fmadd_ps(b, _mm512_set1_ps(*xs), acc) : acc;
+}
+
+/* A single row against `groups` groups side by side, as the AVX2 row() below. */
+INLINE void row(int t, int groups, const float *x, int64_t K, const uint8_t *w, int64_t group_bytes,
+                const float *xsum, float *out) {
+    const int S = sub_values(t);
+    __m512 acc[ROW_GROUPS];
+    for (int g = 0; g < groups; g++) acc[g] = _mm512_setzero_ps();
+    for (int64_t v0 = 0; v0 < K; v0 += S) {
+        const uint8_t *block = w + v0 / block_values(t) * block_bytes(t);
+        const int s = (int)(v0 % block_values(t) / S);
+        const uint8_t *sub = block + header_bytes(t) + s * sub_bytes(t);
+        __m512 p[ROW_GROUPS];
+        for (int g = 0; g < groups; g++) p[g] = _mm512_setzero_ps();
+        for (int j = 0; j < S / 2; j++) {
+            const __m512 x0 = _mm512_set1_ps(x[v0 + 2 * j]), x1 = _mm512_set1_ps(x[v0 + 2 * j + 1]);
+            for (int g = 0; g < groups; g++) {
+                __m512 q[2];
+                pair_floats16(t, sub + g * group_bytes, j, q);
+                p[g] = _mm512_fmadd_ps(x1, q[1], _mm512_fmadd_ps(x0, q[0], p[g]));
+            }
+        }
+        for (int g = 0; g < groups; g++) {
+            __m512 ab[2];
+            scales16(t, block + g * group_bytes, s, ab);
+            acc[g] = fold16(!bias(t), acc[g], ab[0], p[g], ab[1], xsum + v0 / 32);
+        }
+    }
+    for (int g = 0; g < groups; g++) _mm512_storeu_ps(out + g * GROUP, acc[g]);
+}
+
+/* rows (1..MAX_ROWS) rows of x times a group's unpacked sub-blocks of S values; out [rows][16]. */
+INLINE void tile(int rows, int S, int offset, const float *x, int64_t K, const float *restrict qf,
+                 const float *restrict ab, const float *xsum, float *out) {
+    __m512 acc[MAX_ROWS];
+    for (int r = 0; r < rows; r++) acc[r] = _mm512_setzero_ps();
+    for (int64_t v0 = 0; v0 < K; v0 += S) {
+        __m512 p[MAX_ROWS];
+        for (int r = 0; r < rows; r++) p[r] = _mm512_setzero_ps();
+        for (int k = 0; k < S; k++) {
+            const __m512 w = _mm512_loadu_ps(qf + (v0 + k) * GROUP);
+            for (int r = 0; r < rows; r++) p[r] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * K + v0 + k]), w, p[r]);
+        }
+        const __m512 a = _mm512_loadu_ps(ab + v0 / S * 32), b = _mm512_loadu_ps(ab + v0 / S * 32 + 16);
+        for (int r = 0; r < rows; r++) acc[r] = fold16(offset, acc[r], a, p[r], b, xsum + r * (K / 32) + v0 / 32);
+    }
+    for (int r = 0; r < rows; r++) _mm512_storeu_ps(out + r * GROUP, acc[r]);
+}
+
+#else
+
 /* acc = fma(b, xs, fma(a, partial, acc)): a sub-block's sums folded into an output (b: offset types). */
 INLINE __m256 fold(int offset, __m256 acc, __m256 a, __m256 partial, __m256 b, const float *xs) {
     acc = _mm256_fmadd_ps(a, partial, acc);
@@ -162,24 +275,6 @@ INLINE void row(int t, int groups, const float *x, int64_t K, const uint8_t *w, 
     }
 }
 
-/* A group's integers as float32 [K][16] into qf, each sub-block's a then b ([K / S][32]) into ab. */
-INLINE void unpack(int t, const uint8_t *group, int64_t K, float *restrict qf, float *restrict ab) {
-    const int S = sub_values(t);
-    for (int64_t v0 = 0; v0 < K; v0 += S) {
-        const uint8_t *block = group + v0 / block_values(t) * block_bytes(t);
-        const int s = (int)(v0 % block_values(t) / S);
-        const uint8_t *sub = block + header_bytes(t) + s * sub_bytes(t);
-        for (int j = 0; j < S / 2; j++) {
-            __m256 q[4];
-            pair_floats(t, sub, j, q);
-            for (int i = 0; i < 4; i++) _mm256_storeu_ps(qf + (v0 + 2 * j) * GROUP + 8 * i, q[i]);
-        }
-        __m256 scale[4];
-        scales(t, block, s, scale);
-        for (int i = 0; i < 4; i++) _mm256_storeu_ps(ab + v0 / S * 32 + 8 * i, scale[i]);
-    }
-}
-
 /* rows (1..MAX_ROWS) rows of x times a group's unpacked sub-blocks of S values; out [rows][16]. */
 INLINE void tile(int rows, int S, int offset, const float *x, int64_t K, const float *restrict qf,
                  const float *restrict ab, const float *xsum, float *out) {
@@ -209,11 +304,18 @@ INLINE void tile(int rows, int S, int offset, const float *x, int64_t K, const f
     }
 }
 
+#endif /* RILLET_AVX512 */
+
 /* Each (type, count) a copy of its own, unrolled with its sums in registers. */
 #define UP_TO_4(n, call) switch (n) { case 1: call(1); break; case 2: call(2); break; case 3: call(3); break; \
     default: call(4); }
 #define UP_TO_6(n, call) switch (n) { case 1: call(1); break; case 2: call(2); break; case 3: call(3); break; \
     case 4: call(4); break; case 5: call(5); break; default: call(6); }
+#if MAX_ROWS > 6
+#define UP_TO_MAX_ROWS(n, call) if (n > 6) { if (n == 7) call(7); else call(8); } else UP_TO_6(n, call)
+#else
+#define UP_TO_MAX_ROWS UP_TO_6
+#endif
 #define BY_TYPE(call) switch (t) { case Q5_0: call(Q5_0); break; case Q5_1: call(Q5_1); break; \
     case Q4_K: call(Q4_K); break; case Q5_K: call(Q5_K); break; default: call(Q6_K); }
 
@@ -235,7 +337,7 @@ static void unpack_any(int t, const uint8_t *group, int64_t K, float *qf, float 
 static void tile_any(int t, int rows, const float *x, int64_t K, const float *qf, const float *ab, const float *xsum,
                      float *out) {
 #define TILE(n) tile(n, sub_values(T), !bias(T), x, K, qf, ab, xsum, out)
-#define TILES(type) { enum { T = type }; UP_TO_6(rows, TILE) }
+#define TILES(type) { enum { T = type }; UP_TO_MAX_ROWS(rows, TILE) }
     switch (t) { case Q5_0: TILES(Q5_0); break; case Q6_K: TILES(Q6_K); break; default: TILES(Q4_K); }
 #undef TILE
 #undef TILES
@@ -268,8 +370,8 @@ static int matmul(int t, const float *x, int64_t M, int64_t K, const uint8_t *pa
                 for (int i = 0; i < n; i++) put(out + i * GROUP, 1, y, N, (g + i) * GROUP);
             }
         } else {
-            float *qf = aligned_alloc(32, (size_t)K * GROUP * sizeof(float));
-            float *ab = aligned_alloc(32, (size_t)K * 2 * sizeof(float)); /* 32 floats per 16 values at most */
+            float *qf = aligned_alloc(64, (size_t)K * GROUP * sizeof(float));
+            float *ab = aligned_alloc(64, (size_t)K * 2 * sizeof(float)); /* 32 floats per 16 values at most */
             if (qf == NULL || ab == NULL) failed = 1;
             /* Rows in chunks that stay in L2 while every group's weights pass over them. */
             for (int64_t m0 = 0; m0 < M; m0 += chunk) {
