@@ -18,6 +18,7 @@
  * results are identical bit for bit. Returns 0, or -1 (K not a multiple of 32, out of memory).
  */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -390,9 +391,12 @@ static int matmul(const float *x, int64_t M, int64_t K, const uint8_t *packed, i
         for (int64_t i = 0; i < M * blocks; i++) xsum[i] = block_sum(x + i * BLOCK);
         float out[MAX_ROWS * GROUP > ROW_GROUPS * GROUP ? MAX_ROWS * GROUP : ROW_GROUPS * GROUP];
         if (M == 1) {
-#pragma omp for schedule(static)
-            for (int64_t g = 0; g < groups; g += ROW_GROUPS) {
-                const int n = groups - g < ROW_GROUPS ? (int)(groups - g) : ROW_GROUPS;
+            /* Each thread an equal run of groups (not of ROW_GROUPS-sized steps: 36 groups are 18 and
+             * 18, not 20 and 16); a group's outputs do not depend on the groups beside it. */
+            const int64_t threads = omp_get_num_threads(), me = omp_get_thread_num();
+            const int64_t end = groups * (me + 1) / threads;
+            for (int64_t g = groups * me / threads; g < end; g += ROW_GROUPS) {
+                const int n = end - g < ROW_GROUPS ? (int)(end - g) : ROW_GROUPS;
                 row_any(q8, n, x, K, packed + g * group_bytes, group_bytes, xsum, out);
                 for (int i = 0; i < n; i++) put(out + i * GROUP, 1, y, N, (g + i) * GROUP);
             }
