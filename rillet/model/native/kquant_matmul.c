@@ -62,14 +62,7 @@ static inline __m256 half8(const uint8_t *p) { return _mm256_cvtph_ps(load16(p))
 static inline __m256 u8_floats(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)); }
 static inline __m256 i8_floats(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)); }
 
-/* The sum of 32 floats, always in the same order. */
-static inline float block_sum(const float *x) {
-    const __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(x + 8)),
-                                   _mm256_add_ps(_mm256_loadu_ps(x + 16), _mm256_loadu_ps(x + 24)));
-    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
-}
+#include "block_sum.h"
 
 /* The 16 rows' q - bias for value k of a sub-block, as bytes (int8 where there is a bias). The 16-bit
  * shifts move the wanted bits to the bottom of their own byte before the mask, so none crosses bytes. */
@@ -404,13 +397,7 @@ static int matmul(int t, const float *x, int64_t M, int64_t K, const uint8_t *pa
 /* Portable C: each output one row at a time, its sums in the AVX2 path's order. */
 #include "half_float.h"
 
-/* The sum of 32 floats in the AVX2 path's order. */
-static float block_sum(const float *x) {
-    float s[8], h[4];
-    for (int j = 0; j < 8; j++) s[j] = (x[j] + x[j + 8]) + (x[j + 16] + x[j + 24]);
-    for (int i = 0; i < 4; i++) h[i] = s[i] + s[i + 4];
-    return (h[0] + h[2]) + (h[1] + h[3]);
-}
+#include "block_sum.h"
 
 /* Integer q(n, k) of row n (0..15), value k of a sub-block, less the bias. */
 static int value_of(int t, const uint8_t *sub, int n, int k) {

@@ -45,14 +45,7 @@ const char *quant_matmul_isa(void) { return RILLET_ISA_NAME; }
 
 static inline __m256 half8(const uint8_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
-/* The sum of 32 floats, always in the same order. */
-static inline float block_sum(const float *x) {
-    const __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(x + 8)),
-                                   _mm256_add_ps(_mm256_loadu_ps(x + 16), _mm256_loadu_ps(x + 24)));
-    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
-}
+#include "block_sum.h"
 
 /* One block's 32 x 16 integers of a group as float32 [k][16] into qf; its d and m into dm[32]. */
 INLINE void unpack_q4(const uint8_t *block, float *restrict qf, float *restrict dm) {
@@ -280,13 +273,7 @@ INLINE void row_q8(int groups, const float *x, int64_t K, const uint8_t *group, 
 /* Portable C: the vector paths' sums output by output, in their order (fmaf where they fuse). */
 #include "half_float.h"
 
-/* The sum of 32 floats in the vector paths' order. */
-static float block_sum(const float *x) {
-    float s[8], h[4];
-    for (int j = 0; j < 8; j++) s[j] = (x[j] + x[j + 8]) + (x[j + 16] + x[j + 24]);
-    for (int i = 0; i < 4; i++) h[i] = s[i] + s[i + 4];
-    return (h[0] + h[2]) + (h[1] + h[3]);
-}
+#include "block_sum.h"
 
 static void unpack_q4(const uint8_t *block, float *restrict qf, float *restrict dm) {
     for (int n = 0; n < 2 * GROUP; n++) dm[n] = half_to_float(block + 2 * n);
