@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator
 
 from rillet.engine.errors import RequestFailedError
@@ -17,12 +18,39 @@ class EngineDeadError(RuntimeError):
     """The engine loop stopped on an unexpected error; no request can be served."""
 
 
+class _OutputStream:
+    """One request's outputs on their way from _dispatch to its generate(): a deque and at most one
+    waiting future. asyncio.Queue does the same with more bookkeeping (getter and putter deques, an
+    unfinished-task count), and this hand-off happens once per streamed token."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque = deque()
+        self._waiter: asyncio.Future | None = None
+
+    def put(self, item: RequestOutput | BaseException) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> RequestOutput | BaseException:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 class EngineClient:
     """Subclasses send commands to their loop (see rillet/engine/engine_loop.py) and call
     _dispatch, _dispatch_error and _fail_all on the event loop as results come back."""
 
     def __init__(self) -> None:
-        self._streams: dict[str, asyncio.Queue] = {}
+        self._streams: dict[str, _OutputStream] = {}
 
     @property
     def is_alive(self) -> bool:
@@ -39,8 +67,7 @@ class EngineClient:
                        params: SamplingParams) -> AsyncIterator[RequestOutput]:
         if not self.is_alive:
             raise EngineDeadError("the engine is not running")
-        stream: asyncio.Queue = asyncio.Queue()
-        self._streams[request_id] = stream
+        stream = self._streams[request_id] = _OutputStream()
         finished = False
         try:
             self._send_command(("add", request_id, prompt_token_ids, params))
@@ -63,13 +90,13 @@ class EngineClient:
         for output in outputs:
             stream = self._streams.get(output.request_id)
             if stream is not None:
-                stream.put_nowait(output if output.error is None else RequestFailedError(output.error))
+                stream.put(output if output.error is None else RequestFailedError(output.error))
 
     def _dispatch_error(self, request_id: str, error: Exception) -> None:
         stream = self._streams.get(request_id)
         if stream is not None:
-            stream.put_nowait(error)
+            stream.put(error)
 
     def _fail_all(self, error: BaseException) -> None:
         for stream in self._streams.values():
-            stream.put_nowait(error)
+            stream.put(error)
