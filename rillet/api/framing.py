@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from json.encoder import encode_basestring
 
 from fastapi.responses import JSONResponse
 
@@ -14,18 +15,54 @@ from rillet.api.output import Completion
 from rillet.engine.outputs import RequestOutput
 
 
+class ChunkEvents:
+    """A completion's `chat.completion.chunk` events, as SSE bytes. The envelope every chunk repeats
+    (id, object, created, model, system_fingerprint, and `"usage":null` when the request asked for
+    usage) is encoded once per stream, and a plain content delta, most of a stream's chunks, by its
+    text alone: the bytes are those json.dumps would write, in the same order."""
+
+    def __init__(self, completion: Completion) -> None:
+        envelope = sse.encode_json({
+            "id": completion.request_id, "object": "chat.completion.chunk", "created": completion.created,
+            "model": completion.model, "system_fingerprint": completion.fingerprint})
+        self._head = b"data: " + envelope[:-1].encode() + b',"choices":['
+        self._tail = b'],"usage":null}\n\n' if completion.include_usage else b"]}\n\n"
+
+    def event(self, choices: list[dict], usage: dict | None = None) -> bytes:
+        """One chunk of these stream choices; with `usage` when given."""
+        body = b",".join([_choice_json(choice) for choice in choices])
+        if usage is None:
+            return self._head + body + self._tail
+        return self._head + body + b'],"usage":' + sse.encode_json(usage).encode() + b"}\n\n"
+
+
+def _choice_json(choice: dict) -> bytes:
+    delta = choice["delta"]
+    if len(delta) == 1 and choice["finish_reason"] is None and choice["logprobs"] is None:
+        content = delta.get("content")
+        if content.__class__ is str:
+            return b'{"index":%d,"delta":{"content":%b},"logprobs":null,"finish_reason":null}' % (
+                choice["index"], encode_basestring(content).encode())
+    return sse.encode_json(choice).encode()
+
+
 async def stream_events(completion: Completion, outputs: AsyncIterator[RequestOutput],
-                        record: RequestRecord) -> AsyncIterator[str]:
+                        record: RequestRecord) -> AsyncIterator[bytes]:
+    chunks = ChunkEvents(completion)
     async with contextlib.aclosing(outputs):
         try:
-            yield sse.event(completion.chunk(completion.first_deltas()))
+            yield chunks.event(completion.first_deltas())
             async for output in outputs:
-                events = [completion.chunk([choice]) for choice in completion.apply(output)]
-                if output.finished and events and not completion.include_usage:
-                    events[-1]["usage"] = completion.usage()
-                if output.finished and completion.include_usage:
-                    events.append(completion.chunk([], completion.usage()))
-                yield "".join(sse.event(e) for e in events)
+                choices = completion.apply(output)
+                events = [chunks.event([choice]) for choice in choices]
+                if output.finished:
+                    usage = completion.usage()
+                    if completion.include_usage:
+                        events.append(chunks.event([], usage))
+                    elif choices:
+                        events[-1] = chunks.event(choices[-1:], usage)
+                if events:  # text held back (a possible stop string) makes no event
+                    yield b"".join(events)
         except Exception as error:  # the headers are gone: report in-band, never a traceback
             api_error = engine_error(record.request_id, error)
             record.stream_error = api_error.kind.value.code

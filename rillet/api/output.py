@@ -55,13 +55,6 @@ class Completion:
         return {"prompt_tokens": self.num_prompt_tokens, "completion_tokens": self.num_completion_tokens,
                 "total_tokens": self.num_prompt_tokens + self.num_completion_tokens}
 
-    def chunk(self, choices: list[dict], usage: dict | None = None) -> dict:
-        payload = {"id": self.request_id, "object": "chat.completion.chunk", "created": self.created,
-                   "model": self.model, "system_fingerprint": self.fingerprint, "choices": choices}
-        if usage is not None or self.include_usage:
-            payload["usage"] = usage
-        return payload
-
     def first_deltas(self) -> list[dict]:
         """Each choice's opening delta: its role (content stays null where calls may follow)."""
         opening = {"role": "assistant", "content": None if self.choices[0].reader else ""}

@@ -1,17 +1,20 @@
-"""Server-sent events framing: data-only events, ending with [DONE]."""
+"""Server-sent events framing: data-only events, ending with [DONE], as UTF-8 bytes."""
 from __future__ import annotations
 
 import json
 
 from rillet.api.errors import APIError
 
-DONE = "data: [DONE]\n\n"
+DONE = b"data: [DONE]\n\n"
+
+# One encoder for every event: json.dumps with keyword arguments builds a new JSONEncoder per call.
+encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-def event(payload: dict) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+def event(payload: dict) -> bytes:
+    return b"data: " + encode_json(payload).encode() + b"\n\n"
 
 
-def error_event(error: APIError) -> str:
+def error_event(error: APIError) -> bytes:
     """After the 200 and the SSE headers have gone out, an error can only travel as an event."""
     return event(error.body())
