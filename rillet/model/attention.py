@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rillet.model import native
+from rillet.model import gpu, native
 from rillet.model.attention_metadata import AttentionMetadata, DecodeBatch
 
 
@@ -17,11 +17,16 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: to
     Lets each new token attend to its sequence's cached tokens up to and including itself.
     Where the C kernel runs, every token is a query row of its own, computed the same way whether
     it comes in a prefill chunk or alone (after a prefix-cache hit, or as a decode): a token's
-    result never depends on how its prompt was split into steps. Elsewhere sequences with one new
-    token (decodes) are computed together in one call and each longer prefill chunk on its own,
-    with PyTorch's attention. Returns [T, heads * dim].
+    result never depends on how its prompt was split into steps. A cache on a CUDA device (with
+    triton installed) takes the same rows through the Triton kernel (rillet/model/gpu), which
+    reads the block tables in place. Elsewhere sequences with one new token (decodes) are computed
+    together in one call and each longer prefill chunk on its own, with PyTorch's attention.
+    Returns [T, heads * dim].
     """
     rows = meta.query_rows()
+    if gpu.applies(cache):
+        out = gpu.paged_attention(q, cache, rows.block_tables, rows.context_lens, scale, window)
+        return out.reshape(q.shape[0], -1)
     out = native.paged_decode_attention(q, cache, rows.block_tables, rows.context_lens, scale, window)
     if out is not None:
         return out.to(q.dtype).reshape(q.shape[0], -1)
