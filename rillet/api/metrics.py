@@ -2,11 +2,16 @@
 own: requests by status, latency histograms, the admission queue."""
 from __future__ import annotations
 
+import math
+import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from rillet.engine.stats import EngineStats
 
@@ -36,6 +41,37 @@ class EngineCollector:
                                 "since start", value=hit_rate)
 
 
+class LatencyHistogram:
+    """A histogram observed on the event loop (the inter-token latency: once per streamed token) with
+    a bisect and two additions, where prometheus_client's Histogram takes a lock for its sum and
+    another for the bucket, about a tenth of the API layer's CPU per token. Its exposition is that
+    Histogram's: cumulative buckets, _count, _sum and _created. A scrape runs on another thread and
+    may, as with that Histogram, count an observation whose sum it does not see yet."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...], registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._bounds = (*buckets, math.inf)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._created = time.time()
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect_left(self._bounds, value)] += 1
+        self._sum += value
+
+    def collect(self) -> Iterator[Metric]:
+        counts, total = list(self._counts), self._sum
+        cumulative, running = [], 0
+        for bound, count in zip(self._bounds, counts, strict=True):
+            running += count
+            cumulative.append((floatToGoString(bound), running))
+        family = HistogramMetricFamily(self.name, self.documentation, buckets=cumulative, sum_value=total)
+        family.samples.append(Sample(f"{self.name}_created", {}, self._created))
+        yield family
+
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -44,15 +80,15 @@ class ApiMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter("rillet_requests", "Requests to /v1 by HTTP status", ["status"], registry=registry)
-        self.time_to_first_token = Histogram(
+        self.time_to_first_token = LatencyHistogram(
             "rillet_time_to_first_token_seconds", "From a chat completion's arrival to its first output",
-            buckets=_LATENCY_BUCKETS, registry=registry)
-        self.inter_token_latency = Histogram(
+            _LATENCY_BUCKETS, registry)
+        self.inter_token_latency = LatencyHistogram(
             "rillet_inter_token_latency_seconds", "Between successive outputs of a chat completion",
-            buckets=_LATENCY_BUCKETS, registry=registry)
-        self.request_latency = Histogram(
+            _LATENCY_BUCKETS, registry)
+        self.request_latency = LatencyHistogram(
             "rillet_request_latency_seconds", "From a chat completion's arrival to its last byte",
-            buckets=_LATENCY_BUCKETS, registry=registry)
+            _LATENCY_BUCKETS, registry)
         self.queued_requests = Gauge("rillet_queued_requests", "Requests waiting for their first output",
                                      registry=registry)
         self.queued_prompt_tokens = Gauge("rillet_queued_prompt_tokens", "Prompt tokens of the waiting requests",
