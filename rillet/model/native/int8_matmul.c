@@ -67,6 +67,7 @@ INLINE void tile_q4(int rows, int groups, const int8_t *xq, const float *xd, con
         __m256i sum[TILE_ROWS][ROW_GROUPS];
         for (int r = 0; r < rows; r++)
             for (int g = 0; g < groups; g++) sum[r][g] = _mm256_setzero_si256();
+        for (int g = 0; g < groups; g++) prefetch(w + g * group_bytes + b * Q4_BLOCK_BYTES, Q4_BLOCK_BYTES);
         /* The low nibbles (k 0-15), then the high ones (k 16-31): fewer registers live than both
          * at once. Not unrolled: unrolled, GCC computes every product first and spills them. */
         for (int high = 0; high < 2; high++) {
@@ -105,6 +106,7 @@ INLINE void tile_q8(int rows, int groups, const int8_t *xq, const float *xd, con
         __m256i sum[TILE_ROWS][ROW_GROUPS];
         for (int r = 0; r < rows; r++)
             for (int g = 0; g < groups; g++) sum[r][g] = _mm256_setzero_si256();
+        for (int g = 0; g < groups; g++) prefetch(w + g * group_bytes + b * Q8_BLOCK_BYTES, Q8_BLOCK_BYTES);
 #pragma GCC unroll 1
         for (int t = 0; t < 8; t++) {
             __m256i xt[TILE_ROWS];

@@ -11,6 +11,15 @@
 #endif
 #endif
 
+/* Weights are read as a few streams at once (one per group of outputs), each crossing a page every
+ * few blocks, where the hardware prefetcher starts over: the kernels ask for the bytes PREFETCH_AHEAD
+ * beyond the block they multiply (a hint, with no effect on results; measured best of 1, 2.5 and
+ * 5 KB ahead: a quarter off a layer's single-row product on Zen 5). */
+#define PREFETCH_AHEAD 2560
+static inline void prefetch(const void *block, long bytes) {
+    for (long line = 0; line < bytes; line += 64) __builtin_prefetch((const char *)block + PREFETCH_AHEAD + line);
+}
+
 #if defined(RILLET_AVX512)
 #define RILLET_ISA_NAME "avx512"
 #elif defined(RILLET_AVX2)

@@ -188,7 +188,10 @@ INLINE void row(int t, int groups, const float *x, int64_t K, const uint8_t *w, 
         const int s = (int)(v0 % block_values(t) / S);
         const uint8_t *sub = block + header_bytes(t) + s * sub_bytes(t);
         __m512 p[ROW_GROUPS];
-        for (int g = 0; g < groups; g++) p[g] = _mm512_setzero_ps();
+        for (int g = 0; g < groups; g++) {
+            p[g] = _mm512_setzero_ps();
+            if (s == 0) prefetch(block + g * group_bytes, block_bytes(t));
+        }
         for (int j = 0; j < S / 2; j++) {
             const __m512 x0 = _mm512_set1_ps(x[v0 + 2 * j]), x1 = _mm512_set1_ps(x[v0 + 2 * j + 1]);
             for (int g = 0; g < groups; g++) {
@@ -244,7 +247,10 @@ INLINE void row(int t, int groups, const float *x, int64_t K, const uint8_t *w, 
         const int s = (int)(v0 % block_values(t) / S);
         const uint8_t *sub = block + header_bytes(t) + s * sub_bytes(t);
         __m256 p[ROW_GROUPS][2];
-        for (int g = 0; g < groups; g++) p[g][0] = p[g][1] = _mm256_setzero_ps();
+        for (int g = 0; g < groups; g++) {
+            p[g][0] = p[g][1] = _mm256_setzero_ps();
+            if (s == 0) prefetch(block + g * group_bytes, block_bytes(t));
+        }
         for (int j = 0; j < S / 2; j++) {
             const __m256 x0 = _mm256_broadcast_ss(x + v0 + 2 * j), x1 = _mm256_broadcast_ss(x + v0 + 2 * j + 1);
             for (int g = 0; g < groups; g++) {

@@ -35,6 +35,9 @@
 #define MAX_ROWS 6 /* rows of x per register tile: 12 partial sums + 2 weights + 1 broadcast */
 #endif
 #define ROW_GROUPS 4 /* groups side by side for a single row: 8 independent chains */
+#ifndef PREFETCH_BLOCKS
+#define PREFETCH_BLOCKS 16
+#endif
 #define CHUNK_BYTES (256 << 10) /* rows of x per pass over the weights: about half of L2 */
 #define INLINE static inline __attribute__((always_inline))
 
@@ -120,7 +123,10 @@ INLINE void row_q4(int groups, const float *x, int64_t K, const uint8_t *group, 
     for (int g = 0; g < groups; g++) acc[g] = _mm512_setzero_ps();
     for (int64_t b = 0; b < K / BLOCK; b++) {
         __m512 p[ROW_GROUPS];
-        for (int g = 0; g < groups; g++) p[g] = _mm512_setzero_ps();
+        for (int g = 0; g < groups; g++) {
+            p[g] = _mm512_setzero_ps();
+            prefetch(group + g * group_bytes + b * Q4_BLOCK_BYTES, Q4_BLOCK_BYTES);
+        }
         const float *xs = x + b * BLOCK;
         for (int j = 0; j < BLOCK / 2; j++) {
             const __m512 x0 = _mm512_set1_ps(xs[2 * j]), x1 = _mm512_set1_ps(xs[2 * j + 1]);
@@ -147,7 +153,10 @@ INLINE void row_q8(int groups, const float *x, int64_t K, const uint8_t *group, 
     for (int g = 0; g < groups; g++) acc[g] = zero;
     for (int64_t b = 0; b < K / BLOCK; b++) {
         __m512 p[ROW_GROUPS];
-        for (int g = 0; g < groups; g++) p[g] = zero;
+        for (int g = 0; g < groups; g++) {
+            p[g] = zero;
+            prefetch(group + g * group_bytes + b * Q8_BLOCK_BYTES, Q8_BLOCK_BYTES);
+        }
         const float *xs = x + b * BLOCK;
         for (int k = 0; k < BLOCK; k++) {
             const __m512 xk = _mm512_set1_ps(xs[k]);
@@ -207,7 +216,10 @@ INLINE void row_q4(int groups, const float *x, int64_t K, const uint8_t *group, 
     for (int g = 0; g < groups; g++) acc[g][0] = acc[g][1] = _mm256_setzero_ps();
     for (int64_t b = 0; b < K / BLOCK; b++) {
         __m256 p[ROW_GROUPS][2];
-        for (int g = 0; g < groups; g++) p[g][0] = p[g][1] = _mm256_setzero_ps();
+        for (int g = 0; g < groups; g++) {
+            p[g][0] = p[g][1] = _mm256_setzero_ps();
+            prefetch(group + g * group_bytes + b * Q4_BLOCK_BYTES, Q4_BLOCK_BYTES);
+        }
         const float *xs = x + b * BLOCK;
         for (int j = 0; j < BLOCK / 2; j++) {
             const __m256 x0 = _mm256_broadcast_ss(xs + 2 * j), x1 = _mm256_broadcast_ss(xs + 2 * j + 1);
@@ -241,7 +253,10 @@ INLINE void row_q8(int groups, const float *x, int64_t K, const uint8_t *group, 
     for (int g = 0; g < groups; g++) acc[g][0] = acc[g][1] = zero;
     for (int64_t b = 0; b < K / BLOCK; b++) {
         __m256 p[ROW_GROUPS][2];
-        for (int g = 0; g < groups; g++) p[g][0] = p[g][1] = zero;
+        for (int g = 0; g < groups; g++) {
+            p[g][0] = p[g][1] = zero;
+            prefetch(group + g * group_bytes + b * Q8_BLOCK_BYTES, Q8_BLOCK_BYTES);
+        }
         const float *xs = x + b * BLOCK;
         for (int k = 0; k < BLOCK; k++) {
             const __m256 xk = _mm256_broadcast_ss(xs + k);
