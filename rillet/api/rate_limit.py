@@ -162,16 +162,18 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limits = self.limiter.limits_for(scope.get("state", {}).get("api_key"))
+        if limits is None:  # no limit, no headers: the send of every streamed chunk stays unwrapped
+            await self.app(scope, receive, send)
+            return
 
         async def send_with_headers(message) -> None:
-            if message["type"] == "http.response.start" and limits is not None:
+            if message["type"] == "http.response.start":
                 limits.add_headers(MutableHeaders(scope=message))
             await send(message)
 
-        if limits is not None:
-            try:
-                limits.take_request()
-            except APIError as error:
-                await error.response()(scope, receive, send_with_headers)
-                return
+        try:
+            limits.take_request()
+        except APIError as error:
+            await error.response()(scope, receive, send_with_headers)
+            return
         await self.app(scope, receive, send_with_headers)
