@@ -29,15 +29,13 @@
 #define BLOCK 32
 #define Q4_BLOCK_BYTES (2 * GROUP * 2 + GROUP * BLOCK / 2)
 #define Q8_BLOCK_BYTES (GROUP * 2 + GROUP * BLOCK)
-#ifdef RILLET_AVX512
-#define MAX_ROWS 8 /* rows of x per register tile: 16 sums + 1 weight + 1 broadcast of 32 registers */
-#else
 #define MAX_ROWS 6 /* rows of x per register tile: 12 partial sums + 2 weights + 1 broadcast */
+#ifdef RILLET_AVX512
+#define TILE_GROUPS 2 /* groups per register tile: 6 rows x 32 outputs, 24 registers of sums */
+#else
+#define TILE_GROUPS 1
 #endif
 #define ROW_GROUPS 4 /* groups side by side for a single row: 8 independent chains */
-#ifndef PREFETCH_BLOCKS
-#define PREFETCH_BLOCKS 16
-#endif
 #define CHUNK_BYTES (256 << 10) /* rows of x per pass over the weights: about half of L2 */
 #define INLINE static inline __attribute__((always_inline))
 
@@ -96,23 +94,36 @@ static inline __m512 fold16(__m512 acc, __m512 d, __m512 partial, __m512 m, __m5
     return _mm512_fmadd_ps(m, xs, _mm512_fmadd_ps(d, partial, acc));
 }
 
-/* rows (1..MAX_ROWS) rows of x times a group's unpacked blocks; out [rows][16].
- * qf: [K][16] integers as float; dm: [K / 32][32] d then m; xsum: [rows][K / 32]. */
-INLINE void tile(int rows, const float *x, int64_t K, const float *restrict qf, const float *restrict dm,
-                 const float *xsum, float *out) {
-    __m512 acc[MAX_ROWS];
-    for (int r = 0; r < rows; r++) acc[r] = _mm512_setzero_ps();
+/* rows (1..MAX_ROWS) rows of x times groups (1..TILE_GROUPS) groups' unpacked blocks; out
+ * [rows][groups * 16]. Group i's qf: [K][16] integers as float at qf + i K 16; its dm: [K / 32][32]
+ * d then m at dm + i K; xsum: [rows][K / 32]. Two groups a tile load two weights for each
+ * broadcast of x: fewer loads per multiply-add than one group of more rows. */
+INLINE void tile(int rows, int groups, const float *x, int64_t K, const float *restrict qf,
+                 const float *restrict dm, const float *xsum, float *out) {
+    __m512 acc[MAX_ROWS][TILE_GROUPS];
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) acc[r][g] = _mm512_setzero_ps();
     for (int64_t b = 0; b < K / BLOCK; b++) {
-        __m512 p[MAX_ROWS];
-        for (int r = 0; r < rows; r++) p[r] = _mm512_setzero_ps();
+        __m512 p[MAX_ROWS][TILE_GROUPS];
+        for (int r = 0; r < rows; r++)
+            for (int g = 0; g < groups; g++) p[r][g] = _mm512_setzero_ps();
         for (int k = 0; k < BLOCK; k++) {
-            const __m512 w = _mm512_loadu_ps(qf + (b * BLOCK + k) * GROUP);
-            for (int r = 0; r < rows; r++) p[r] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * K + b * BLOCK + k]), w, p[r]);
+            __m512 w[TILE_GROUPS];
+            for (int g = 0; g < groups; g++) w[g] = _mm512_loadu_ps(qf + g * K * GROUP + (b * BLOCK + k) * GROUP);
+            for (int r = 0; r < rows; r++) {
+                const __m512 xk = _mm512_set1_ps(x[r * K + b * BLOCK + k]);
+                for (int g = 0; g < groups; g++) p[r][g] = _mm512_fmadd_ps(xk, w[g], p[r][g]);
+            }
         }
-        const __m512 d = _mm512_loadu_ps(dm + b * 32), m = _mm512_loadu_ps(dm + b * 32 + 16);
-        for (int r = 0; r < rows; r++) acc[r] = fold16(acc[r], d, p[r], m, _mm512_set1_ps(xsum[r * (K / BLOCK) + b]));
+        for (int g = 0; g < groups; g++) {
+            const float *s = dm + g * K + b * 32;
+            const __m512 d = _mm512_loadu_ps(s), m = _mm512_loadu_ps(s + 16);
+            for (int r = 0; r < rows; r++)
+                acc[r][g] = fold16(acc[r][g], d, p[r][g], m, _mm512_set1_ps(xsum[r * (K / BLOCK) + b]));
+        }
     }
-    for (int r = 0; r < rows; r++) _mm512_storeu_ps(out + r * GROUP, acc[r]);
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) _mm512_storeu_ps(out + (r * groups + g) * GROUP, acc[r][g]);
 }
 
 /* A single row reads each block's integers straight into its sums, groups side by side. */
@@ -177,8 +188,9 @@ INLINE void row_q8(int groups, const float *x, int64_t K, const uint8_t *group, 
 
 /* rows (1..MAX_ROWS) rows of x times a group's unpacked blocks; out [rows][16].
  * qf: [K][16] integers as float; dm: [K / 32][32] d then m; xsum: [rows][K / 32]. */
-INLINE void tile(int rows, const float *x, int64_t K, const float *restrict qf, const float *restrict dm,
-                 const float *xsum, float *out) {
+INLINE void tile(int rows, int groups, const float *x, int64_t K, const float *restrict qf,
+                 const float *restrict dm, const float *xsum, float *out) {
+    (void)groups; /* TILE_GROUPS: 1 */
     for (int r = 0; r < rows; r++) {
         _mm256_storeu_ps(out + r * GROUP, _mm256_setzero_ps());
         _mm256_storeu_ps(out + r * GROUP + 8, _mm256_setzero_ps());
@@ -305,8 +317,9 @@ static void unpack_q8(const uint8_t *block, float *restrict qf, float *restrict 
         for (int n = 0; n < GROUP; n++) qf[k * GROUP + n] = (float)(int8_t)block[32 + 16 * k + n];
 }
 
-static void tile(int rows, const float *x, int64_t K, const float *restrict qf, const float *restrict dm,
-                 const float *xsum, float *out) {
+static void tile(int rows, int groups, const float *x, int64_t K, const float *restrict qf,
+                 const float *restrict dm, const float *xsum, float *out) {
+    (void)groups; /* TILE_GROUPS: 1 */
     for (int r = 0; r < rows; r++) {
         float acc[GROUP] = {0};
         for (int64_t b = 0; b < K / BLOCK; b++) {
@@ -342,21 +355,19 @@ static void row_blocks(int q8, int groups, const float *x, int64_t K, const uint
 
 #endif
 
-/* One call per row count, so that each is unrolled with its sums in registers. */
-static void tile_any(int rows, const float *x, int64_t K, const float *qf, const float *dm, const float *xsum,
-                     float *out) {
+/* One call per row and group count, so that each is unrolled with its sums in registers. */
+static void tile_any(int rows, int groups, const float *x, int64_t K, const float *qf, const float *dm,
+                     const float *xsum, float *out) {
+#define TILE(r) (groups == 1 ? tile(r, 1, x, K, qf, dm, xsum, out) : tile(r, TILE_GROUPS, x, K, qf, dm, xsum, out))
     switch (rows) {
-    case 1: tile(1, x, K, qf, dm, xsum, out); break;
-    case 2: tile(2, x, K, qf, dm, xsum, out); break;
-    case 3: tile(3, x, K, qf, dm, xsum, out); break;
-    case 4: tile(4, x, K, qf, dm, xsum, out); break;
-    case 5: tile(5, x, K, qf, dm, xsum, out); break;
-#if MAX_ROWS > 6
-    case 6: tile(6, x, K, qf, dm, xsum, out); break;
-    case 7: tile(7, x, K, qf, dm, xsum, out); break;
-#endif
-    default: tile(MAX_ROWS, x, K, qf, dm, xsum, out); break;
+    case 1: TILE(1); break;
+    case 2: TILE(2); break;
+    case 3: TILE(3); break;
+    case 4: TILE(4); break;
+    case 5: TILE(5); break;
+    default: TILE(6); break;
     }
+#undef TILE
 }
 
 /* Up to ROW_GROUPS groups of one row, with the group count a constant in each copy. */
@@ -391,7 +402,7 @@ static int matmul(const float *x, int64_t M, int64_t K, const uint8_t *packed, i
     {
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < M * blocks; i++) xsum[i] = block_sum(x + i * BLOCK);
-        float out[MAX_ROWS * GROUP > ROW_GROUPS * GROUP ? MAX_ROWS * GROUP : ROW_GROUPS * GROUP];
+        float out[MAX_ROWS * TILE_GROUPS * GROUP > ROW_GROUPS * GROUP ? MAX_ROWS * TILE_GROUPS * GROUP : ROW_GROUPS * GROUP];
         if (M == 1) {
             /* Each thread an equal run of groups (not of ROW_GROUPS-sized steps: 36 groups are 18 and
              * 18, not 20 and 16); a group's outputs do not depend on the groups beside it. */
@@ -403,24 +414,29 @@ static int matmul(const float *x, int64_t M, int64_t K, const uint8_t *packed, i
                 for (int i = 0; i < n; i++) put(out + i * GROUP, 1, y, N, (g + i) * GROUP);
             }
         } else {
-            float *qf = aligned_alloc(64, (size_t)K * GROUP * sizeof(float));
-            float *dm = aligned_alloc(64, (size_t)blocks * 32 * sizeof(float));
+            float *qf = aligned_alloc(64, (size_t)TILE_GROUPS * K * GROUP * sizeof(float));
+            float *dm = aligned_alloc(64, (size_t)TILE_GROUPS * blocks * 32 * sizeof(float));
             if (qf == NULL || dm == NULL) failed = 1;
             /* Rows in chunks that stay in L2 while every group's weights pass over them. */
             for (int64_t m0 = 0; m0 < M; m0 += chunk) {
                 const int64_t m1 = m0 + chunk < M ? m0 + chunk : M;
 #pragma omp for schedule(static)
-                for (int64_t g = 0; g < groups; g++) {
+                for (int64_t g = 0; g < groups; g += TILE_GROUPS) {
                     if (qf == NULL || dm == NULL) continue;
-                    const uint8_t *group = packed + g * group_bytes;
-                    for (int64_t b = 0; b < blocks; b++) {
-                        if (q8) unpack_q8(group + b * Q8_BLOCK_BYTES, qf + b * BLOCK * GROUP, dm + b * 32);
-                        else unpack_q4(group + b * Q4_BLOCK_BYTES, qf + b * BLOCK * GROUP, dm + b * 32);
+                    const int n = groups - g < TILE_GROUPS ? (int)(groups - g) : TILE_GROUPS;
+                    for (int i = 0; i < n; i++) {
+                        const uint8_t *group = packed + (g + i) * group_bytes;
+                        float *qf_i = qf + i * K * GROUP, *dm_i = dm + i * K;
+                        for (int64_t b = 0; b < blocks; b++) {
+                            if (q8) unpack_q8(group + b * Q8_BLOCK_BYTES, qf_i + b * BLOCK * GROUP, dm_i + b * 32);
+                            else unpack_q4(group + b * Q4_BLOCK_BYTES, qf_i + b * BLOCK * GROUP, dm_i + b * 32);
+                        }
                     }
                     for (int64_t m = m0; m < m1; m += MAX_ROWS) {
                         const int rows = m1 - m < MAX_ROWS ? (int)(m1 - m) : MAX_ROWS;
-                        tile_any(rows, x + m * K, K, qf, dm, xsum + m * blocks, out);
-                        put(out, rows, y + m * N, N, g * GROUP);
+                        tile_any(rows, n, x + m * K, K, qf, dm, xsum + m * blocks, out);
+                        for (int r = 0; r < rows; r++)
+                            for (int i = 0; i < n; i++) put(out + (r * n + i) * GROUP, 1, y + (m + r) * N, N, (g + i) * GROUP);
                     }
                 }
             }
