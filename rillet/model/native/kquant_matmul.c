@@ -34,10 +34,11 @@
 
 enum { Q5_0, Q5_1, Q4_K, Q5_K, Q6_K };
 #define GROUP 16
-#ifdef RILLET_AVX512
-#define MAX_ROWS 8 /* rows of x per register tile: 16 sums + 1 weight + 1 broadcast of 32 registers */
-#else
 #define MAX_ROWS 6 /* rows of x per register tile: 12 partial sums + 2 weights + 1 broadcast */
+#ifdef RILLET_AVX512
+#define TILE_GROUPS 2 /* groups per register tile: 6 rows x 32 outputs, 24 registers of sums */
+#else
+#define TILE_GROUPS 1
 #endif
 #define ROW_GROUPS 4 /* groups side by side for a single row */
 #define CHUNK_BYTES (256 << 10) /* rows of x per pass over the weights: about half of L2 */
@@ -209,22 +210,35 @@ INLINE void row(int t, int groups, const float *x, int64_t K, const uint8_t *w, 
     for (int g = 0; g < groups; g++) _mm512_storeu_ps(out + g * GROUP, acc[g]);
 }
 
-/* rows (1..MAX_ROWS) rows of x times a group's unpacked sub-blocks of S values; out [rows][16]. */
-INLINE void tile(int rows, int S, int offset, const float *x, int64_t K, const float *restrict qf,
+/* rows (1..MAX_ROWS) rows of x times groups (1..TILE_GROUPS) groups' unpacked sub-blocks of S values;
+ * out [rows][groups * 16]. Group i's qf at qf + i K 16, its ab at ab + 2 i K. Two groups a tile load
+ * two weights for each broadcast of x: fewer loads per multiply-add than one group of more rows. */
+INLINE void tile(int rows, int groups, int S, int offset, const float *x, int64_t K, const float *restrict qf,
                  const float *restrict ab, const float *xsum, float *out) {
-    __m512 acc[MAX_ROWS];
-    for (int r = 0; r < rows; r++) acc[r] = _mm512_setzero_ps();
+    __m512 acc[MAX_ROWS][TILE_GROUPS];
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) acc[r][g] = _mm512_setzero_ps();
     for (int64_t v0 = 0; v0 < K; v0 += S) {
-        __m512 p[MAX_ROWS];
-        for (int r = 0; r < rows; r++) p[r] = _mm512_setzero_ps();
+        __m512 p[MAX_ROWS][TILE_GROUPS];
+        for (int r = 0; r < rows; r++)
+            for (int g = 0; g < groups; g++) p[r][g] = _mm512_setzero_ps();
         for (int k = 0; k < S; k++) {
-            const __m512 w = _mm512_loadu_ps(qf + (v0 + k) * GROUP);
-            for (int r = 0; r < rows; r++) p[r] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * K + v0 + k]), w, p[r]);
+            __m512 w[TILE_GROUPS];
+            for (int g = 0; g < groups; g++) w[g] = _mm512_loadu_ps(qf + g * K * GROUP + (v0 + k) * GROUP);
+            for (int r = 0; r < rows; r++) {
+                const __m512 xk = _mm512_set1_ps(x[r * K + v0 + k]);
+                for (int g = 0; g < groups; g++) p[r][g] = _mm512_fmadd_ps(xk, w[g], p[r][g]);
+            }
         }
-        const __m512 a = _mm512_loadu_ps(ab + v0 / S * 32), b = _mm512_loadu_ps(ab + v0 / S * 32 + 16);
-        for (int r = 0; r < rows; r++) acc[r] = fold16(offset, acc[r], a, p[r], b, xsum + r * (K / 32) + v0 / 32);
+        for (int g = 0; g < groups; g++) {
+            const float *s = ab + 2 * g * K + v0 / S * 32;
+            const __m512 a = _mm512_loadu_ps(s), b = _mm512_loadu_ps(s + 16);
+            for (int r = 0; r < rows; r++)
+                acc[r][g] = fold16(offset, acc[r][g], a, p[r][g], b, xsum + r * (K / 32) + v0 / 32);
+        }
     }
-    for (int r = 0; r < rows; r++) _mm512_storeu_ps(out + r * GROUP, acc[r]);
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) _mm512_storeu_ps(out + (r * groups + g) * GROUP, acc[r][g]);
 }
 
 #else
@@ -276,8 +290,9 @@ INLINE void row(int t, int groups, const float *x, int64_t K, const uint8_t *w, 
 }
 
 /* rows (1..MAX_ROWS) rows of x times a group's unpacked sub-blocks of S values; out [rows][16]. */
-INLINE void tile(int rows, int S, int offset, const float *x, int64_t K, const float *restrict qf,
+INLINE void tile(int rows, int groups, int S, int offset, const float *x, int64_t K, const float *restrict qf,
                  const float *restrict ab, const float *xsum, float *out) {
+    (void)groups; /* TILE_GROUPS: 1 */
     __m256 acc[MAX_ROWS][2];
     for (int r = 0; r < rows; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     for (int64_t v0 = 0; v0 < K; v0 += S) {
@@ -311,11 +326,6 @@ INLINE void tile(int rows, int S, int offset, const float *x, int64_t K, const f
     default: call(4); }
 #define UP_TO_6(n, call) switch (n) { case 1: call(1); break; case 2: call(2); break; case 3: call(3); break; \
     case 4: call(4); break; case 5: call(5); break; default: call(6); }
-#if MAX_ROWS > 6
-#define UP_TO_MAX_ROWS(n, call) if (n > 6) { if (n == 7) call(7); else call(8); } else UP_TO_6(n, call)
-#else
-#define UP_TO_MAX_ROWS UP_TO_6
-#endif
 #define BY_TYPE(call) switch (t) { case Q5_0: call(Q5_0); break; case Q5_1: call(Q5_1); break; \
     case Q4_K: call(Q4_K); break; case Q5_K: call(Q5_K); break; default: call(Q6_K); }
 
@@ -334,10 +344,11 @@ static void unpack_any(int t, const uint8_t *group, int64_t K, float *qf, float 
 #undef UNPACK
 }
 
-static void tile_any(int t, int rows, const float *x, int64_t K, const float *qf, const float *ab, const float *xsum,
-                     float *out) {
-#define TILE(n) tile(n, sub_values(T), !bias(T), x, K, qf, ab, xsum, out)
-#define TILES(type) { enum { T = type }; UP_TO_MAX_ROWS(rows, TILE) }
+static void tile_any(int t, int rows, int groups, const float *x, int64_t K, const float *qf, const float *ab,
+                     const float *xsum, float *out) {
+#define TILE(n) (groups == 1 ? tile(n, 1, sub_values(T), !bias(T), x, K, qf, ab, xsum, out) \
+                             : tile(n, TILE_GROUPS, sub_values(T), !bias(T), x, K, qf, ab, xsum, out))
+#define TILES(type) { enum { T = type }; UP_TO_6(rows, TILE) }
     switch (t) { case Q5_0: TILES(Q5_0); break; case Q6_K: TILES(Q6_K); break; default: TILES(Q4_K); }
 #undef TILE
 #undef TILES
@@ -361,7 +372,7 @@ static int matmul(int t, const float *x, int64_t M, int64_t K, const uint8_t *pa
     {
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < M * K / 32; i++) xsum[i] = block_sum(x + i * 32);
-        float out[MAX_ROWS * GROUP > ROW_GROUPS * GROUP ? MAX_ROWS * GROUP : ROW_GROUPS * GROUP];
+        float out[MAX_ROWS * TILE_GROUPS * GROUP > ROW_GROUPS * GROUP ? MAX_ROWS * TILE_GROUPS * GROUP : ROW_GROUPS * GROUP];
         if (M == 1) {
             /* Each thread an equal run of groups (not of ROW_GROUPS-sized steps: 36 groups are 18 and
              * 18, not 20 and 16); a group's outputs do not depend on the groups beside it. */
@@ -373,20 +384,23 @@ static int matmul(int t, const float *x, int64_t M, int64_t K, const uint8_t *pa
                 for (int i = 0; i < n; i++) put(out + i * GROUP, 1, y, N, (g + i) * GROUP);
             }
         } else {
-            float *qf = aligned_alloc(64, (size_t)K * GROUP * sizeof(float));
-            float *ab = aligned_alloc(64, (size_t)K * 2 * sizeof(float)); /* 32 floats per 16 values at most */
+            float *qf = aligned_alloc(64, (size_t)TILE_GROUPS * K * GROUP * sizeof(float));
+            /* 32 floats per 16 values at most */
+            float *ab = aligned_alloc(64, (size_t)TILE_GROUPS * K * 2 * sizeof(float));
             if (qf == NULL || ab == NULL) failed = 1;
             /* Rows in chunks that stay in L2 while every group's weights pass over them. */
             for (int64_t m0 = 0; m0 < M; m0 += chunk) {
                 const int64_t m1 = m0 + chunk < M ? m0 + chunk : M;
 #pragma omp for schedule(static)
-                for (int64_t g = 0; g < groups; g++) {
+                for (int64_t g = 0; g < groups; g += TILE_GROUPS) {
                     if (qf == NULL || ab == NULL) continue;
-                    unpack_any(t, packed + g * group_bytes, K, qf, ab);
+                    const int n = groups - g < TILE_GROUPS ? (int)(groups - g) : TILE_GROUPS;
+                    for (int i = 0; i < n; i++) unpack_any(t, packed + (g + i) * group_bytes, K, qf + i * K * GROUP, ab + 2 * i * K);
                     for (int64_t m = m0; m < m1; m += MAX_ROWS) {
                         const int rows = m1 - m < MAX_ROWS ? (int)(m1 - m) : MAX_ROWS;
-                        tile_any(t, rows, x + m * K, K, qf, ab, xsum + m * (K / 32), out);
-                        put(out, rows, y + m * N, N, g * GROUP);
+                        tile_any(t, rows, n, x + m * K, K, qf, ab, xsum + m * (K / 32), out);
+                        for (int r = 0; r < rows; r++)
+                            for (int i = 0; i < n; i++) put(out + (r * n + i) * GROUP, 1, y + (m + r) * N, N, (g + i) * GROUP);
                     }
                 }
             }
