@@ -16,12 +16,17 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from rillet.api.access_log import RequestRecord, record_of
 from rillet.api.auth import api_key_of, check_model_allowed
 from rillet.api.errors import APIError, ErrorKind, engine_error
-from rillet.api.framing import gather, stream_events, whole_response
+from rillet.api.framing import (
+    EventStreamResponse,
+    gather,
+    stream_events,
+    whole_response,
+)
 from rillet.api.metrics import ApiMetrics
 from rillet.api.output import Completion
 from rillet.api.prompt import encode_prompt, render_prompt
@@ -74,8 +79,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
         return JSONResponse({}, status_code=499)
     outputs = _observed(first, outputs, completion, record, request.app.state.metrics, reservation)
     if body.stream:
-        return StreamingResponse(stream_events(completion, outputs, record), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return EventStreamResponse(stream_events(completion, outputs, record),
+                                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
         gathered = await _unless_disconnected(request, gather(completion, outputs))
     except Exception as error:

@@ -2,11 +2,12 @@
 The non-stream answer is the stream, gathered."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from json.encoder import encode_basestring
 
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from rillet.api import sse
 from rillet.api.access_log import RequestRecord
@@ -68,6 +69,38 @@ async def stream_events(completion: Completion, outputs: AsyncIterator[RequestOu
             record.stream_error = api_error.kind.value.code
             yield sse.error_event(api_error)
         yield sse.DONE
+
+
+class EventStreamResponse(StreamingResponse):
+    """starlette's StreamingResponse for a stream of bytes events, with two differences on the path
+    every streamed token takes: the stream and the watch for the client's going away run as two
+    asyncio tasks instead of in an anyio task group (one fewer frame per chunk and no cancel scope
+    per request), and a chunk is sent as it comes, with no check that it is bytes. As there, the
+    first to end cancels the other (a client gone cancels the stream, and so the request in the
+    engine), and an exception of either is raised."""
+
+    media_type = "text/event-stream"
+
+    async def stream_response(self, send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async for chunk in self.body_iterator:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def __call__(self, scope, receive, send) -> None:
+        tasks = (asyncio.ensure_future(self.stream_response(send)),
+                 asyncio.ensure_future(self.listen_for_disconnect(receive)))
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()
+        if self.background is not None:
+            await self.background()
 
 
 async def gather(completion: Completion, outputs: AsyncIterator[RequestOutput]) -> None:
