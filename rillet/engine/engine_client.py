@@ -19,30 +19,29 @@ class EngineDeadError(RuntimeError):
 
 
 class _OutputStream:
-    """One request's outputs on their way from _dispatch to its generate(): a deque and at most one
-    waiting future. asyncio.Queue does the same with more bookkeeping (getter and putter deques, an
-    unfinished-task count), and this hand-off happens once per streamed token."""
+    """One request's outputs on their way from _dispatch to its generate(): a deque, and a future
+    while generate() waits for the deque to fill. asyncio.Queue does the same with more bookkeeping
+    (getter and putter deques, an unfinished-task count, a coroutine per get), and this hand-off
+    happens once per streamed token."""
 
-    __slots__ = ("_items", "_waiter")
+    __slots__ = ("_waiter", "items")
 
     def __init__(self) -> None:
-        self._items: deque = deque()
+        self.items: deque[RequestOutput | BaseException] = deque()
         self._waiter: asyncio.Future | None = None
 
     def put(self, item: RequestOutput | BaseException) -> None:
-        self._items.append(item)
+        self.items.append(item)
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():  # done: its waiter was cancelled
+                waiter.set_result(None)
 
-    async def get(self) -> RequestOutput | BaseException:
-        while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._items.popleft()
+    def arrival(self) -> asyncio.Future:
+        """A future that is done when the next item is put."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        return self._waiter
 
 
 class EngineClient:
@@ -68,11 +67,14 @@ class EngineClient:
         if not self.is_alive:
             raise EngineDeadError("the engine is not running")
         stream = self._streams[request_id] = _OutputStream()
+        items = stream.items
         finished = False
         try:
             self._send_command(("add", request_id, prompt_token_ids, params))
             while not finished:
-                item = await stream.get()
+                while not items:
+                    await stream.arrival()
+                item = items.popleft()
                 if isinstance(item, BaseException):
                     finished = True
                     raise item
