@@ -55,6 +55,9 @@ async def stream_events(completion: Completion, outputs: AsyncIterator[RequestOu
             yield chunks.event(completion.first_deltas())
             async for output in outputs:
                 choices = completion.apply(output)
+                if len(choices) == 1 and not output.finished:  # most outputs: one token of one choice
+                    yield chunks.event(choices)
+                    continue
                 events = [chunks.event([choice]) for choice in choices]
                 if output.finished:
                     usage = completion.usage()
