@@ -1,10 +1,11 @@
 /* What quant_matmul.c and kquant_matmul.c share: the sum of a block of 32 float32 activations, in
- * one order on every code path (the b * sum(x) term of a block with an offset). Included after isa.h
- * (and <immintrin.h> on AVX2). */
+ * one order on every code path (the b * sum(x) term of a block with an offset). Included after isa.h. */
 #ifndef RILLET_BLOCK_SUM_H
 #define RILLET_BLOCK_SUM_H
 
 #ifdef RILLET_AVX2
+#include <immintrin.h>
+
 static inline float block_sum(const float *x) {
     const __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(x + 8)),
                                    _mm256_add_ps(_mm256_loadu_ps(x + 16), _mm256_loadu_ps(x + 24)));

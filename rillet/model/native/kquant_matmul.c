@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "isa.h"
+#include "block_sum.h"
 
 enum { Q5_0, Q5_1, Q4_K, Q5_K, Q6_K };
 #define GROUP 16
@@ -63,7 +64,6 @@ static inline __m256 half8(const uint8_t *p) { return _mm256_cvtph_ps(load16(p))
 static inline __m256 u8_floats(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)); }
 static inline __m256 i8_floats(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)); }
 
-#include "block_sum.h"
 
 /* The 16 rows' q - bias for value k of a sub-block, as bytes (int8 where there is a bias). The 16-bit
  * shifts move the wanted bits to the bottom of their own byte before the mask, so none crosses bytes. */
@@ -417,7 +417,6 @@ static int matmul(int t, const float *x, int64_t M, int64_t K, const uint8_t *pa
 /* Portable C: each output one row at a time, its sums in the AVX2 path's order. */
 #include "half_float.h"
 
-#include "block_sum.h"
 
 /* Integer q(n, k) of row n (0..15), value k of a sub-block, less the bias. */
 static int value_of(int t, const uint8_t *sub, int n, int k) {

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "isa.h"
+#include "block_sum.h"
 
 #define GROUP 16
 #define BLOCK 32
@@ -46,7 +47,6 @@ const char *quant_matmul_isa(void) { return RILLET_ISA_NAME; }
 
 static inline __m256 half8(const uint8_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
-#include "block_sum.h"
 
 /* One block's 32 x 16 integers of a group as float32 [k][16] into qf; its d and m into dm[32]. */
 INLINE void unpack_q4(const uint8_t *block, float *restrict qf, float *restrict dm) {
@@ -300,7 +300,6 @@ INLINE void row_q8(int groups, const float *x, int64_t K, const uint8_t *group, 
 /* Portable C: the vector paths' sums output by output, in their order (fmaf where they fuse). */
 #include "half_float.h"
 
-#include "block_sum.h"
 
 static void unpack_q4(const uint8_t *block, float *restrict qf, float *restrict dm) {
     for (int n = 0; n < 2 * GROUP; n++) dm[n] = half_to_float(block + 2 * n);
