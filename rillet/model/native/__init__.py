@@ -37,9 +37,13 @@ ISAS = {
         "avx2": (["-mavx2", "-mfma", "-mf16c"], {"avx2", "fma", "f16c"}),
         "scalar": ([], set()),
     },
+    # Explicit -march flags (not -mcpu=native): the cache key has the flags, not the CPU. Plain
+    # -march=armv8-a has NEON, so the portable C path is built with +nosimd. +fp16 lets the compiler
+    # use half-precision arithmetic, so neon_dotprod needs the CPU's fphp and asimdhp too.
     "aarch64": {
-        "neon": (["-mcpu=native"], {"asimd"}),
-        "scalar": ([], set()),
+        "neon_dotprod": (["-march=armv8.2-a+fp16+dotprod"], {"asimd", "asimddp", "fphp", "asimdhp"}),
+        "neon": (["-march=armv8-a"], {"asimd"}),
+        "scalar": (["-march=armv8-a+nosimd"], set()),
     },
 }
 # -ffast-math only when compiling: linked with it, the library would turn on flush-to-zero for

@@ -13,6 +13,16 @@ static inline float block_sum(const float *x) {
     const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
     return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
 }
+#elif defined(RILLET_NEON)
+/* The AVX2 path's tree: s[0..3] and s[4..7] in two registers, then h = s[i] + s[i + 4]. */
+static inline float block_sum(const float *x) {
+    float32x4_t s[2];
+    for (int i = 0; i < 2; i++)
+        s[i] = vaddq_f32(vaddq_f32(vld1q_f32(x + 4 * i), vld1q_f32(x + 8 + 4 * i)),
+                         vaddq_f32(vld1q_f32(x + 16 + 4 * i), vld1q_f32(x + 24 + 4 * i)));
+    const float32x4_t h = vaddq_f32(s[0], s[1]);
+    return vpadds_f32(vadd_f32(vget_low_f32(h), vget_high_f32(h))); /* (h0 + h2) + (h1 + h3) */
+}
 #else
 /* The same additions in the same order. */
 static float block_sum(const float *x) {

@@ -1,6 +1,7 @@
 /* What int8_matmul.c and kquant_int8_matmul.c share: rounding a block of 32 activations to int8, so
- * that both formats (and every code path) round them exactly alike, and on AVX2 broadcasting four of
- * their bytes. Included after isa.h (and <immintrin.h> on AVX2), <math.h> and <string.h>. */
+ * that both formats (and every code path) round them exactly alike, and on AVX2 and NEON broadcasting
+ * four of their bytes and adding products. Included after isa.h (and <immintrin.h> on AVX2), <math.h>
+ * and <string.h>. */
 #ifndef RILLET_INT8_ACTIVATIONS_H
 #define RILLET_INT8_ACTIVATIONS_H
 
@@ -60,6 +61,45 @@ static void quantize_block(const float *x, int8_t *q, float *dx, float *sx) {
     _mm256_storeu_si256((__m256i *)q, ordered);
     *dx = d;
     *sx = d * (float)_mm_cvtsi128_si32(t);
+}
+
+#elif defined(RILLET_NEON)
+
+/* NEON: add_products(sum, w, x) adds to each 32-bit lane n the four products w[4n + i] x[4n + i]: sdot
+ * where the CPU has it; else widening multiplies, pairs added in 16 bits (at most 2 * 128 * 127, as x
+ * is in -127..127) and then into the 32-bit lanes. The same integers either way. */
+static inline int32x4_t add_products(int32x4_t sum, int8x16_t w, int8x16_t x) {
+#ifdef RILLET_NEON_DOTPROD
+    return vdotq_s32(sum, w, x);
+#else
+    const int16x8_t low = vmull_s8(vget_low_s8(w), vget_low_s8(x)), high = vmull_high_s8(w, x);
+    return vpadalq_s16(sum, vpaddq_s16(low, high));
+#endif
+}
+
+/* Four bytes of x's integers, repeated across a register. */
+static inline int8x16_t broadcast4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return vreinterpretq_s8_s32(vdupq_n_s32(v));
+}
+
+/* One block of 32 floats -> 32 int8, its scale dx and sx = dx * sum(q): the portable C steps, four
+ * values at a time (vcvtnq rounds to nearest even, as nearbyintf does). */
+static void quantize_block(const float *x, int8_t *q, float *dx, float *sx) {
+    float32x4_t v[8], a = vdupq_n_f32(0.0f);
+    for (int j = 0; j < 8; j++) v[j] = vld1q_f32(x + 4 * j), a = vmaxnmq_f32(a, vabsq_f32(v[j]));
+    const float amax = vmaxnmvq_f32(a);
+    const float inv = amax != 0.0f ? 127.0f / amax : 0.0f;
+    int32x4_t i[8], sum = vdupq_n_s32(0);
+    for (int j = 0; j < 8; j++) i[j] = vcvtnq_s32_f32(vmulq_n_f32(v[j], inv)), sum = vaddq_s32(sum, i[j]);
+    for (int j = 0; j < 2; j++) {
+        const int16x8_t h0 = vcombine_s16(vmovn_s32(i[4 * j]), vmovn_s32(i[4 * j + 1]));
+        const int16x8_t h1 = vcombine_s16(vmovn_s32(i[4 * j + 2]), vmovn_s32(i[4 * j + 3]));
+        vst1q_s8(q + 16 * j, vcombine_s8(vmovn_s16(h0), vmovn_s16(h1)));
+    }
+    *dx = amax / 127.0f;
+    *sx = *dx * (float)vaddvq_s32(sum);
 }
 
 #else

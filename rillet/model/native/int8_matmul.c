@@ -15,9 +15,10 @@
  * A block adds (d dx) * sum(q xq) + m sx to output n. The integer sums are exact; the float steps
  * run in one order whatever M is and whichever tile computes them, so a row's result does not
  * depend on the rows batched with it. Compiled without fp contraction to keep that order.
- * Three code paths (isa.h): AVX-512 adds the products with VNNI's vpdpbusd, AVX2 with vpmaddubsw and
- * vpmaddwd, portable C one by one; all three compute the same integer sums and the same float steps
- * (fmaf where the vector paths fuse), so their results are identical bit for bit.
+ * Four code paths (isa.h): AVX-512 adds the products with VNNI's vpdpbusd, AVX2 with vpmaddubsw and
+ * vpmaddwd, NEON with sdot (or smull and sadalp without dotprod), portable C one by one; all compute
+ * the same integer sums and the same float steps (fmaf where the vector paths fuse), so their results
+ * are identical bit for bit.
  * Returns 0, or -1 (K not a multiple of 32, out of memory).
  */
 #include <math.h>
@@ -135,6 +136,87 @@ INLINE void tile_q8(int rows, int groups, const int8_t *xq, const float *xd, con
     }
     for (int r = 0; r < rows; r++)
         for (int g = 0; g < groups; g++) _mm256_storeu_ps(out + (r * groups + g) * GROUP, acc[r][g]);
+}
+
+#elif defined(RILLET_NEON)
+
+#include "int8_activations.h"
+
+/* NEON: a group's 8 outputs in two registers of four lanes, integer sums by add_products (sdot, or
+ * widening multiplies), the float steps per lane in the portable C path's order (vfmaq where it has fmaf).
+ * The outputs' totals are kept in out, read and written once a block. */
+static inline float32x4_t half4(const uint8_t *p) { return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(p))); }
+
+/* rows x groups tile: rows of x (integers xq [rows][K], scales xd/xs [rows][K / 32]) times
+ * groups consecutive groups of W; out [rows][groups * 8]. */
+INLINE void tile_q4(int rows, int groups, const int8_t *xq, const float *xd, const float *xs, int64_t K,
+                    const uint8_t *w, int64_t group_bytes, float *out) {
+    const int64_t blocks = K / BLOCK;
+    for (int n = 0; n < rows * groups * GROUP; n += 4) vst1q_f32(out + n, vdupq_n_f32(0.0f));
+    for (int64_t b = 0; b < blocks; b++) {
+        int32x4_t sum[TILE_ROWS][ROW_GROUPS][2];
+        for (int r = 0; r < rows; r++)
+            for (int g = 0; g < groups; g++) sum[r][g][0] = sum[r][g][1] = vdupq_n_s32(0);
+        for (int g = 0; g < groups; g++) prefetch(w + g * group_bytes + b * Q4_BLOCK_BYTES, Q4_BLOCK_BYTES);
+        for (int t = 0; t < 4; t++) {
+            int8x16_t low[TILE_ROWS], high[TILE_ROWS]; /* x for the low nibbles (k 4t + i), the high (16 + 4t + i) */
+            for (int r = 0; r < rows; r++) {
+                low[r] = broadcast4(xq + r * K + b * BLOCK + 4 * t);
+                high[r] = broadcast4(xq + r * K + b * BLOCK + 16 + 4 * t);
+            }
+            for (int g = 0; g < groups; g++)
+                for (int i = 0; i < 2; i++) {
+                    const uint8x16_t v = vld1q_u8(w + g * group_bytes + b * Q4_BLOCK_BYTES + 32 + 32 * t + 16 * i);
+                    const int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(15)));
+                    const int8x16_t hi = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+                    for (int r = 0; r < rows; r++)
+                        sum[r][g][i] = add_products(add_products(sum[r][g][i], lo, low[r]), hi, high[r]);
+                }
+        }
+        for (int g = 0; g < groups; g++) {
+            const uint8_t *block = w + g * group_bytes + b * Q4_BLOCK_BYTES;
+            for (int i = 0; i < 2; i++) {
+                const float32x4_t d = half4(block + 8 * i), m = half4(block + 16 + 8 * i);
+                for (int r = 0; r < rows; r++) {
+                    float *o = out + (r * groups + g) * GROUP + 4 * i;
+                    const float32x4_t scaled = vmulq_n_f32(d, xd[r * blocks + b]);
+                    const float32x4_t acc = vfmaq_f32(vld1q_f32(o), scaled, vcvtq_f32_s32(sum[r][g][i]));
+                    vst1q_f32(o, vfmaq_n_f32(acc, m, xs[r * blocks + b]));
+                }
+            }
+        }
+    }
+}
+
+INLINE void tile_q8(int rows, int groups, const int8_t *xq, const float *xd, const float *xs, int64_t K,
+                    const uint8_t *w, int64_t group_bytes, float *out) {
+    (void)xs;
+    const int64_t blocks = K / BLOCK;
+    for (int n = 0; n < rows * groups * GROUP; n += 4) vst1q_f32(out + n, vdupq_n_f32(0.0f));
+    for (int64_t b = 0; b < blocks; b++) {
+        int32x4_t sum[TILE_ROWS][ROW_GROUPS][2];
+        for (int r = 0; r < rows; r++)
+            for (int g = 0; g < groups; g++) sum[r][g][0] = sum[r][g][1] = vdupq_n_s32(0);
+        for (int g = 0; g < groups; g++) prefetch(w + g * group_bytes + b * Q8_BLOCK_BYTES, Q8_BLOCK_BYTES);
+        for (int t = 0; t < 8; t++) {
+            int8x16_t xt[TILE_ROWS];
+            for (int r = 0; r < rows; r++) xt[r] = broadcast4(xq + r * K + b * BLOCK + 4 * t);
+            for (int g = 0; g < groups; g++)
+                for (int i = 0; i < 2; i++) {
+                    const int8x16_t v = vld1q_s8((const int8_t *)w + g * group_bytes + b * Q8_BLOCK_BYTES + 16 + 32 * t + 16 * i);
+                    for (int r = 0; r < rows; r++) sum[r][g][i] = add_products(sum[r][g][i], v, xt[r]);
+                }
+        }
+        for (int g = 0; g < groups; g++)
+            for (int i = 0; i < 2; i++) {
+                const float32x4_t d = half4(w + g * group_bytes + b * Q8_BLOCK_BYTES + 8 * i);
+                for (int r = 0; r < rows; r++) {
+                    float *o = out + (r * groups + g) * GROUP + 4 * i;
+                    const float32x4_t scaled = vmulq_n_f32(d, xd[r * blocks + b]);
+                    vst1q_f32(o, vfmaq_f32(vld1q_f32(o), scaled, vcvtq_f32_s32(sum[r][g][i])));
+                }
+            }
+    }
 }
 
 #else

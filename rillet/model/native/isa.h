@@ -1,6 +1,7 @@
 /* Which code path a kernel library compiles to, from the flags it is built with
  * (rillet/model/native/__init__.py's ISAS): RILLET_AVX512 (AVX-512 with VNNI, over AVX2),
- * RILLET_AVX2 (AVX2, FMA, F16C), else portable C. Each library reports its path by <name>_isa(). */
+ * RILLET_AVX2 (AVX2, FMA, F16C), RILLET_NEON (AArch64, with RILLET_NEON_DOTPROD where sdot is
+ * enabled), else portable C. Each library reports its path by <name>_isa(). */
 #ifndef RILLET_ISA_H
 #define RILLET_ISA_H
 
@@ -9,6 +10,16 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
 #define RILLET_AVX512 1
 #endif
+#endif
+
+/* AArch64: NEON with fused multiply-add (every AArch64 CPU), and the int8 dot product (sdot) where the
+ * flags enable it (Armv8.2's dotprod). The portable C path is built with +nosimd. */
+#if defined(__aarch64__) && defined(__ARM_NEON) && defined(__ARM_FEATURE_FMA)
+#define RILLET_NEON 1
+#if defined(__ARM_FEATURE_DOTPROD)
+#define RILLET_NEON_DOTPROD 1
+#endif
+#include <arm_neon.h>
 #endif
 
 /* Weights are read as a few streams at once (one per group of outputs), each crossing a page every
@@ -24,6 +35,10 @@ static inline void prefetch(const void *block, long bytes) {
 #define RILLET_ISA_NAME "avx512"
 #elif defined(RILLET_AVX2)
 #define RILLET_ISA_NAME "avx2"
+#elif defined(RILLET_NEON_DOTPROD)
+#define RILLET_ISA_NAME "neon_dotprod"
+#elif defined(RILLET_NEON)
+#define RILLET_ISA_NAME "neon"
 #else
 #define RILLET_ISA_NAME "scalar"
 #endif

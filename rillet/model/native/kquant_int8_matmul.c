@@ -17,9 +17,10 @@
  * A sub-block adds (a dx) * sum((q - bias) xq) + b sx to output n. The integer sums are exact (the
  * bias is subtracted in integers); the float steps run in one order whatever M is and whichever tile
  * computes them, so a row's result does not depend on the rows batched with it. Compiled without fp
- * contraction to keep that order. Three code paths (isa.h): AVX-512 adds the products with VNNI's
- * vpdpbusd, AVX2 with vpmaddubsw, portable C one by one; all compute the same integer sums and the same
- * float steps in the same order (fmaf where the vector paths fuse), so their results are identical.
+ * contraction to keep that order. Four code paths (isa.h): AVX-512 adds the products with VNNI's
+ * vpdpbusd, AVX2 with vpmaddubsw, NEON with sdot (or smull and sadalp), portable C one by one; all
+ * compute the same integer sums and the same float steps in the same order (fmaf where the vector paths
+ * fuse), so their results are identical.
  * Returns 0, or -1 (K not a multiple of the block, out of memory).
  */
 #include <math.h>
@@ -155,6 +156,112 @@ INLINE void tile(int type, int rows, int groups, const int8_t *xq, const float *
     for (int r = 0; r < rows; r++)
         for (int g = 0; g < groups; g++) _mm256_storeu_ps(out + (r * groups + g) * GROUP, acc[r][g]);
 }
+
+#endif /* RILLET_AVX2 */
+
+#ifdef RILLET_NEON
+
+/* NEON: a group's 8 outputs in two registers of four lanes, integer sums by add_products (sdot, or
+ * widening multiplies) of q - bias (in -32..63: int8) and xq, the float steps per lane in the portable
+ * C path's order (vfmaq where it has fmaf). The outputs' totals are kept in out. The driver below
+ * (tile_any ... matmul) is the AVX2 path's. */
+static inline float32x4_t half4(const uint8_t *p) { return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(p))); }
+
+/* 8 bytes as floats (unsigned, signed): rows 0-3 in f[0], 4-7 in f[1]. */
+INLINE void u8_floats(const uint8_t *p, float32x4_t f[2]) {
+    const uint16x8_t a = vmovl_u8(vld1_u8(p));
+    f[0] = vcvtq_f32_u32(vmovl_u16(vget_low_u16(a))), f[1] = vcvtq_f32_u32(vmovl_high_u16(a));
+}
+
+INLINE void i8_floats(const uint8_t *p, float32x4_t f[2]) {
+    const int16x8_t a = vmovl_s8(vld1_s8((const int8_t *)p));
+    f[0] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(a))), f[1] = vcvtq_f32_s32(vmovl_high_s16(a));
+}
+
+#include "int8_activations.h"
+
+/* Run t of half h of 32 values (value 16h + 4t + i of row n in byte 4n + i): q - bias for rows 0-3
+ * (q[0]) and 4-7 (q[1]). */
+INLINE void run(int type, const uint8_t *values, int h, int t, int8x16_t q[2]) {
+    for (int i = 0; i < 2; i++) {
+        const uint8x16_t v = vld1q_u8(values + 32 * t + 16 * i);
+        uint8x16_t u = h ? vshrq_n_u8(v, 4) : vandq_u8(v, vdupq_n_u8(15));
+        if (bits(type) == 5) {
+            const uint8x16_t p = vshlq_u8(vld1q_u8(values + 128 + 16 * i), vdupq_n_s8((int8_t)-(4 * h + t)));
+            u = vorrq_u8(u, vshlq_n_u8(vandq_u8(p, vdupq_n_u8(1)), 4));
+        } else if (bits(type) == 6) {
+            const uint8x16_t p = vshlq_u8(vld1q_u8(values + 128 + 32 * h + 16 * i), vdupq_n_s8((int8_t)(-2 * t)));
+            u = vorrq_u8(u, vshlq_n_u8(vandq_u8(p, vdupq_n_u8(3)), 4));
+        }
+        q[i] = vreinterpretq_s8_u8(vsubq_u8(u, vdupq_n_u8((uint8_t)bias(type))));
+    }
+}
+
+/* a and b of sub-block s for a group's 8 rows (two registers each), from its block header hd. */
+INLINE void scales(int t, const uint8_t *hd, int s, float32x4_t a[2], float32x4_t b[2]) {
+    for (int i = 0; i < 2; i++) a[i] = half4(hd + 8 * i), b[i] = t == Q5_1 ? half4(hd + 16 + 8 * i) : vdupq_n_f32(0.0f);
+    if (t == Q4_K || t == Q5_K) {
+        float32x4_t sc[2], m[2];
+        u8_floats(hd + 32 + 8 * s, sc);
+        u8_floats(hd + 96 + 8 * s, m);
+        for (int i = 0; i < 2; i++) a[i] = vmulq_f32(a[i], sc[i]), b[i] = vnegq_f32(vmulq_f32(half4(hd + 16 + 8 * i), m[i]));
+    }
+    if (t == Q6_K) {
+        float32x4_t sc[2];
+        i8_floats(hd + 16 + 8 * s, sc);
+        for (int i = 0; i < 2; i++) a[i] = vmulq_f32(a[i], sc[i]);
+    }
+}
+
+/* rows x groups tile: rows of x (integers xq [rows][K], scales xd/xs [rows][K / 32]) times groups
+ * consecutive groups of W; out [rows][groups * 8]. */
+INLINE void tile(int type, int rows, int groups, const int8_t *xq, const float *xd, const float *xs, int64_t K,
+                 const uint8_t *w, int64_t group_bytes, float *out) {
+    const int64_t blocks = K / 32;
+    const int per_block = block_values(type) / 32;
+    for (int n = 0; n < rows * groups * GROUP; n += 4) vst1q_f32(out + n, vdupq_n_f32(0.0f));
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *header = w + b / per_block * block_bytes(type);
+        const uint8_t *values = header + header_bytes(type) + b % per_block * run_bytes(type);
+        if (b % per_block == 0)
+            for (int g = 0; g < groups; g++) prefetch(header + g * group_bytes, block_bytes(type));
+        /* Q6_K: each half (16 values) its own sum and scale; the others: one sum over both halves. */
+        int32x4_t sum[TILE_ROWS][ROW_GROUPS][2];
+        for (int h = 0; h < 2; h++) {
+            if (h == 0 || type == Q6_K)
+                for (int r = 0; r < rows; r++)
+                    for (int g = 0; g < groups; g++) sum[r][g][0] = sum[r][g][1] = vdupq_n_s32(0);
+            for (int t = 0; t < 4; t++) {
+                int8x16_t xt[TILE_ROWS];
+                for (int r = 0; r < rows; r++) xt[r] = broadcast4(xq + r * K + b * 32 + 16 * h + 4 * t);
+                for (int g = 0; g < groups; g++) {
+                    int8x16_t q[2];
+                    run(type, values + g * group_bytes, h, t, q);
+                    for (int r = 0; r < rows; r++)
+                        for (int i = 0; i < 2; i++) sum[r][g][i] = add_products(sum[r][g][i], q[i], xt[r]);
+                }
+            }
+            if (type != Q6_K && h == 0) continue;
+            for (int g = 0; g < groups; g++) {
+                float32x4_t a[2], offset[2];
+                scales(type, header + g * group_bytes, type == Q6_K ? 2 * (int)(b % per_block) + h : (int)(b % per_block),
+                       a, offset);
+                for (int r = 0; r < rows; r++)
+                    for (int i = 0; i < 2; i++) {
+                        float *o = out + (r * groups + g) * GROUP + 4 * i;
+                        const float32x4_t scaled = vmulq_n_f32(a[i], xd[r * blocks + b]);
+                        float32x4_t acc = vfmaq_f32(vld1q_f32(o), scaled, vcvtq_f32_s32(sum[r][g][i]));
+                        if (!bias(type)) acc = vfmaq_n_f32(acc, offset[i], xs[r * blocks + b]);
+                        vst1q_f32(o, acc);
+                    }
+            }
+        }
+    }
+}
+
+#endif /* RILLET_NEON */
+
+#if defined(RILLET_AVX2) || defined(RILLET_NEON)
 
 /* Each (type, rows, groups) a copy of its own, unrolled with its sums in registers. */
 static void tile_any(int t, int rows, int groups, const int8_t *xq, const float *xd, const float *xs, int64_t K,

@@ -19,9 +19,9 @@
  * Each sub-block adds a * (sum of x (q - bias)) + b * (sum of x) to an output, the sums over its
  * values. Every sum runs in one fixed order, whatever M is and whichever path computes it, so a row's
  * result does not depend on the rows batched with it. Compiled without -ffast-math and without fp
- * contraction so that the compiler keeps that order. Three code paths (isa.h), each output's sums the
- * same on all: AVX-512 holds a group's 16 outputs in one register, AVX2 in two, portable C one output at
- * a time (fmaf where the vector paths fuse); so their results are identical bit for bit.
+ * contraction so that the compiler keeps that order. Four code paths (isa.h), each output's sums the
+ * same on all: AVX-512 holds a group's 16 outputs in one register, AVX2 in two, NEON in four, portable C
+ * one output at a time (fmaf where the vector paths fuse); so their results are identical bit for bit.
  * Returns 0, or -1 (K not a multiple of the block, out of memory).
  */
 #include <math.h>
@@ -320,6 +320,150 @@ INLINE void tile(int rows, int groups, int S, int offset, const float *x, int64_
 }
 
 #endif /* RILLET_AVX512 */
+
+#endif /* RILLET_AVX2 */
+
+#ifdef RILLET_NEON
+
+/* NEON: a group's 16 outputs in four registers, each lane one output's sums in the portable C path's
+ * order (vfmaq where it has fmaf). A sub-block's sums stay in registers; the outputs' totals in out.
+ * The driver below (row_any ... matmul) is the AVX2 path's. */
+static inline float32x4_t half4(const uint8_t *p) { return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(p))); }
+
+/* 16 bytes as floats (unsigned, signed): f[i] holds rows 4i..4i+3. */
+INLINE void u8_floats(uint8x16_t v, float32x4_t f[4]) {
+    const uint16x8_t a = vmovl_u8(vget_low_u8(v)), b = vmovl_high_u8(v);
+    f[0] = vcvtq_f32_u32(vmovl_u16(vget_low_u16(a))), f[1] = vcvtq_f32_u32(vmovl_high_u16(a));
+    f[2] = vcvtq_f32_u32(vmovl_u16(vget_low_u16(b))), f[3] = vcvtq_f32_u32(vmovl_high_u16(b));
+}
+
+INLINE void i8_floats(int8x16_t v, float32x4_t f[4]) {
+    const int16x8_t a = vmovl_s8(vget_low_s8(v)), b = vmovl_high_s8(v);
+    f[0] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(a))), f[1] = vcvtq_f32_s32(vmovl_high_s16(a));
+    f[2] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(b))), f[3] = vcvtq_f32_s32(vmovl_high_s16(b));
+}
+
+/* Value k of a sub-block for the 16 rows as floats, q - bias (portable C's value_of). */
+INLINE void value_floats(int t, const uint8_t *sub, int k, float32x4_t f[4]) {
+    const uint8x16_t pair = vld1q_u8(sub + 16 * (k / 2));
+    uint8x16_t q = k % 2 ? vshrq_n_u8(pair, 4) : vandq_u8(pair, vdupq_n_u8(15));
+    const uint8_t *planes = sub + 8 * sub_values(t);
+    if (bits(t) == 5) {
+        const uint8x16_t high = vshlq_u8(vld1q_u8(planes + 16 * (k / 8)), vdupq_n_s8((int8_t)-(k % 8)));
+        q = vorrq_u8(q, vshlq_n_u8(vandq_u8(high, vdupq_n_u8(1)), 4));
+    } else if (bits(t) == 6) {
+        const uint8x16_t high = vshlq_u8(vld1q_u8(planes + 16 * (k / 4)), vdupq_n_s8((int8_t)(-2 * (k % 4))));
+        q = vorrq_u8(q, vshlq_n_u8(vandq_u8(high, vdupq_n_u8(3)), 4));
+    }
+    if (bias(t)) i8_floats(vreinterpretq_s8_u8(vsubq_u8(q, vdupq_n_u8((uint8_t)bias(t)))), f);
+    else u8_floats(q, f);
+}
+
+/* a (ab[0..3]) and b (ab[4..7]) of sub-block s for a group's 16 rows, from its block header h. */
+INLINE void scales(int t, const uint8_t *h, int s, float32x4_t ab[8]) {
+    for (int i = 0; i < 4; i++) ab[i] = half4(h + 8 * i), ab[4 + i] = vdupq_n_f32(0.0f);
+    if (t == Q5_1)
+        for (int i = 0; i < 4; i++) ab[4 + i] = half4(h + 32 + 8 * i);
+    if (t == Q4_K || t == Q5_K) {
+        float32x4_t sc[4], m[4];
+        u8_floats(vld1q_u8(h + 64 + 16 * s), sc);
+        u8_floats(vld1q_u8(h + 192 + 16 * s), m);
+        for (int i = 0; i < 4; i++)
+            ab[i] = vmulq_f32(ab[i], sc[i]), ab[4 + i] = vnegq_f32(vmulq_f32(half4(h + 32 + 8 * i), m[i]));
+    }
+    if (t == Q6_K) {
+        float32x4_t sc[4];
+        i8_floats(vld1q_s8((const int8_t *)h + 32 + 16 * s), sc);
+        for (int i = 0; i < 4; i++) ab[i] = vmulq_f32(ab[i], sc[i]);
+    }
+}
+
+/* A group's integers as float32 [K][16] into qf, each sub-block's a then b ([K / S][32]) into ab. */
+INLINE void unpack(int t, const uint8_t *group, int64_t K, float *restrict qf, float *restrict ab) {
+    const int S = sub_values(t);
+    for (int64_t v0 = 0; v0 < K; v0 += S) {
+        const uint8_t *block = group + v0 / block_values(t) * block_bytes(t);
+        const int s = (int)(v0 % block_values(t) / S);
+        const uint8_t *sub = block + header_bytes(t) + s * sub_bytes(t);
+        for (int k = 0; k < S; k++) {
+            float32x4_t q[4];
+            value_floats(t, sub, k, q);
+            for (int i = 0; i < 4; i++) vst1q_f32(qf + (v0 + k) * GROUP + 4 * i, q[i]);
+        }
+        float32x4_t scale[8];
+        scales(t, block, s, scale);
+        for (int i = 0; i < 8; i++) vst1q_f32(ab + v0 / S * 32 + 4 * i, scale[i]);
+    }
+}
+
+/* out[0..15] = fma(b, xs, fma(a, p, out)), b only for the types with an offset. */
+INLINE void fold(int offset, float *out, const float32x4_t a[4], const float32x4_t p[4], const float32x4_t b[4],
+                 float xs) {
+    for (int i = 0; i < 4; i++) {
+        const float32x4_t acc = vfmaq_f32(vld1q_f32(out + 4 * i), a[i], p[i]);
+        vst1q_f32(out + 4 * i, offset ? vfmaq_n_f32(acc, b[i], xs) : acc);
+    }
+}
+
+/* A single row against `groups` groups side by side, reading each block's integers straight into
+ * its sums. xsum: the row's sums per 32. */
+INLINE void row(int t, int groups, const float *x, int64_t K, const uint8_t *w, int64_t group_bytes,
+                const float *xsum, float *out) {
+    const int S = sub_values(t);
+    for (int n = 0; n < groups * GROUP; n += 4) vst1q_f32(out + n, vdupq_n_f32(0.0f));
+    for (int64_t v0 = 0; v0 < K; v0 += S) {
+        const uint8_t *block = w + v0 / block_values(t) * block_bytes(t);
+        const int s = (int)(v0 % block_values(t) / S);
+        const uint8_t *sub = block + header_bytes(t) + s * sub_bytes(t);
+        float32x4_t p[ROW_GROUPS][4];
+        for (int g = 0; g < groups; g++) {
+            for (int i = 0; i < 4; i++) p[g][i] = vdupq_n_f32(0.0f);
+            if (s == 0) prefetch(block + g * group_bytes, block_bytes(t));
+        }
+        for (int j = 0; j < S / 2; j++) {
+            const float x0 = x[v0 + 2 * j], x1 = x[v0 + 2 * j + 1];
+            for (int g = 0; g < groups; g++) {
+                float32x4_t q0[4], q1[4];
+                value_floats(t, sub + g * group_bytes, 2 * j, q0);
+                value_floats(t, sub + g * group_bytes, 2 * j + 1, q1);
+                for (int i = 0; i < 4; i++) p[g][i] = vfmaq_n_f32(p[g][i], q0[i], x0);
+                for (int i = 0; i < 4; i++) p[g][i] = vfmaq_n_f32(p[g][i], q1[i], x1);
+            }
+        }
+        for (int g = 0; g < groups; g++) {
+            float32x4_t ab[8];
+            scales(t, block + g * group_bytes, s, ab);
+            fold(!bias(t), out + g * GROUP, ab, p[g], ab + 4, xsum[v0 / 32]);
+        }
+    }
+}
+
+/* rows (1..MAX_ROWS) rows of x times a group's unpacked sub-blocks of S values; out [rows][16]. */
+INLINE void tile(int rows, int groups, int S, int offset, const float *x, int64_t K, const float *restrict qf,
+                 const float *restrict ab, const float *xsum, float *out) {
+    (void)groups; /* TILE_GROUPS: 1 */
+    for (int n = 0; n < rows * GROUP; n += 4) vst1q_f32(out + n, vdupq_n_f32(0.0f));
+    for (int64_t v0 = 0; v0 < K; v0 += S) {
+        float32x4_t p[MAX_ROWS][4];
+        for (int r = 0; r < rows; r++)
+            for (int i = 0; i < 4; i++) p[r][i] = vdupq_n_f32(0.0f);
+        for (int k = 0; k < S; k++) {
+            float32x4_t w[4];
+            for (int i = 0; i < 4; i++) w[i] = vld1q_f32(qf + (v0 + k) * GROUP + 4 * i);
+            for (int r = 0; r < rows; r++) {
+                const float xk = x[r * K + v0 + k];
+                for (int i = 0; i < 4; i++) p[r][i] = vfmaq_n_f32(p[r][i], w[i], xk);
+            }
+        }
+        float32x4_t a[4], b[4];
+        for (int i = 0; i < 4; i++) a[i] = vld1q_f32(ab + v0 / S * 32 + 4 * i), b[i] = vld1q_f32(ab + v0 / S * 32 + 16 + 4 * i);
+        for (int r = 0; r < rows; r++) fold(offset, out + r * GROUP, a, p[r], b, xsum[r * (K / 32) + v0 / 32]);
+    }
+}
+
+#endif /* RILLET_NEON */
+
+#if defined(RILLET_AVX2) || defined(RILLET_NEON)
 
 /* Each (type, count) a copy of its own, unrolled with its sums in registers. */
 #define UP_TO_4(n, call) switch (n) { case 1: call(1); break; case 2: call(2); break; case 3: call(3); break; \

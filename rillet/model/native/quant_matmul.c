@@ -13,8 +13,8 @@
  * scaling each weight. Every sum runs in one fixed order, whatever M is and whichever path
  * computes it, so a row's result does not depend on the rows batched with it. Compiled without
  * -ffast-math and without fp contraction so that the compiler keeps that order.
- * Three code paths (isa.h), each output's sums the same on all: AVX-512 holds a group's 16 outputs in
- * one register, AVX2 in two, portable C in an array (fmaf where the vector paths fuse); so their
+ * Four code paths (isa.h), each output's sums the same on all: AVX-512 holds a group's 16 outputs in
+ * one register, AVX2 in two, NEON in four, portable C in an array (fmaf where the vector paths fuse); so their
  * results are identical bit for bit. Returns 0, or -1 (K not a multiple of 32, out of memory).
  */
 #include <math.h>
@@ -294,6 +294,138 @@ INLINE void row_q8(int groups, const float *x, int64_t K, const uint8_t *group, 
 }
 
 #endif /* RILLET_AVX512 */
+
+#elif defined(RILLET_NEON)
+
+/* NEON: a group's 16 outputs in four registers, each lane one output's sums in the portable C path's
+ * order (vfmaq where it has fmaf). A block's sums stay in registers; the outputs' totals in out. */
+static inline float32x4_t half4(const uint8_t *p) { return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(p))); }
+
+/* 16 bytes as floats (unsigned, signed): f[i] holds rows 4i..4i+3. */
+INLINE void u8_floats(uint8x16_t v, float32x4_t f[4]) {
+    const uint16x8_t a = vmovl_u8(vget_low_u8(v)), b = vmovl_high_u8(v);
+    f[0] = vcvtq_f32_u32(vmovl_u16(vget_low_u16(a))), f[1] = vcvtq_f32_u32(vmovl_high_u16(a));
+    f[2] = vcvtq_f32_u32(vmovl_u16(vget_low_u16(b))), f[3] = vcvtq_f32_u32(vmovl_high_u16(b));
+}
+
+INLINE void i8_floats(int8x16_t v, float32x4_t f[4]) {
+    const int16x8_t a = vmovl_s8(vget_low_s8(v)), b = vmovl_high_s8(v);
+    f[0] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(a))), f[1] = vcvtq_f32_s32(vmovl_high_s16(a));
+    f[2] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(b))), f[3] = vcvtq_f32_s32(vmovl_high_s16(b));
+}
+
+/* One block's 32 x 16 integers of a group as float32 [k][16] into qf; its d and m into dm[32]. */
+INLINE void unpack_q4(const uint8_t *block, float *restrict qf, float *restrict dm) {
+    for (int i = 0; i < 8; i++) vst1q_f32(dm + 4 * i, half4(block + 8 * i));
+    for (int j = 0; j < BLOCK / 2; j++) {
+        const uint8x16_t bytes = vld1q_u8(block + 64 + 16 * j);
+        float32x4_t low[4], high[4];
+        u8_floats(vandq_u8(bytes, vdupq_n_u8(15)), low);
+        u8_floats(vshrq_n_u8(bytes, 4), high);
+        for (int i = 0; i < 4; i++) {
+            vst1q_f32(qf + 2 * j * GROUP + 4 * i, low[i]);
+            vst1q_f32(qf + (2 * j + 1) * GROUP + 4 * i, high[i]);
+        }
+    }
+}
+
+INLINE void unpack_q8(const uint8_t *block, float *restrict qf, float *restrict dm) {
+    for (int i = 0; i < 4; i++) vst1q_f32(dm + 4 * i, half4(block + 8 * i)), vst1q_f32(dm + 16 + 4 * i, vdupq_n_f32(0.0f));
+    for (int k = 0; k < BLOCK; k++) {
+        float32x4_t q[4];
+        i8_floats(vld1q_s8((const int8_t *)block + 32 + 16 * k), q);
+        for (int i = 0; i < 4; i++) vst1q_f32(qf + k * GROUP + 4 * i, q[i]);
+    }
+}
+
+/* out[0..15] = fma(m, xs, fma(d, p, out)): a block's sums folded into a group's outputs. */
+INLINE void fold(float *out, const float32x4_t d[4], const float32x4_t p[4], const float32x4_t m[4], float xs) {
+    for (int i = 0; i < 4; i++)
+        vst1q_f32(out + 4 * i, vfmaq_n_f32(vfmaq_f32(vld1q_f32(out + 4 * i), d[i], p[i]), m[i], xs));
+}
+
+/* rows (1..MAX_ROWS) rows of x times a group's unpacked blocks; out [rows][16].
+ * qf: [K][16] integers as float; dm: [K / 32][32] d then m; xsum: [rows][K / 32]. */
+INLINE void tile(int rows, int groups, const float *x, int64_t K, const float *restrict qf,
+                 const float *restrict dm, const float *xsum, float *out) {
+    (void)groups; /* TILE_GROUPS: 1 */
+    for (int n = 0; n < rows * GROUP; n += 4) vst1q_f32(out + n, vdupq_n_f32(0.0f));
+    for (int64_t b = 0; b < K / BLOCK; b++) {
+        float32x4_t p[MAX_ROWS][4];
+        for (int r = 0; r < rows; r++)
+            for (int i = 0; i < 4; i++) p[r][i] = vdupq_n_f32(0.0f);
+        for (int k = 0; k < BLOCK; k++) {
+            float32x4_t w[4];
+            for (int i = 0; i < 4; i++) w[i] = vld1q_f32(qf + (b * BLOCK + k) * GROUP + 4 * i);
+            for (int r = 0; r < rows; r++) {
+                const float xk = x[r * K + b * BLOCK + k];
+                for (int i = 0; i < 4; i++) p[r][i] = vfmaq_n_f32(p[r][i], w[i], xk);
+            }
+        }
+        float32x4_t d[4], m[4];
+        for (int i = 0; i < 4; i++) d[i] = vld1q_f32(dm + b * 32 + 4 * i), m[i] = vld1q_f32(dm + b * 32 + 16 + 4 * i);
+        for (int r = 0; r < rows; r++) fold(out + r * GROUP, d, p[r], m, xsum[r * (K / BLOCK) + b]);
+    }
+}
+
+/* A single row reads each block's integers straight into its sums, groups side by side. */
+INLINE void row_q4(int groups, const float *x, int64_t K, const uint8_t *group, int64_t group_bytes,
+                   const float *xsum, float *out) {
+    for (int n = 0; n < groups * GROUP; n += 4) vst1q_f32(out + n, vdupq_n_f32(0.0f));
+    for (int64_t b = 0; b < K / BLOCK; b++) {
+        float32x4_t p[ROW_GROUPS][4];
+        for (int g = 0; g < groups; g++) {
+            for (int i = 0; i < 4; i++) p[g][i] = vdupq_n_f32(0.0f);
+            prefetch(group + g * group_bytes + b * Q4_BLOCK_BYTES, Q4_BLOCK_BYTES);
+        }
+        const float *xs = x + b * BLOCK;
+        for (int j = 0; j < BLOCK / 2; j++) {
+            const float x0 = xs[2 * j], x1 = xs[2 * j + 1];
+            for (int g = 0; g < groups; g++) {
+                const uint8x16_t bytes = vld1q_u8(group + g * group_bytes + b * Q4_BLOCK_BYTES + 64 + 16 * j);
+                float32x4_t low[4], high[4];
+                u8_floats(vandq_u8(bytes, vdupq_n_u8(15)), low);
+                u8_floats(vshrq_n_u8(bytes, 4), high);
+                for (int i = 0; i < 4; i++) p[g][i] = vfmaq_n_f32(p[g][i], low[i], x0);
+                for (int i = 0; i < 4; i++) p[g][i] = vfmaq_n_f32(p[g][i], high[i], x1);
+            }
+        }
+        for (int g = 0; g < groups; g++) {
+            const uint8_t *block = group + g * group_bytes + b * Q4_BLOCK_BYTES;
+            float32x4_t d[4], m[4];
+            for (int i = 0; i < 4; i++) d[i] = half4(block + 8 * i), m[i] = half4(block + 32 + 8 * i);
+            fold(out + g * GROUP, d, p[g], m, xsum[b]);
+        }
+    }
+}
+
+INLINE void row_q8(int groups, const float *x, int64_t K, const uint8_t *group, int64_t group_bytes,
+                   const float *xsum, float *out) {
+    const float32x4_t zero[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
+    for (int n = 0; n < groups * GROUP; n += 4) vst1q_f32(out + n, zero[0]);
+    for (int64_t b = 0; b < K / BLOCK; b++) {
+        float32x4_t p[ROW_GROUPS][4];
+        for (int g = 0; g < groups; g++) {
+            for (int i = 0; i < 4; i++) p[g][i] = zero[0];
+            prefetch(group + g * group_bytes + b * Q8_BLOCK_BYTES, Q8_BLOCK_BYTES);
+        }
+        const float *xs = x + b * BLOCK;
+        for (int k = 0; k < BLOCK; k++) {
+            const float xk = xs[k];
+            for (int g = 0; g < groups; g++) {
+                float32x4_t q[4];
+                i8_floats(vld1q_s8((const int8_t *)group + g * group_bytes + b * Q8_BLOCK_BYTES + 32 + 16 * k), q);
+                for (int i = 0; i < 4; i++) p[g][i] = vfmaq_n_f32(p[g][i], q[i], xk);
+            }
+        }
+        for (int g = 0; g < groups; g++) {
+            const uint8_t *block = group + g * group_bytes + b * Q8_BLOCK_BYTES;
+            float32x4_t d[4];
+            for (int i = 0; i < 4; i++) d[i] = half4(block + 8 * i);
+            fold(out + g * GROUP, d, p[g], zero, xsum[b]); /* m = 0 as in the other paths: 0 * xs is added */
+        }
+    }
+}
 
 #else
 
