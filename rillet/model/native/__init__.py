@@ -3,8 +3,8 @@ with ctypes. Without a compiler, or on another device, callers fall back to PyTo
 
 Each library is built for one instruction set (ISA): the best one this CPU has, found at start
 (machine_isa), or a lower one named by $RILLET_ISA. The sources choose their code paths by what the
-flags enable (avx512: AVX-512 with VNNI; avx2: AVX2, FMA and F16C; scalar: portable C, which on ARM
-the compiler vectorizes for the CPU it runs on), and each library says which path it took
+flags enable (avx512: AVX-512 with VNNI; avx2: AVX2, FMA and F16C; neon_dotprod and neon on
+AArch64, with and without sdot; scalar: portable C), and each library says which path it took
 (kernel_isa). The shared object is cached under $RILLET_CACHE_DIR (default ~/.cache/rillet), keyed
 by the source (and the headers beside it) and the flags. It links the OpenMP runtime PyTorch has
 already loaded, so both share one thread pool.
@@ -203,8 +203,8 @@ def _probe_matmul(function) -> bool:
 
 @cache
 def kernel_isa(name: str, isa: str | None = None) -> str | None:
-    """The code path library name's kernels took in the build for isa ("avx512", "avx2", "scalar"):
-    the library says, from what its flags enabled. None where it cannot be built."""
+    """The code path library name's kernels took in the build for isa ("avx512", "avx2", "neon_dotprod",
+    "neon", "scalar"): the library says, from what its flags enabled. None where it cannot be built."""
     lib = library(name, isa)
     if lib is None:
         return None
