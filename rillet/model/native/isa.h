@@ -30,6 +30,11 @@
 static inline void prefetch(const void *block, long bytes) {
     for (long line = 0; line < bytes; line += 64) __builtin_prefetch((const char *)block + PREFETCH_AHEAD + line);
 }
+/* The bytes at p itself: a batch's kernels unpack one tile of groups after another, each in a burst
+ * between runs of arithmetic, and ask for the next tile's bytes as they unpack this one's. */
+static inline void prefetch_here(const void *p, long bytes) {
+    for (long line = 0; line < bytes; line += 64) __builtin_prefetch((const char *)p + line);
+}
 
 #if defined(RILLET_AVX512)
 #define RILLET_ISA_NAME "avx512"

@@ -539,7 +539,10 @@ static int matmul(int t, const float *x, int64_t M, int64_t K, const uint8_t *pa
                 for (int64_t g = 0; g < groups; g += TILE_GROUPS) {
                     if (qf == NULL || ab == NULL) continue;
                     const int n = groups - g < TILE_GROUPS ? (int)(groups - g) : TILE_GROUPS;
-                    for (int i = 0; i < n; i++) unpack_any(t, packed + (g + i) * group_bytes, K, qf + i * K * GROUP, ab + 2 * i * K);
+                    for (int i = 0; i < n; i++) {
+                        prefetch_here(packed + (g + i + TILE_GROUPS) * group_bytes, group_bytes); /* the next tile's */
+                        unpack_any(t, packed + (g + i) * group_bytes, K, qf + i * K * GROUP, ab + 2 * i * K);
+                    }
                     for (int64_t m = m0; m < m1; m += MAX_ROWS) {
                         const int rows = m1 - m < MAX_ROWS ? (int)(m1 - m) : MAX_ROWS;
                         tile_any(t, rows, n, x + m * K, K, qf, ab, xsum + m * (K / 32), out);

@@ -559,6 +559,8 @@ static int matmul(const float *x, int64_t M, int64_t K, const uint8_t *packed, i
                         const uint8_t *group = packed + (g + i) * group_bytes;
                         float *qf_i = qf + i * K * GROUP, *dm_i = dm + i * K;
                         for (int64_t b = 0; b < blocks; b++) {
+                            prefetch_here(group + TILE_GROUPS * group_bytes + b * (q8 ? Q8_BLOCK_BYTES : Q4_BLOCK_BYTES),
+                                          q8 ? Q8_BLOCK_BYTES : Q4_BLOCK_BYTES);
                             if (q8) unpack_q8(group + b * Q8_BLOCK_BYTES, qf_i + b * BLOCK * GROUP, dm_i + b * 32);
                             else unpack_q4(group + b * Q4_BLOCK_BYTES, qf_i + b * BLOCK * GROUP, dm_i + b * 32);
                         }
