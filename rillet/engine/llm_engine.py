@@ -171,7 +171,6 @@ class LLMEngine:
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor, rows: list[int],
                 failed: list[RequestOutput]) -> list[int | None]:
         def sample(indices: list[int]) -> list[int]:
-            # A fresh selection each time: the sampler transforms its logits in place.
             chosen = [seqs[i] for i in indices]
             return self.sampler.sample(self._rows(logits, [rows[i] for i in indices]), [s.params for s in chosen],
                                        [s.output_token_ids for s in chosen],
@@ -247,6 +246,10 @@ class LLMEngine:
 
     @staticmethod
     def _rows(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """The rows of logits, in order; logits itself where that is every row (the sampler copies
+        what it changes, so a failed batch leaves them as they were for each request alone)."""
+        if rows == list(range(logits.shape[0])):
+            return logits
         return logits.index_select(0, torch.tensor(rows, dtype=torch.long, device=logits.device))
 
     def _fork_choices(self, sampling_seqs: list[Sequence]) -> tuple[list[Sequence], list[int]]:

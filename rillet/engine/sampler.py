@@ -24,8 +24,10 @@ class Sampler:
     @torch.inference_mode()
     def sample(self, logits: torch.Tensor, params: list[SamplingParams], output_token_ids: list[list[int]],
                generators: list[torch.Generator | None], masks: TokenMasks | None = None) -> list[int]:
-        """logits: [N, vocab] float32, one row per sequence; returns one token id per row."""
-        logits = logits.float()
+        """logits: [N, vocab] float32, one row per sequence; returns one token id per row. The
+        caller's logits are left as they are: a copy takes the bias, penalties and masks."""
+        changes = masks is not None or any(p.logit_bias or p.presence_penalty or p.frequency_penalty for p in params)
+        logits = logits.float().clone() if changes else logits.float()
         self._apply_logit_bias(logits, params)
         self._apply_penalties(logits, params, output_token_ids)
         if masks is not None:

@@ -130,3 +130,15 @@ def test_top_p_beyond_the_first_candidates_sorts_the_whole_vocabulary(monkeypatc
     # and where the candidates hold the nucleus, only it is drawn
     peaked = [math.log(0.6), math.log(0.3)] + [math.log(0.1 / 18)] * 18
     assert set(sample([peaked] * 200, [SamplingParams(top_p=0.85)] * 200)) == {0, 1}
+
+
+def test_the_callers_logits_are_left_as_they_were():
+    """The engine hands the sampler its logits without a copy; a batch that fails is sampled again
+    request by request from the same logits, so bias, penalties and masks must change a copy."""
+    logits = torch.tensor([[0.0, 5.0, 1.0, 3.0] + [0.0] * 28, [4.0, 0.0, 2.0, 1.0] + [0.0] * 28])
+    before = logits.clone()
+    bitmask = np.full((2, 1), 0b0110, dtype=np.int32)
+    params = [SamplingParams(temperature=0, logit_bias={1: -100.0}, frequency_penalty=1.0),
+              SamplingParams(temperature=0.7, presence_penalty=2.0)]
+    sampler.sample(logits, params, [[2, 2], [1]], [None, None], TokenMasks([0, 1], bitmask))
+    assert torch.equal(logits, before)
