@@ -11,10 +11,11 @@
  * window > 0: a sliding window, each row sees only its last `window` tokens (itself included);
  *        blocks wholly before a row's window are not read for it.
  * Returns 0, or -1 when a size is beyond the limits below or memory runs out (the caller falls
- * back). Work is split by rows, up to 16 of one sequence together, and by kv head; each reads its
- * blocks in order.
+ * back). Work is split by rows, up to 16 of one sequence together, and by kv head where rows are
+ * few; each reads its blocks in order.
  */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,10 @@ static inline __attribute__((always_inline)) void load_half_rows(float *restrict
     for (int64_t t = 0; t < rows; t++) {
         const _Float16 *row = src + t * stride;
         int64_t d = 0;
+#if defined(__AVX512F__)
+        for (; d + 16 <= dim; d += 16)
+            _mm512_storeu_ps(dst + t * dim + d, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(row + d))));
+#endif
 #if defined(__F16C__)
         for (; d + 8 <= dim; d += 8)
             _mm256_storeu_ps(dst + t * dim + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + d))));
@@ -46,6 +51,37 @@ static inline __attribute__((always_inline)) void load_half_rows(float *restrict
 /* scores[t] = scale * (q . k_t) for the n rows of a block (rows row_stride floats apart). */
 static inline __attribute__((always_inline)) void block_scores(const float *q, const float *k, int64_t row_stride,
                                                              int64_t n, int64_t dim, float scale, float *scores) {
+#if defined(__AVX512F__)
+    if (dim % 16 == 0) {
+        /* Sixteen rows at a time: each row's products in one register (its dim / 16 parts fused in
+         * order), then one tree of shuffles and adds turns the sixteen registers into one vector of
+         * their sixteen sums, which the scale multiplies. Past the last row, the last row is read
+         * again and its scores are never used. */
+        for (int64_t t = 0; t < n; t += 16) {
+            __m512 p[16];
+            for (int u = 0; u < 16; u++) {
+                const float *row = k + (t + u < n ? t + u : n - 1) * row_stride;
+                p[u] = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(row));
+                for (int64_t d = 16; d < dim; d += 16) p[u] = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(row + d), p[u]);
+            }
+            /* Pairs of rows: lanes added in twos, then fours, eights and sixteens; each level halves
+             * the registers and keeps every row's partial sums apart. */
+            __m512 a[8], b[4], c[2];
+            for (int u = 0; u < 8; u++)
+                a[u] = _mm512_add_ps(_mm512_unpacklo_ps(p[2 * u], p[2 * u + 1]), _mm512_unpackhi_ps(p[2 * u], p[2 * u + 1]));
+            for (int u = 0; u < 4; u++) {
+                const __m512d x = _mm512_castps_pd(a[2 * u]), y = _mm512_castps_pd(a[2 * u + 1]);
+                b[u] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+            }
+            for (int u = 0; u < 2; u++)
+                c[u] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * u], b[2 * u + 1], 0x88),
+                                     _mm512_shuffle_f32x4(b[2 * u], b[2 * u + 1], 0xdd));
+            const __m512 sums = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xdd));
+            _mm512_storeu_ps(scores + t, _mm512_mul_ps(sums, _mm512_set1_ps(scale))); /* lane j: row t + j */
+        }
+        return;
+    }
+#endif
 #if defined(__AVX2__) && defined(__FMA__)
     if (dim % 8 == 0) {
         /* Eight rows at a time, as eight independent fma chains; then one tree of horizontal adds
@@ -79,6 +115,21 @@ static inline __attribute__((always_inline)) void block_scores(const float *q, c
 /* a += sum over the block's rows t of weights[t] * v_t. */
 static inline __attribute__((always_inline)) void block_values(float *a, const float *weights, const float *v,
                                                              int64_t row_stride, int64_t n, int64_t dim) {
+#if defined(__AVX512F__)
+    if (dim % 64 == 0) {
+        for (int64_t d0 = 0; d0 < dim; d0 += 64) { /* 4 accumulators in registers per pass over the rows */
+            __m512 acc[4];
+            for (int j = 0; j < 4; j++) acc[j] = _mm512_loadu_ps(a + d0 + 16 * j);
+            for (int64_t t = 0; t < n; t++) {
+                const __m512 w = _mm512_set1_ps(weights[t]);
+                const float *row = v + t * row_stride + d0;
+                for (int j = 0; j < 4; j++) acc[j] = _mm512_fmadd_ps(w, _mm512_loadu_ps(row + 16 * j), acc[j]);
+            }
+            for (int j = 0; j < 4; j++) _mm512_storeu_ps(a + d0 + 16 * j, acc[j]);
+        }
+        return;
+    }
+#endif
 #if defined(__AVX2__) && defined(__FMA__)
     if (dim % 64 == 0) {
         for (int64_t d0 = 0; d0 < dim; d0 += 64) { /* 8 accumulators in registers per pass over the rows */
@@ -122,17 +173,22 @@ static inline __attribute__((always_inline)) int attend(
     }
     task_start[tasks] = num_seqs;
 
-    /* A job is one task's rows and one kv head (with the query heads that share it): heads are
-     * independent, so a lone decode row still spreads over the threads. Each row's arithmetic is
-     * the same whichever rows share its task: its blocks front to back. */
+    /* A job is one task's rows and a run of kv heads (with the query heads that share each): every
+     * kv head where there are tasks enough to keep the threads busy, so that a block's keys and values
+     * of all heads (one run of memory) are read together; one kv head otherwise, so that a lone decode
+     * row still spreads over the threads. Each row's arithmetic is the same whichever rows share its
+     * task and whichever heads share its job: per query head, its blocks front to back. */
+    const int64_t heads_per_job = tasks >= 4 * (int64_t)omp_get_max_threads() ? num_kv_heads : 1;
+    const int64_t jobs_per_task = num_kv_heads / heads_per_job;
+    const int64_t lanes = heads_per_job * groups; /* query heads a job computes */
     int failed = 0;
 #pragma omp parallel
     {
-        /* Each thread's buffers: the running sums of a task's rows, [row][query head of this kv
-         * head][d], and one block's keys and values converted. */
-        float *acc = malloc(sizeof(float) * ROWS_PER_TASK * groups * head_dim);
-        float *running_max = malloc(sizeof(float) * ROWS_PER_TASK * groups);
-        float *running_sum = malloc(sizeof(float) * ROWS_PER_TASK * groups);
+        /* Each thread's buffers: the running sums of a job's rows, [row][query head of the job][d],
+         * and one block's keys and values of one kv head, converted. */
+        float *acc = malloc(sizeof(float) * ROWS_PER_TASK * lanes * head_dim);
+        float *running_max = malloc(sizeof(float) * ROWS_PER_TASK * lanes);
+        float *running_sum = malloc(sizeof(float) * ROWS_PER_TASK * lanes);
         float *keys = malloc(sizeof(float) * block_size * head_dim), *values = malloc(sizeof(float) * block_size * head_dim);
         float scores[MAX_BLOCK_SIZE + 8];
         const int ok = acc != NULL && running_max != NULL && running_sum != NULL && keys != NULL && values != NULL;
@@ -141,73 +197,77 @@ static inline __attribute__((always_inline)) int attend(
             failed = 1;
         }
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t job = 0; job < tasks * num_kv_heads; job++) {
+        for (int64_t job = 0; job < tasks * jobs_per_task; job++) {
             if (!ok) continue;
-            const int64_t task = job / num_kv_heads, h = job % num_kv_heads;
+            const int64_t task = job / jobs_per_task, h0 = job % jobs_per_task * heads_per_job;
             const int64_t first = task_start[task], rows = task_start[task + 1] - first;
             int64_t longest = 0, earliest = INT64_MAX;
             for (int64_t r = 0; r < rows; r++) {
-                for (int64_t i = 0; i < groups; i++) {
-                    running_max[r * groups + i] = NEG_HUGE;
-                    running_sum[r * groups + i] = 0.0f;
-                    for (int64_t d = 0; d < head_dim; d++) acc[(r * groups + i) * head_dim + d] = 0.0f;
+                for (int64_t i = 0; i < lanes; i++) {
+                    running_max[r * lanes + i] = NEG_HUGE;
+                    running_sum[r * lanes + i] = 0.0f;
+                    for (int64_t d = 0; d < head_dim; d++) acc[(r * lanes + i) * head_dim + d] = 0.0f;
                 }
                 longest = context_lens[first + r] > longest ? context_lens[first + r] : longest;
                 const int64_t from = window > 0 && context_lens[first + r] > window ? context_lens[first + r] - window : 0;
                 earliest = from < earliest ? from : earliest;
             }
             const int64_t *table = block_tables + first * table_width;
+            const int64_t head_bytes = heads_per_job * head_dim * element; /* a token's run of the job's heads */
             for (int64_t start = earliest / block_size * block_size; start < longest; start += block_size) {
                 const int64_t block = table[start / block_size];
                 const int64_t n = longest - start < block_size ? longest - start : block_size;
                 if (start + block_size < longest) { /* the next block's keys and values, while this one computes */
-                    const char *next = (const char *)cache + (table[start / block_size + 1] * block_stride + h * head_dim) * element;
+                    const char *next = (const char *)cache + (table[start / block_size + 1] * block_stride + h0 * head_dim) * element;
                     const int64_t next_n = longest - start - block_size < block_size ? longest - start - block_size : block_size;
                     for (int64_t t = 0; t < next_n; t++)
-                        for (int64_t line = 0; line < head_dim * element; line += 64) {
+                        for (int64_t line = 0; line < head_bytes; line += 64) {
                             __builtin_prefetch(next + t * token_stride * element + line);
                             __builtin_prefetch(next + (values_offset + t * token_stride) * element + line);
                         }
                 }
-                const int64_t offset = block * block_stride + h * head_dim;
-                /* Rows of keys and values: float32 read in place, float16 converted first. */
-                const float *kb = (const float *)cache + offset, *vb = kb + values_offset;
-                int64_t row_stride = token_stride;
-                if (half) {
-                    const _Float16 *hk = (const _Float16 *)cache + offset;
-                    load_half_rows(keys, hk, n, token_stride, head_dim);
-                    load_half_rows(values, hk + values_offset, n, token_stride, head_dim);
-                    kb = keys, vb = values, row_stride = head_dim;
-                }
-                for (int64_t r = 0; r < rows; r++) {
-                    const int64_t len = context_lens[first + r];
-                    const int64_t from = window > 0 && len > window ? len - window : 0; /* the row's first visible token */
-                    if (start >= len || start + block_size <= from) continue;
-                    const int64_t skip = from > start ? from - start : 0;
-                    const int64_t rn = (len - start < block_size ? len - start : block_size) - skip;
-                    const float *kr = kb + skip * row_stride, *vr = vb + skip * row_stride;
-                    const float *qs = q + ((first + r) * num_heads + h * groups) * head_dim;
-                    for (int64_t i = 0; i < groups; i++) {
-                        float block_max = running_max[r * groups + i];
-                        block_scores(qs + i * head_dim, kr, row_stride, rn, head_dim, scale, scores);
-                        for (int64_t t = 0; t < rn; t++) block_max = scores[t] > block_max ? scores[t] : block_max;
-                        const float correction = expf(running_max[r * groups + i] - block_max);
-                        float sum = running_sum[r * groups + i] * correction;
-                        float *a = acc + (r * groups + i) * head_dim;
-                        for (int64_t d = 0; d < head_dim; d++) a[d] *= correction;
-                        for (int64_t t = 0; t < rn; t++) scores[t] = expf(scores[t] - block_max);
-                        for (int64_t t = 0; t < rn; t++) sum += scores[t];
-                        block_values(a, scores, vr, row_stride, rn, head_dim);
-                        running_max[r * groups + i] = block_max;
-                        running_sum[r * groups + i] = sum;
+                for (int64_t h = h0; h < h0 + heads_per_job; h++) {
+                    const int64_t offset = block * block_stride + h * head_dim;
+                    /* Rows of keys and values: float32 read in place, float16 converted first. */
+                    const float *kb = (const float *)cache + offset, *vb = kb + values_offset;
+                    int64_t row_stride = token_stride;
+                    if (half) {
+                        const _Float16 *hk = (const _Float16 *)cache + offset;
+                        load_half_rows(keys, hk, n, token_stride, head_dim);
+                        load_half_rows(values, hk + values_offset, n, token_stride, head_dim);
+                        kb = keys, vb = values, row_stride = head_dim;
+                    }
+                    for (int64_t r = 0; r < rows; r++) {
+                        const int64_t len = context_lens[first + r];
+                        const int64_t from = window > 0 && len > window ? len - window : 0; /* the row's first visible token */
+                        if (start >= len || start + block_size <= from) continue;
+                        const int64_t skip = from > start ? from - start : 0;
+                        const int64_t rn = (len - start < block_size ? len - start : block_size) - skip;
+                        const float *kr = kb + skip * row_stride, *vr = vb + skip * row_stride;
+                        const float *qs = q + ((first + r) * num_heads + h * groups) * head_dim;
+                        for (int64_t i = 0; i < groups; i++) {
+                            const int64_t lane = r * lanes + (h - h0) * groups + i;
+                            float block_max = running_max[lane];
+                            block_scores(qs + i * head_dim, kr, row_stride, rn, head_dim, scale, scores);
+                            for (int64_t t = 0; t < rn; t++) block_max = scores[t] > block_max ? scores[t] : block_max;
+                            const float correction = expf(running_max[lane] - block_max);
+                            float sum = running_sum[lane] * correction;
+                            float *a = acc + lane * head_dim;
+                            for (int64_t d = 0; d < head_dim; d++) a[d] *= correction;
+                            for (int64_t t = 0; t < rn; t++) scores[t] = expf(scores[t] - block_max);
+                            for (int64_t t = 0; t < rn; t++) sum += scores[t];
+                            block_values(a, scores, vr, row_stride, rn, head_dim);
+                            running_max[lane] = block_max;
+                            running_sum[lane] = sum;
+                        }
                     }
                 }
             }
             for (int64_t r = 0; r < rows; r++)
-                for (int64_t i = 0; i < groups; i++) {
-                    float *o = out + ((first + r) * num_heads + h * groups + i) * head_dim;
-                    const float inv = running_sum[r * groups + i] > 0.0f ? 1.0f / running_sum[r * groups + i] : 0.0f;
-                    for (int64_t d = 0; d < head_dim; d++) o[d] = acc[(r * groups + i) * head_dim + d] * inv;
+                for (int64_t i = 0; i < lanes; i++) {
+                    float *o = out + ((first + r) * num_heads + h0 * groups + i) * head_dim;
+                    const float inv = running_sum[r * lanes + i] > 0.0f ? 1.0f / running_sum[r * lanes + i] : 0.0f;
+                    for (int64_t d = 0; d < head_dim; d++) o[d] = acc[(r * lanes + i) * head_dim + d] * inv;
                 }
         }
         free(acc), free(running_max), free(running_sum), free(keys), free(values);
