@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import hashlib
 import logging
 import os
@@ -247,6 +248,10 @@ async def _serve(engine, front, max_context_len: int, name: str, fingerprint: st
     while not server.started and not serving.done():
         await asyncio.sleep(0.05)
     if server.started:
+        # What start-up made (modules, the tokenizer, the app) lives as long as the server: out of the
+        # collector's sight, so that a full collection does not walk it (pauses of 50-90 ms under load).
+        gc.collect()
+        gc.freeze()
         print(f"rillet: serving {name} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
         if not args.no_playground:
             print(f"rillet: playground at http://{args.host}:{args.port}/", file=sys.stderr, flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -51,6 +52,9 @@ def child_main(spec, commands: Connection, outputs: Connection, parent_pid: int,
         log.exception("the engine could not be built")
         outputs.send(("load_error", f"the engine could not be built: {type(error).__name__}: {error}"))
         sys.exit(1)
+    # The model, the engine and every module live as long as the process: out of the collector's sight.
+    gc.collect()
+    gc.freeze()
     outputs.send(("ready", EngineReady(engine.max_model_len, weight_format, engine.stats())))
     try:
         run_engine_loop(engine, _PipeIO(commands, outputs, engine))
