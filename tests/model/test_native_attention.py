@@ -76,3 +76,16 @@ def test_rows_of_one_prefill_chunk_match_each_row_alone(monkeypatch, kv_dtype):
     monkeypatch.setattr(native, "paged_decode_attention", lambda *args: None)
     expected = attention._decode_attention(q, cache, meta.decode_batch())
     assert (together - expected).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
+def test_a_decode_row_in_a_large_batch_matches_it_alone(kv_dtype):
+    # Many rows: one job takes every kv head of a row; a row alone: one job per kv head, so that it
+    # spreads over the threads. The row's result is the same either way, bit for bit.
+    q, cache, meta = decode_step(48, 9, 3, 64, 16, seed=11)
+    cache = cache.to(kv_dtype)
+    decodes = meta.decode_batch()
+    together = native.paged_decode_attention(q, cache, decodes.block_tables, decodes.context_lens)
+    alone = torch.cat([native.paged_decode_attention(q[i:i + 1], cache, decodes.block_tables[i:i + 1],
+                                                     decodes.context_lens[i:i + 1]) for i in range(48)])
+    assert together is not None and torch.equal(together, alone)
