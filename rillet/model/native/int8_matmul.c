@@ -68,7 +68,7 @@ INLINE void tile_q4(int rows, int groups, const int8_t *xq, const float *xd, con
         __m256i sum[TILE_ROWS][ROW_GROUPS];
         for (int r = 0; r < rows; r++)
             for (int g = 0; g < groups; g++) sum[r][g] = _mm256_setzero_si256();
-        for (int g = 0; g < groups; g++) prefetch(w + g * group_bytes + b * Q4_BLOCK_BYTES, Q4_BLOCK_BYTES);
+        for (int g = 0; g < groups; g++) prefetch_pass(w + g * group_bytes, b * Q4_BLOCK_BYTES, group_bytes, groups * group_bytes, Q4_BLOCK_BYTES);
         /* The low nibbles (k 0-15), then the high ones (k 16-31): fewer registers live than both
          * at once. Not unrolled: unrolled, GCC computes every product first and spills them. */
         for (int high = 0; high < 2; high++) {
@@ -107,7 +107,7 @@ INLINE void tile_q8(int rows, int groups, const int8_t *xq, const float *xd, con
         __m256i sum[TILE_ROWS][ROW_GROUPS];
         for (int r = 0; r < rows; r++)
             for (int g = 0; g < groups; g++) sum[r][g] = _mm256_setzero_si256();
-        for (int g = 0; g < groups; g++) prefetch(w + g * group_bytes + b * Q8_BLOCK_BYTES, Q8_BLOCK_BYTES);
+        for (int g = 0; g < groups; g++) prefetch_pass(w + g * group_bytes, b * Q8_BLOCK_BYTES, group_bytes, groups * group_bytes, Q8_BLOCK_BYTES);
 #pragma GCC unroll 1
         for (int t = 0; t < 8; t++) {
             __m256i xt[TILE_ROWS];
@@ -157,7 +157,7 @@ INLINE void tile_q4(int rows, int groups, const int8_t *xq, const float *xd, con
         int32x4_t sum[TILE_ROWS][ROW_GROUPS][2];
         for (int r = 0; r < rows; r++)
             for (int g = 0; g < groups; g++) sum[r][g][0] = sum[r][g][1] = vdupq_n_s32(0);
-        for (int g = 0; g < groups; g++) prefetch(w + g * group_bytes + b * Q4_BLOCK_BYTES, Q4_BLOCK_BYTES);
+        for (int g = 0; g < groups; g++) prefetch_pass(w + g * group_bytes, b * Q4_BLOCK_BYTES, group_bytes, groups * group_bytes, Q4_BLOCK_BYTES);
         for (int t = 0; t < 4; t++) {
             int8x16_t low[TILE_ROWS], high[TILE_ROWS]; /* x for the low nibbles (k 4t + i), the high (16 + 4t + i) */
             for (int r = 0; r < rows; r++) {
@@ -197,7 +197,7 @@ INLINE void tile_q8(int rows, int groups, const int8_t *xq, const float *xd, con
         int32x4_t sum[TILE_ROWS][ROW_GROUPS][2];
         for (int r = 0; r < rows; r++)
             for (int g = 0; g < groups; g++) sum[r][g][0] = sum[r][g][1] = vdupq_n_s32(0);
-        for (int g = 0; g < groups; g++) prefetch(w + g * group_bytes + b * Q8_BLOCK_BYTES, Q8_BLOCK_BYTES);
+        for (int g = 0; g < groups; g++) prefetch_pass(w + g * group_bytes, b * Q8_BLOCK_BYTES, group_bytes, groups * group_bytes, Q8_BLOCK_BYTES);
         for (int t = 0; t < 8; t++) {
             int8x16_t xt[TILE_ROWS];
             for (int r = 0; r < rows; r++) xt[r] = broadcast4(xq + r * K + b * BLOCK + 4 * t);

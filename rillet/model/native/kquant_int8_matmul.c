@@ -101,7 +101,7 @@ INLINE void tile(int type, int rows, int groups, const int8_t *xq, const float *
         const uint8_t *header = w + b / per_block * block_bytes(type);
         const uint8_t *values = header + header_bytes(type) + b % per_block * run_bytes(type);
         if (b % per_block == 0)
-            for (int g = 0; g < groups; g++) prefetch(header + g * group_bytes, block_bytes(type));
+            for (int g = 0; g < groups; g++) prefetch_pass(w + g * group_bytes, header - w, group_bytes, groups * group_bytes, block_bytes(type));
         /* 16-bit sums of a half: four pairs of products stay below 2^15 for 5- and 6-bit q (q - bias
          * for Q6_K); 4-bit q sums both halves, as int8_matmul.c does. */
         __m256i sum[TILE_ROWS][ROW_GROUPS], total[TILE_ROWS][ROW_GROUPS];
@@ -224,7 +224,7 @@ INLINE void tile(int type, int rows, int groups, const int8_t *xq, const float *
         const uint8_t *header = w + b / per_block * block_bytes(type);
         const uint8_t *values = header + header_bytes(type) + b % per_block * run_bytes(type);
         if (b % per_block == 0)
-            for (int g = 0; g < groups; g++) prefetch(header + g * group_bytes, block_bytes(type));
+            for (int g = 0; g < groups; g++) prefetch_pass(w + g * group_bytes, header - w, group_bytes, groups * group_bytes, block_bytes(type));
         /* Q6_K: each half (16 values) its own sum and scale; the others: one sum over both halves. */
         int32x4_t sum[TILE_ROWS][ROW_GROUPS][2];
         for (int h = 0; h < 2; h++) {

@@ -191,7 +191,7 @@ INLINE void row(int t, int groups, const float *x, int64_t K, const uint8_t *w, 
         __m512 p[ROW_GROUPS];
         for (int g = 0; g < groups; g++) {
             p[g] = _mm512_setzero_ps();
-            if (s == 0) prefetch(block + g * group_bytes, block_bytes(t));
+            if (s == 0) prefetch_pass(w + g * group_bytes, block - w, group_bytes, groups * group_bytes, block_bytes(t));
         }
         for (int j = 0; j < S / 2; j++) {
             const __m512 x0 = _mm512_set1_ps(x[v0 + 2 * j]), x1 = _mm512_set1_ps(x[v0 + 2 * j + 1]);
@@ -263,7 +263,7 @@ INLINE void row(int t, int groups, const float *x, int64_t K, const uint8_t *w, 
         __m256 p[ROW_GROUPS][2];
         for (int g = 0; g < groups; g++) {
             p[g][0] = p[g][1] = _mm256_setzero_ps();
-            if (s == 0) prefetch(block + g * group_bytes, block_bytes(t));
+            if (s == 0) prefetch_pass(w + g * group_bytes, block - w, group_bytes, groups * group_bytes, block_bytes(t));
         }
         for (int j = 0; j < S / 2; j++) {
             const __m256 x0 = _mm256_broadcast_ss(x + v0 + 2 * j), x1 = _mm256_broadcast_ss(x + v0 + 2 * j + 1);
@@ -418,7 +418,7 @@ INLINE void row(int t, int groups, const float *x, int64_t K, const uint8_t *w, 
         float32x4_t p[ROW_GROUPS][4];
         for (int g = 0; g < groups; g++) {
             for (int i = 0; i < 4; i++) p[g][i] = vdupq_n_f32(0.0f);
-            if (s == 0) prefetch(block + g * group_bytes, block_bytes(t));
+            if (s == 0) prefetch_pass(w + g * group_bytes, block - w, group_bytes, groups * group_bytes, block_bytes(t));
         }
         for (int j = 0; j < S / 2; j++) {
             const float x0 = x[v0 + 2 * j], x1 = x[v0 + 2 * j + 1];

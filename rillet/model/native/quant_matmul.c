@@ -136,7 +136,7 @@ INLINE void row_q4(int groups, const float *x, int64_t K, const uint8_t *group, 
         __m512 p[ROW_GROUPS];
         for (int g = 0; g < groups; g++) {
             p[g] = _mm512_setzero_ps();
-            prefetch(group + g * group_bytes + b * Q4_BLOCK_BYTES, Q4_BLOCK_BYTES);
+            prefetch_pass(group + g * group_bytes, b * Q4_BLOCK_BYTES, group_bytes, groups * group_bytes, Q4_BLOCK_BYTES);
         }
         const float *xs = x + b * BLOCK;
         for (int j = 0; j < BLOCK / 2; j++) {
@@ -166,7 +166,7 @@ INLINE void row_q8(int groups, const float *x, int64_t K, const uint8_t *group, 
         __m512 p[ROW_GROUPS];
         for (int g = 0; g < groups; g++) {
             p[g] = zero;
-            prefetch(group + g * group_bytes + b * Q8_BLOCK_BYTES, Q8_BLOCK_BYTES);
+            prefetch_pass(group + g * group_bytes, b * Q8_BLOCK_BYTES, group_bytes, groups * group_bytes, Q8_BLOCK_BYTES);
         }
         const float *xs = x + b * BLOCK;
         for (int k = 0; k < BLOCK; k++) {
@@ -230,7 +230,7 @@ INLINE void row_q4(int groups, const float *x, int64_t K, const uint8_t *group, 
         __m256 p[ROW_GROUPS][2];
         for (int g = 0; g < groups; g++) {
             p[g][0] = p[g][1] = _mm256_setzero_ps();
-            prefetch(group + g * group_bytes + b * Q4_BLOCK_BYTES, Q4_BLOCK_BYTES);
+            prefetch_pass(group + g * group_bytes, b * Q4_BLOCK_BYTES, group_bytes, groups * group_bytes, Q4_BLOCK_BYTES);
         }
         const float *xs = x + b * BLOCK;
         for (int j = 0; j < BLOCK / 2; j++) {
@@ -267,7 +267,7 @@ INLINE void row_q8(int groups, const float *x, int64_t K, const uint8_t *group, 
         __m256 p[ROW_GROUPS][2];
         for (int g = 0; g < groups; g++) {
             p[g][0] = p[g][1] = zero;
-            prefetch(group + g * group_bytes + b * Q8_BLOCK_BYTES, Q8_BLOCK_BYTES);
+            prefetch_pass(group + g * group_bytes, b * Q8_BLOCK_BYTES, group_bytes, groups * group_bytes, Q8_BLOCK_BYTES);
         }
         const float *xs = x + b * BLOCK;
         for (int k = 0; k < BLOCK; k++) {
@@ -376,7 +376,7 @@ INLINE void row_q4(int groups, const float *x, int64_t K, const uint8_t *group, 
         float32x4_t p[ROW_GROUPS][4];
         for (int g = 0; g < groups; g++) {
             for (int i = 0; i < 4; i++) p[g][i] = vdupq_n_f32(0.0f);
-            prefetch(group + g * group_bytes + b * Q4_BLOCK_BYTES, Q4_BLOCK_BYTES);
+            prefetch_pass(group + g * group_bytes, b * Q4_BLOCK_BYTES, group_bytes, groups * group_bytes, Q4_BLOCK_BYTES);
         }
         const float *xs = x + b * BLOCK;
         for (int j = 0; j < BLOCK / 2; j++) {
@@ -407,7 +407,7 @@ INLINE void row_q8(int groups, const float *x, int64_t K, const uint8_t *group, 
         float32x4_t p[ROW_GROUPS][4];
         for (int g = 0; g < groups; g++) {
             for (int i = 0; i < 4; i++) p[g][i] = zero[0];
-            prefetch(group + g * group_bytes + b * Q8_BLOCK_BYTES, Q8_BLOCK_BYTES);
+            prefetch_pass(group + g * group_bytes, b * Q8_BLOCK_BYTES, group_bytes, groups * group_bytes, Q8_BLOCK_BYTES);
         }
         const float *xs = x + b * BLOCK;
         for (int k = 0; k < BLOCK; k++) {
