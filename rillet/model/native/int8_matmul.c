@@ -15,7 +15,8 @@
  * A block adds (d dx) * sum(q xq) + m sx to output n. The integer sums are exact; the float steps
  * run in one order whatever M is and whichever tile computes them, so a row's result does not
  * depend on the rows batched with it. Compiled without fp contraction to keep that order.
- * Four code paths (isa.h): AVX-512 adds the products with VNNI's vpdpbusd, AVX2 with vpmaddubsw and
+ * Four code paths (isa.h): AVX-512 adds the products of two groups (16 outputs) at once with VNNI's
+ * vpdpbusd, AVX2 with vpmaddubsw and
  * vpmaddwd, NEON with sdot (or smull and sadalp without dotprod), portable C one by one; all compute
  * the same integer sums and the same float steps (fmaf where the vector paths fuse), so their results
  * are identical bit for bit.
@@ -33,7 +34,11 @@
 #define Q4_BLOCK_BYTES (2 * GROUP * 2 + GROUP * BLOCK / 2)
 #define Q8_BLOCK_BYTES (GROUP * 2 + GROUP * BLOCK)
 #define TILE_ROWS 4   /* rows of x per tile when batched */
+#ifdef RILLET_AVX512
+#define TILE_GROUPS 4 /* groups of 8 outputs per tile when batched: two registers of 16 on AVX-512 */
+#else
 #define TILE_GROUPS 2 /* groups of 8 outputs per tile when batched */
+#endif
 #define ROW_GROUPS 4  /* groups per tile for a single row */
 #define CHUNK_BYTES (256 << 10) /* int8 rows of x per pass over the weights: about half of L2 */
 
@@ -53,6 +58,105 @@ static inline __m256 fold(__m256 acc, __m256 d, float dx, __m256i sum, __m256 m,
     const __m256 scaled = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(dx)), _mm256_cvtepi32_ps(sum), acc);
     return _mm256_fmadd_ps(m, _mm256_set1_ps(sx), scaled);
 }
+
+#ifdef RILLET_AVX512
+/* AVX-512: groups in pairs, a pair in one 512-bit register, the first group's 8 outputs in its low
+ * half and the second's in its high half (a lone last group is read twice and its copy dropped), so
+ * that one vpdpbusd adds the products of 16 outputs. The integer sums are those of the AVX2 path, and
+ * each group's float steps (fold) are the same. */
+INLINE __m512i two_groups(const uint8_t *first, int64_t group_bytes, int both) {
+    const __m256i low = _mm256_loadu_si256((const __m256i *)first);
+    const __m256i high = _mm256_loadu_si256((const __m256i *)(both ? first + group_bytes : first));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+}
+
+INLINE __m256i half_of(__m512i v, int high) { return high ? _mm512_extracti64x4_epi64(v, 1) : _mm512_castsi512_si256(v); }
+
+INLINE __m512i broadcast4x16(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+INLINE void tile_q4(int rows, int groups, const int8_t *xq, const float *xd, const float *xs, int64_t K,
+                    const uint8_t *w, int64_t group_bytes, float *out) {
+    const int64_t blocks = K / BLOCK;
+    const int pairs = (groups + 1) / 2;
+    const __m512i low = _mm512_set1_epi8(15);
+    __m256 acc[TILE_ROWS][ROW_GROUPS];
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) acc[r][g] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < blocks; b++) {
+        __m512i sum[TILE_ROWS][ROW_GROUPS / 2];
+        for (int r = 0; r < rows; r++)
+            for (int p = 0; p < pairs; p++) sum[r][p] = _mm512_setzero_si512();
+        for (int g = 0; g < groups; g++) prefetch_pass(w + g * group_bytes, b * Q4_BLOCK_BYTES, group_bytes, groups * group_bytes, Q4_BLOCK_BYTES);
+        for (int high = 0; high < 2; high++) {
+#pragma GCC unroll 1
+            for (int t = 0; t < 4; t++) {
+                __m512i xt[TILE_ROWS];
+                for (int r = 0; r < rows; r++) xt[r] = broadcast4x16(xq + r * K + b * BLOCK + 16 * high + 4 * t);
+                for (int p = 0; p < pairs; p++) {
+                    __m512i v = two_groups(w + 2 * p * group_bytes + b * Q4_BLOCK_BYTES + 32 + 32 * t, group_bytes,
+                                           2 * p + 1 < groups);
+                    v = _mm512_and_si512(high ? _mm512_srli_epi16(v, 4) : v, low);
+                    for (int r = 0; r < rows; r++) sum[r][p] = _mm512_dpbusd_epi32(sum[r][p], v, xt[r]);
+                }
+            }
+        }
+        for (int g = 0; g < groups; g++) {
+            const uint8_t *block = w + g * group_bytes + b * Q4_BLOCK_BYTES;
+            const __m256 d = half8(block), m = half8(block + 16);
+            for (int r = 0; r < rows; r++)
+                acc[r][g] = fold(acc[r][g], d, xd[r * blocks + b], half_of(sum[r][g / 2], g % 2), m, xs[r * blocks + b]);
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) _mm256_storeu_ps(out + (r * groups + g) * GROUP, acc[r][g]);
+}
+
+INLINE void tile_q8(int rows, int groups, const int8_t *xq, const float *xd, const float *xs, int64_t K,
+                    const uint8_t *w, int64_t group_bytes, float *out) {
+    (void)xs;
+    const int64_t blocks = K / BLOCK;
+    const int pairs = (groups + 1) / 2;
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 acc[TILE_ROWS][ROW_GROUPS];
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) acc[r][g] = zero;
+    for (int64_t b = 0; b < blocks; b++) {
+        __m512i sum[TILE_ROWS][ROW_GROUPS / 2];
+        for (int r = 0; r < rows; r++)
+            for (int p = 0; p < pairs; p++) sum[r][p] = _mm512_setzero_si512();
+        for (int g = 0; g < groups; g++) prefetch_pass(w + g * group_bytes, b * Q8_BLOCK_BYTES, group_bytes, groups * group_bytes, Q8_BLOCK_BYTES);
+#pragma GCC unroll 1
+        for (int t = 0; t < 8; t++) {
+            __m512i xt[TILE_ROWS];
+            for (int r = 0; r < rows; r++) xt[r] = broadcast4x16(xq + r * K + b * BLOCK + 4 * t);
+            for (int p = 0; p < pairs; p++) {
+                const __m512i v = two_groups(w + 2 * p * group_bytes + b * Q8_BLOCK_BYTES + 16 + 32 * t, group_bytes,
+                                             2 * p + 1 < groups);
+                /* |q| times x with q's sign (x is never -128, so negating it is exact). */
+                const __m512i magnitude = _mm512_abs_epi8(v);
+                const __mmask64 negative = _mm512_movepi8_mask(v);
+                for (int r = 0; r < rows; r++)
+                    sum[r][p] = _mm512_dpbusd_epi32(sum[r][p], magnitude,
+                                                    _mm512_mask_sub_epi8(xt[r], negative, _mm512_setzero_si512(), xt[r]));
+            }
+        }
+        for (int g = 0; g < groups; g++) {
+            const __m256 d = half8(w + g * group_bytes + b * Q8_BLOCK_BYTES);
+            for (int r = 0; r < rows; r++) {
+                const __m256 scaled = _mm256_mul_ps(d, _mm256_set1_ps(xd[r * blocks + b]));
+                acc[r][g] = _mm256_fmadd_ps(scaled, _mm256_cvtepi32_ps(half_of(sum[r][g / 2], g % 2)), acc[r][g]);
+            }
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) _mm256_storeu_ps(out + (r * groups + g) * GROUP, acc[r][g]);
+}
+
+#else
 
 /* rows x groups tile: rows of x (integers xq [rows][K], scales xd/xs [rows][K / 32]) times
  * groups consecutive groups of W; out [rows][groups * 8]. */
@@ -117,12 +221,8 @@ INLINE void tile_q8(int rows, int groups, const int8_t *xq, const float *xd, con
                 /* |q| times x with q's sign: unsigned times signed, as maddubs needs. */
                 const __m256i magnitude = _mm256_abs_epi8(v);
                 for (int r = 0; r < rows; r++) {
-#ifdef RILLET_AVX512
-                    sum[r][g] = add_products(sum[r][g], magnitude, _mm256_sign_epi8(xt[r], v));
-#else
                     sum[r][g] = _mm256_add_epi32(sum[r][g], widen(add_products(_mm256_setzero_si256(), magnitude,
                                                                                _mm256_sign_epi8(xt[r], v))));
-#endif
                 }
             }
         }
@@ -137,6 +237,8 @@ INLINE void tile_q8(int rows, int groups, const int8_t *xq, const float *xd, con
     for (int r = 0; r < rows; r++)
         for (int g = 0; g < groups; g++) _mm256_storeu_ps(out + (r * groups + g) * GROUP, acc[r][g]);
 }
+
+#endif /* RILLET_AVX512 */
 
 #elif defined(RILLET_NEON)
 
