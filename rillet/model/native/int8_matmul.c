@@ -60,24 +60,9 @@ static inline __m256 fold(__m256 acc, __m256 d, float dx, __m256i sum, __m256 m,
 }
 
 #ifdef RILLET_AVX512
-/* AVX-512: groups in pairs, a pair in one 512-bit register, the first group's 8 outputs in its low
- * half and the second's in its high half (a lone last group is read twice and its copy dropped), so
- * that one vpdpbusd adds the products of 16 outputs. The integer sums are those of the AVX2 path, and
- * each group's float steps (fold) are the same. */
-INLINE __m512i two_groups(const uint8_t *first, int64_t group_bytes, int both) {
-    const __m256i low = _mm256_loadu_si256((const __m256i *)first);
-    const __m256i high = _mm256_loadu_si256((const __m256i *)(both ? first + group_bytes : first));
-    return _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
-}
-
-INLINE __m256i half_of(__m512i v, int high) { return high ? _mm512_extracti64x4_epi64(v, 1) : _mm512_castsi512_si256(v); }
-
-INLINE __m512i broadcast4x16(const int8_t *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return _mm512_set1_epi32(v);
-}
-
+/* AVX-512: groups in pairs, one 512-bit register each (int8_activations.h's two_groups), so that one
+ * vpdpbusd adds the products of 16 outputs. The integer sums are those of the AVX2 path, and each
+ * group's float steps (fold) are the same. */
 INLINE void tile_q4(int rows, int groups, const int8_t *xq, const float *xd, const float *xs, int64_t K,
                     const uint8_t *w, int64_t group_bytes, float *out) {
     const int64_t blocks = K / BLOCK;

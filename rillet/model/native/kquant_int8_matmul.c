@@ -33,7 +33,11 @@
 enum { Q5_0, Q5_1, Q4_K, Q5_K, Q6_K };
 #define GROUP 8
 #define TILE_ROWS 4   /* rows of x per tile when batched */
+#ifdef RILLET_AVX512
+#define TILE_GROUPS 4 /* groups of 8 outputs per tile when batched: two registers of 16 on AVX-512 */
+#else
 #define TILE_GROUPS 2 /* groups of 8 outputs per tile when batched */
+#endif
 #define ROW_GROUPS 4  /* groups per tile for a single row */
 #define CHUNK_BYTES (256 << 10) /* int8 rows of x per pass over the weights: about half of L2 */
 #define INLINE static inline __attribute__((always_inline))
@@ -87,6 +91,91 @@ INLINE void scales(int t, const uint8_t *hd, int s, __m256 *a, __m256 *b) {
     }
     if (t == Q6_K) *a = _mm256_mul_ps(*a, i8_floats(hd + 16 + 8 * s));
 }
+
+#ifdef RILLET_AVX512
+/* run() for a pair of groups (int8_activations.h's two_groups): the first's run in the low half of the
+ * register, the second's (group_bytes on) in the high half. */
+INLINE __m512i run_pair(int type, const uint8_t *values, int64_t group_bytes, int both, int h, int t) {
+    const __m512i v = two_groups(values + 32 * t, group_bytes, both);
+    __m512i q = _mm512_and_si512(h ? _mm512_srli_epi16(v, 4) : v, _mm512_set1_epi8(15));
+    const uint8_t *planes = values + 128;
+    if (bits(type) == 5) {
+        const __m512i p = two_groups(planes, group_bytes, both);
+        q = _mm512_or_si512(q, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(p, 4 * h + t), _mm512_set1_epi8(1)), 4));
+    } else if (bits(type) == 6) {
+        const __m512i p = two_groups(planes + 32 * h, group_bytes, both);
+        q = _mm512_or_si512(q, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(p, 2 * t), _mm512_set1_epi8(3)), 4));
+    }
+    return q;
+}
+
+/* The AVX2 tile's integer sums with one vpdpbusd for a pair of groups (16 outputs), and its float
+ * steps group by group, in the same order. */
+INLINE void tile(int type, int rows, int groups, const int8_t *xq, const float *xd, const float *xs, int64_t K,
+                 const uint8_t *w, int64_t group_bytes, float *out) {
+    const int64_t blocks = K / 32;
+    const int per_block = block_values(type) / 32, pairs = (groups + 1) / 2;
+    __m256 acc[TILE_ROWS][ROW_GROUPS];
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) acc[r][g] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *header = w + b / per_block * block_bytes(type);
+        const uint8_t *values = header + header_bytes(type) + b % per_block * run_bytes(type);
+        if (b % per_block == 0)
+            for (int g = 0; g < groups; g++) prefetch_pass(w + g * group_bytes, header - w, group_bytes, groups * group_bytes, block_bytes(type));
+        __m512i sum[TILE_ROWS][ROW_GROUPS / 2], total[TILE_ROWS][ROW_GROUPS / 2];
+        for (int r = 0; r < rows; r++)
+            for (int p = 0; p < pairs; p++) total[r][p] = _mm512_setzero_si512();
+        for (int h = 0; h < 2; h++) {
+            if (h == 0 || bits(type) > 4)
+                for (int r = 0; r < rows; r++)
+                    for (int p = 0; p < pairs; p++) sum[r][p] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+            for (int t = 0; t < 4; t++) {
+                __m512i xt[TILE_ROWS], xb[TILE_ROWS];
+                for (int r = 0; r < rows; r++) {
+                    xt[r] = broadcast4x16(xq + r * K + b * 32 + 16 * h + 4 * t);
+                    if (bias(type)) xb[r] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8((char)bias(type)), xt[r]);
+                }
+                for (int p = 0; p < pairs; p++) {
+                    const __m512i q = run_pair(type, values + 2 * p * group_bytes, group_bytes, 2 * p + 1 < groups, h, t);
+                    for (int r = 0; r < rows; r++) {
+                        sum[r][p] = _mm512_dpbusd_epi32(sum[r][p], q, xt[r]);
+                        if (bias(type)) sum[r][p] = _mm512_sub_epi32(sum[r][p], xb[r]);
+                    }
+                }
+            }
+            if (bits(type) == 4 && h == 0) continue;
+            if (type != Q6_K) {
+                for (int r = 0; r < rows; r++)
+                    for (int p = 0; p < pairs; p++) total[r][p] = _mm512_add_epi32(total[r][p], sum[r][p]);
+                continue;
+            }
+            for (int g = 0; g < groups; g++) {
+                __m256 a, offset;
+                scales(type, header + g * group_bytes, 2 * (int)(b % per_block) + h, &a, &offset);
+                for (int r = 0; r < rows; r++) {
+                    const __m256 scaled = _mm256_mul_ps(a, _mm256_set1_ps(xd[r * blocks + b]));
+                    acc[r][g] = _mm256_fmadd_ps(scaled, _mm256_cvtepi32_ps(half_of(sum[r][g / 2], g % 2)), acc[r][g]);
+                }
+            }
+        }
+        if (type == Q6_K) continue;
+        for (int g = 0; g < groups; g++) {
+            __m256 a, offset;
+            scales(type, header + g * group_bytes, (int)(b % per_block), &a, &offset);
+            for (int r = 0; r < rows; r++) {
+                const __m256 scaled = _mm256_mul_ps(a, _mm256_set1_ps(xd[r * blocks + b]));
+                acc[r][g] = _mm256_fmadd_ps(scaled, _mm256_cvtepi32_ps(half_of(total[r][g / 2], g % 2)), acc[r][g]);
+                if (!bias(type)) acc[r][g] = _mm256_fmadd_ps(offset, _mm256_set1_ps(xs[r * blocks + b]), acc[r][g]);
+            }
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) _mm256_storeu_ps(out + (r * groups + g) * GROUP, acc[r][g]);
+}
+
+#else
 
 /* rows x groups tile: rows of x (integers xq [rows][K], scales xd/xs [rows][K / 32]) times groups
  * consecutive groups of W; out [rows][groups * 8]. */
@@ -156,6 +245,8 @@ INLINE void tile(int type, int rows, int groups, const int8_t *xq, const float *
     for (int r = 0; r < rows; r++)
         for (int g = 0; g < groups; g++) _mm256_storeu_ps(out + (r * groups + g) * GROUP, acc[r][g]);
 }
+
+#endif /* RILLET_AVX512 */
 
 #endif /* RILLET_AVX2 */
 
