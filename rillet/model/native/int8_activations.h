@@ -98,27 +98,6 @@ static inline int32x4_t add_products(int32x4_t sum, int8x16_t w, int8x16_t x) {
 #endif
 }
 
-#ifdef RILLET_AVX512
-/* Groups of 8 outputs in pairs: the 32 bytes at first (the first group's) in the low half of a 512-bit
- * register and those group_bytes on (the second's) in the high half; a lone last group (both = 0) is
- * read twice and its copy dropped. */
-static inline __m512i two_groups(const uint8_t *first, int64_t group_bytes, int both) {
-    const __m256i low = _mm256_loadu_si256((const __m256i *)first);
-    const __m256i high = _mm256_loadu_si256((const __m256i *)(both ? first + group_bytes : first));
-    return _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
-}
-
-/* The 32-bit sums of a pair's first group (high = 0) or second. */
-static inline __m256i half_of(__m512i v, int high) { return high ? _mm512_extracti64x4_epi64(v, 1) : _mm512_castsi512_si256(v); }
-
-/* Four bytes of x's integers, repeated across a 512-bit register. */
-static inline __m512i broadcast4x16(const int8_t *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return _mm512_set1_epi32(v);
-}
-#endif
-
 /* Four bytes of x's integers, repeated across a register. */
 static inline int8x16_t broadcast4(const int8_t *p) {
     int32_t v;
