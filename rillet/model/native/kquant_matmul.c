@@ -328,20 +328,7 @@ INLINE void tile(int rows, int groups, int S, int offset, const float *x, int64_
 /* NEON: a group's 16 outputs in four registers, each lane one output's sums in the portable C path's
  * order (vfmaq where it has fmaf). A sub-block's sums stay in registers; the outputs' totals in out.
  * The driver below (row_any ... matmul) is the AVX2 path's. */
-static inline float32x4_t half4(const uint8_t *p) { return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(p))); }
-
-/* 16 bytes as floats (unsigned, signed): f[i] holds rows 4i..4i+3. */
-INLINE void u8_floats(uint8x16_t v, float32x4_t f[4]) {
-    const uint16x8_t a = vmovl_u8(vget_low_u8(v)), b = vmovl_high_u8(v);
-    f[0] = vcvtq_f32_u32(vmovl_u16(vget_low_u16(a))), f[1] = vcvtq_f32_u32(vmovl_high_u16(a));
-    f[2] = vcvtq_f32_u32(vmovl_u16(vget_low_u16(b))), f[3] = vcvtq_f32_u32(vmovl_high_u16(b));
-}
-
-INLINE void i8_floats(int8x16_t v, float32x4_t f[4]) {
-    const int16x8_t a = vmovl_s8(vget_low_s8(v)), b = vmovl_high_s8(v);
-    f[0] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(a))), f[1] = vcvtq_f32_s32(vmovl_high_s16(a));
-    f[2] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(b))), f[3] = vcvtq_f32_s32(vmovl_high_s16(b));
-}
+#include "neon_floats.h"
 
 /* Value k of a sub-block for the 16 rows as floats, q - bias (portable C's value_of). */
 INLINE void value_floats(int t, const uint8_t *sub, int k, float32x4_t f[4]) {

@@ -299,20 +299,7 @@ INLINE void row_q8(int groups, const float *x, int64_t K, const uint8_t *group, 
 
 /* NEON: a group's 16 outputs in four registers, each lane one output's sums in the portable C path's
  * order (vfmaq where it has fmaf). A block's sums stay in registers; the outputs' totals in out. */
-static inline float32x4_t half4(const uint8_t *p) { return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(p))); }
-
-/* 16 bytes as floats (unsigned, signed): f[i] holds rows 4i..4i+3. */
-INLINE void u8_floats(uint8x16_t v, float32x4_t f[4]) {
-    const uint16x8_t a = vmovl_u8(vget_low_u8(v)), b = vmovl_high_u8(v);
-    f[0] = vcvtq_f32_u32(vmovl_u16(vget_low_u16(a))), f[1] = vcvtq_f32_u32(vmovl_high_u16(a));
-    f[2] = vcvtq_f32_u32(vmovl_u16(vget_low_u16(b))), f[3] = vcvtq_f32_u32(vmovl_high_u16(b));
-}
-
-INLINE void i8_floats(int8x16_t v, float32x4_t f[4]) {
-    const int16x8_t a = vmovl_s8(vget_low_s8(v)), b = vmovl_high_s8(v);
-    f[0] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(a))), f[1] = vcvtq_f32_s32(vmovl_high_s16(a));
-    f[2] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(b))), f[3] = vcvtq_f32_s32(vmovl_high_s16(b));
-}
+#include "neon_floats.h"
 
 /* One block's 32 x 16 integers of a group as float32 [k][16] into qf; its d and m into dm[32]. */
 INLINE void unpack_q4(const uint8_t *block, float *restrict qf, float *restrict dm) {
