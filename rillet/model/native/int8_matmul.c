@@ -28,19 +28,11 @@
 #include <string.h>
 
 #include "isa.h"
+#include "int8_tiles.h"
 
-#define GROUP 8
 #define BLOCK 32
 #define Q4_BLOCK_BYTES (2 * GROUP * 2 + GROUP * BLOCK / 2)
 #define Q8_BLOCK_BYTES (GROUP * 2 + GROUP * BLOCK)
-#define TILE_ROWS 4   /* rows of x per tile when batched */
-#ifdef RILLET_AVX512
-#define TILE_GROUPS 4 /* groups of 8 outputs per tile when batched: two registers of 16 on AVX-512 */
-#else
-#define TILE_GROUPS 2 /* groups of 8 outputs per tile when batched */
-#endif
-#define ROW_GROUPS 4  /* groups per tile for a single row */
-#define CHUNK_BYTES (256 << 10) /* int8 rows of x per pass over the weights: about half of L2 */
 
 #define INLINE static inline __attribute__((always_inline))
 

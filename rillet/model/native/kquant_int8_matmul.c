@@ -29,17 +29,9 @@
 #include <string.h>
 
 #include "isa.h"
+#include "int8_tiles.h"
 
 enum { Q5_0, Q5_1, Q4_K, Q5_K, Q6_K };
-#define GROUP 8
-#define TILE_ROWS 4   /* rows of x per tile when batched */
-#ifdef RILLET_AVX512
-#define TILE_GROUPS 4 /* groups of 8 outputs per tile when batched: two registers of 16 on AVX-512 */
-#else
-#define TILE_GROUPS 2 /* groups of 8 outputs per tile when batched */
-#endif
-#define ROW_GROUPS 4  /* groups per tile for a single row */
-#define CHUNK_BYTES (256 << 10) /* int8 rows of x per pass over the weights: about half of L2 */
 #define INLINE static inline __attribute__((always_inline))
 
 const char *kquant_int8_matmul_isa(void) { return RILLET_ISA_NAME; }

@@ -32,17 +32,9 @@
 
 #include "isa.h"
 #include "block_sum.h"
+#include "float_tiles.h"
 
 enum { Q5_0, Q5_1, Q4_K, Q5_K, Q6_K };
-#define GROUP 16
-#define MAX_ROWS 6 /* rows of x per register tile: 12 partial sums + 2 weights + 1 broadcast */
-#ifdef RILLET_AVX512
-#define TILE_GROUPS 2 /* groups per register tile: 6 rows x 32 outputs, 24 registers of sums */
-#else
-#define TILE_GROUPS 1
-#endif
-#define ROW_GROUPS 4 /* groups side by side for a single row */
-#define CHUNK_BYTES (256 << 10) /* rows of x per pass over the weights: about half of L2 */
 #define INLINE static inline __attribute__((always_inline))
 
 const char *kquant_matmul_isa(void) { return RILLET_ISA_NAME; }

@@ -25,19 +25,11 @@
 
 #include "isa.h"
 #include "block_sum.h"
+#include "float_tiles.h"
 
-#define GROUP 16
 #define BLOCK 32
 #define Q4_BLOCK_BYTES (2 * GROUP * 2 + GROUP * BLOCK / 2)
 #define Q8_BLOCK_BYTES (GROUP * 2 + GROUP * BLOCK)
-#define MAX_ROWS 6 /* rows of x per register tile: 12 partial sums + 2 weights + 1 broadcast */
-#ifdef RILLET_AVX512
-#define TILE_GROUPS 2 /* groups per register tile: 6 rows x 32 outputs, 24 registers of sums */
-#else
-#define TILE_GROUPS 1
-#endif
-#define ROW_GROUPS 4 /* groups side by side for a single row: 8 independent chains */
-#define CHUNK_BYTES (256 << 10) /* rows of x per pass over the weights: about half of L2 */
 #define INLINE static inline __attribute__((always_inline))
 
 const char *quant_matmul_isa(void) { return RILLET_ISA_NAME; }
