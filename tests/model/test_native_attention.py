@@ -89,3 +89,52 @@ def test_a_decode_row_in_a_large_batch_matches_it_alone(kv_dtype):
     alone = torch.cat([native.paged_decode_attention(q[i:i + 1], cache, decodes.block_tables[i:i + 1],
                                                      decodes.context_lens[i:i + 1]) for i in range(48)])
     assert together is not None and torch.equal(together, alone)
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("window", [None, 300])
+def test_a_long_row_split_over_the_threads_matches_it_in_a_large_batch(monkeypatch, kv_dtype, window):
+    # A long context is taken in partitions of 256 tokens. A row alone runs each partition as a
+    # job of its own and folds them afterwards; in a batch of 48, one job runs them one after
+    # another. The row's result is the same either way, bit for bit, and matches PyTorch.
+    generator = torch.Generator().manual_seed(5)
+    block_size, rows = 16, 48
+    context_lens = torch.randint(1, 80, (rows,), generator=generator)
+    context_lens[:4] = torch.tensor([700, 256, 257, 1000])  # several partitions, and the edges of one
+    width = int(-(-context_lens.max() // block_size))
+    num_blocks = rows * width + 1
+    cache = torch.randn(2, num_blocks, block_size, 3, 64, generator=generator).to(kv_dtype)
+    tables = (torch.randperm(num_blocks - 1, generator=generator) + 1).view(rows, width)
+    q = torch.randn(rows, 9, 64, generator=generator)
+    together = native.paged_decode_attention(q, cache, tables, context_lens, window=window)
+    alone = torch.cat([native.paged_decode_attention(q[i:i + 1], cache, tables[i:i + 1], context_lens[i:i + 1],
+                                                     window=window) for i in range(4)])
+    assert together is not None and torch.equal(together[:4], alone)
+    meta = AttentionMetadata(list(range(rows + 1)), context_lens.tolist(), tables, torch.zeros(rows, dtype=torch.long),
+                             block_size)
+    monkeypatch.setattr(native, "paged_decode_attention", lambda *args: None)
+    expected = attention._decode_attention(q, cache, meta.decode_batch(), window=window)
+    assert (together - expected).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
+def test_rows_of_a_long_prefill_chunk_match_each_row_alone(monkeypatch, kv_dtype):
+    # 20 tokens at positions 590-609 of one sequence, with one kv head: two tasks of rows (16 and
+    # 4), each task's partitions and each row's alone run as jobs of their own; every row comes
+    # out the same bit for bit, whichever rows share its task.
+    generator = torch.Generator().manual_seed(9)
+    block_size, width, rows = 16, 40, 20
+    cache = torch.randn(2, width + 1, block_size, 1, 64, generator=generator).to(kv_dtype)
+    table = (torch.randperm(width, generator=generator) + 1).view(1, width)
+    context_lens = torch.arange(590, 590 + rows)
+    q = torch.randn(rows, 4, 64, generator=generator)
+    tables = table.expand(rows, width).contiguous()
+    together = native.paged_decode_attention(q, cache, tables, context_lens)
+    alone = torch.cat([native.paged_decode_attention(q[i:i + 1], cache, table, context_lens[i:i + 1])
+                       for i in range(rows)])
+    assert together is not None and torch.equal(together, alone)
+    meta = AttentionMetadata(list(range(rows + 1)), context_lens.tolist(), tables, torch.zeros(rows, dtype=torch.long),
+                             block_size)
+    monkeypatch.setattr(native, "paged_decode_attention", lambda *args: None)
+    expected = attention._decode_attention(q, cache, meta.decode_batch())
+    assert (together - expected).abs().max().item() < 1e-5

@@ -11,8 +11,8 @@
  * window > 0: a sliding window, each row sees only its last `window` tokens (itself included);
  *        blocks wholly before a row's window are not read for it.
  * Returns 0, or -1 when a size is beyond the limits below or memory runs out (the caller falls
- * back). Work is split by rows, up to 16 of one sequence together, and by kv head where rows are
- * few; each reads its blocks in order.
+ * back). Work is split by rows, up to 16 of one sequence together; where rows are few, also by
+ * partition of the context and by kv head (see PART_TOKENS); each job reads its blocks in order.
  */
 #include <math.h>
 #include <omp.h>
@@ -151,6 +151,35 @@ static inline __attribute__((always_inline)) void block_values(float *a, const f
         for (int64_t d = 0; d < dim; d++) a[d] += weights[t] * v[t * row_stride + d];
 }
 
+/* A row's context is taken in partitions of PART_TOKENS tokens (whole blocks), fixed by token
+ * position: within a partition, an online softmax over its blocks; across partitions, fold_partition
+ * in order. Where rows are few, a row's partitions run as separate jobs and are folded afterwards;
+ * where they are many, one job runs them one after another and folds as it goes. Both fold the same
+ * partitions in the same order with the same code, so a row's result does not depend on which. */
+#define PART_TOKENS 256
+#define MAX_PARTIAL_FLOATS (4 << 20) /* beyond this (16 MB) a step's partitions run in one job each */
+
+/* Folds one partition's softmax state (its max, its sum of exponentials, its unnormalised values)
+ * into a row's running total. Not inlined: one body of code for both ways of running partitions. */
+static __attribute__((noinline)) void fold_partition(float *restrict total, float *total_max, float *total_sum,
+                                                     const float *restrict values, float max, float sum, int64_t dim) {
+    if (*total_max == NEG_HUGE && *total_sum == 0.0f) { /* the first: taken as it is */
+        memcpy(total, values, dim * sizeof(float));
+        *total_max = max, *total_sum = sum;
+        return;
+    }
+    const float new_max = max > *total_max ? max : *total_max;
+    const float a = expf(*total_max - new_max), b = expf(max - new_max);
+    *total_sum = *total_sum * a + sum * b;
+    for (int64_t d = 0; d < dim; d++) total[d] = total[d] * a + values[d] * b;
+    *total_max = new_max;
+}
+
+static __attribute__((noinline)) void finish_row(float *restrict out, const float *restrict total, float sum, int64_t dim) {
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    for (int64_t d = 0; d < dim; d++) out[d] = total[d] * inv;
+}
+
 static inline __attribute__((always_inline)) int attend(
     const float *q, const void *cache, const int64_t *block_tables, const int64_t *context_lens, float *out,
     int64_t num_seqs, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, int64_t num_blocks,
@@ -161,11 +190,16 @@ static inline __attribute__((always_inline)) int attend(
     const int64_t block_stride = block_size * token_stride;
     const int64_t values_offset = num_blocks * block_stride;
     const int64_t element = half ? 2 : 4;
+    const int64_t part = block_size * (PART_TOKENS / block_size > 0 ? PART_TOKENS / block_size : 1);
+    const int64_t threads = omp_get_max_threads();
 
     /* Rows that share a block table (the tokens of one prefill chunk) are taken ROWS_PER_TASK
-     * together, so that a float16 block is converted once for all of them. */
-    int64_t *task_start = malloc((size_t)(num_seqs + 1) * sizeof(int64_t));
+     * together, so that a float16 block is converted once for all of them. Per task: its first row,
+     * its first partition and its partition count, and where its partial results go. */
+    int64_t *task_start = malloc((size_t)(num_seqs + 1) * 5 * sizeof(int64_t));
     if (task_start == NULL) return -1;
+    int64_t *first_part = task_start + num_seqs + 1, *parts = first_part + num_seqs + 1;
+    int64_t *unit_start = parts + num_seqs + 1, *partial_start = unit_start + num_seqs + 1;
     int64_t tasks = 0;
     for (int64_t s = 0; s < num_seqs; s++) {
         const int64_t first = tasks ? task_start[tasks - 1] : -1;
@@ -174,111 +208,194 @@ static inline __attribute__((always_inline)) int attend(
             task_start[tasks++] = s;
     }
     task_start[tasks] = num_seqs;
+    const int64_t stride = head_dim + 2; /* a partial result: its values, then its max and sum */
+    int64_t units = 0, partial_floats = 0;
+    for (int64_t t = 0; t < tasks; t++) {
+        int64_t longest = 0, earliest = INT64_MAX;
+        for (int64_t s = task_start[t]; s < task_start[t + 1]; s++) {
+            const int64_t len = context_lens[s], from = window > 0 && len > window ? len - window : 0;
+            longest = len > longest ? len : longest;
+            earliest = from < earliest ? from : earliest;
+        }
+        first_part[t] = earliest / part;
+        parts[t] = longest > earliest ? (longest + part - 1) / part - first_part[t] : 1;
+        unit_start[t] = units, partial_start[t] = partial_floats;
+        units += parts[t];
+        partial_floats += (task_start[t + 1] - task_start[t]) * parts[t] * num_heads * stride;
+    }
+    unit_start[tasks] = units;
 
-    /* A job is one task's rows and a run of kv heads (with the query heads that share each): every
-     * kv head where there are tasks enough to keep the threads busy, so that a block's keys and values
-     * of all heads (one run of memory) are read together; one kv head otherwise, so that a lone decode
-     * row still spreads over the threads. Each row's arithmetic is the same whichever rows share its
-     * task and whichever heads share its job: per query head, its blocks front to back. */
-    const int64_t heads_per_job = tasks >= 4 * (int64_t)omp_get_max_threads() ? num_kv_heads : 1;
-    const int64_t jobs_per_task = num_kv_heads / heads_per_job;
+    /* A job is one task's rows, a run of kv heads (with the query heads that share each) and a run
+     * of partitions. Many tasks: each job takes every kv head and every partition of its task, so a
+     * block's keys and values of all heads (one run of memory) are read together. Few: each partition
+     * is a job of its own, and each kv head too where partitions are still few, so that a lone decode
+     * row spreads over the threads; its partitions' results are folded afterwards. Each row's
+     * arithmetic is the same however its work is split (above). */
+    const int split = tasks < 4 * threads && units > tasks && partial_floats <= MAX_PARTIAL_FLOATS;
+    const int64_t spread = split ? units : tasks;
+    const int64_t heads_per_job = spread >= 4 * threads ? num_kv_heads : 1;
+    const int64_t jobs_per_unit = num_kv_heads / heads_per_job;
     const int64_t lanes = heads_per_job * groups; /* query heads a job computes */
+    float *partials = split ? malloc(sizeof(float) * partial_floats) : NULL;
+    if (split && partials == NULL) {
+        free(task_start);
+        return -1;
+    }
     int failed = 0;
 #pragma omp parallel
     {
-        /* Each thread's buffers: the running sums of a job's rows, [row][query head of the job][d],
-         * and one block's keys and values of one kv head, converted. */
+        /* Each thread's buffers: the running sums of a job's rows in this partition and in all its
+         * partitions so far, [row][query head of the job][d], and one block's keys and values of
+         * one kv head, converted. */
         float *acc = malloc(sizeof(float) * ROWS_PER_TASK * lanes * head_dim);
         float *running_max = malloc(sizeof(float) * ROWS_PER_TASK * lanes);
         float *running_sum = malloc(sizeof(float) * ROWS_PER_TASK * lanes);
+        float *total = malloc(sizeof(float) * ROWS_PER_TASK * lanes * head_dim);
+        float *total_max = malloc(sizeof(float) * ROWS_PER_TASK * lanes);
+        float *total_sum = malloc(sizeof(float) * ROWS_PER_TASK * lanes);
         float *keys = malloc(sizeof(float) * block_size * head_dim), *values = malloc(sizeof(float) * block_size * head_dim);
         float scores[MAX_BLOCK_SIZE + 8];
-        const int ok = acc != NULL && running_max != NULL && running_sum != NULL && keys != NULL && values != NULL;
+        const int ok = acc != NULL && running_max != NULL && running_sum != NULL && total != NULL && total_max != NULL &&
+                       total_sum != NULL && keys != NULL && values != NULL;
         if (!ok) {
 #pragma omp atomic write
             failed = 1;
         }
+        const int64_t jobs = (split ? units : tasks) * jobs_per_unit;
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t job = 0; job < tasks * jobs_per_task; job++) {
+        for (int64_t job = 0; job < jobs; job++) {
             if (!ok) continue;
-            const int64_t task = job / jobs_per_task, h0 = job % jobs_per_task * heads_per_job;
+            const int64_t unit = job / jobs_per_unit, h0 = job % jobs_per_unit * heads_per_job;
+            int64_t task = unit;
+            if (split) /* the task whose units hold this one */
+                for (task = 0; unit_start[task + 1] <= unit; task++) {}
             const int64_t first = task_start[task], rows = task_start[task + 1] - first;
+            const int64_t k0 = split ? unit - unit_start[task] : 0, k1 = split ? k0 + 1 : parts[task];
+            const int one_part = k1 - k0 == 1 && !split; /* then the partition's results are the row's */
             int64_t longest = 0, earliest = INT64_MAX;
             for (int64_t r = 0; r < rows; r++) {
-                for (int64_t i = 0; i < lanes; i++) {
-                    running_max[r * lanes + i] = NEG_HUGE;
-                    running_sum[r * lanes + i] = 0.0f;
-                    for (int64_t d = 0; d < head_dim; d++) acc[(r * lanes + i) * head_dim + d] = 0.0f;
+                for (int64_t i = 0; i < lanes && !one_part; i++) {
+                    total_max[r * lanes + i] = NEG_HUGE;
+                    total_sum[r * lanes + i] = 0.0f;
+                    for (int64_t d = 0; d < head_dim; d++) total[(r * lanes + i) * head_dim + d] = 0.0f;
                 }
                 longest = context_lens[first + r] > longest ? context_lens[first + r] : longest;
                 const int64_t from = window > 0 && context_lens[first + r] > window ? context_lens[first + r] - window : 0;
                 earliest = from < earliest ? from : earliest;
             }
             const int64_t *table = block_tables + first * table_width;
-            for (int64_t start = earliest / block_size * block_size; start < longest; start += block_size) {
-                const int64_t block = table[start / block_size];
-                const int64_t n = longest - start < block_size ? longest - start : block_size;
-                /* The next block's keys and values are asked for a head at a time, row by row as this block's
-                 * are read: in one burst per block they stalled the reads (a sixth slower at batch 64). */
-                const int64_t after = start + block_size;
-                const int64_t next_block = after < longest ? table[after / block_size] : -1;
-                const int64_t next_n = longest - after < block_size ? longest - after : block_size;
-                for (int64_t h = h0; h < h0 + heads_per_job; h++) {
-                    const int64_t offset = block * block_stride + h * head_dim;
-                    if (next_block >= 0 && !half) {
-                        const char *next = (const char *)cache + (next_block * block_stride + h * head_dim) * element;
-                        for (int64_t t = 0; t < next_n; t++)
-                            for (int64_t line = 0; line < head_dim * element; line += 64) {
-                                __builtin_prefetch(next + t * token_stride * element + line);
-                                __builtin_prefetch(next + (values_offset + t * token_stride) * element + line);
+            for (int64_t k = k0; k < k1; k++) {
+                for (int64_t r = 0; r < rows; r++)
+                    for (int64_t i = 0; i < lanes; i++) {
+                        running_max[r * lanes + i] = NEG_HUGE;
+                        running_sum[r * lanes + i] = 0.0f;
+                        for (int64_t d = 0; d < head_dim; d++) acc[(r * lanes + i) * head_dim + d] = 0.0f;
+                    }
+                const int64_t part_begin = (first_part[task] + k) * part;
+                const int64_t begin = earliest > part_begin ? earliest / block_size * block_size : part_begin;
+                const int64_t end = part_begin + part < longest ? part_begin + part : longest;
+                /* The job's last token: the next block is prefetched only within the job's own work. */
+                const int64_t job_end = (first_part[task] + k1) * part < longest ? (first_part[task] + k1) * part : longest;
+                for (int64_t start = begin; start < end; start += block_size) {
+                    const int64_t block = table[start / block_size];
+                    const int64_t n = longest - start < block_size ? longest - start : block_size;
+                    /* The next block's keys and values are asked for a head at a time, row by row as this block's
+                     * are read: in one burst per block they stalled the reads (a sixth slower at batch 64). */
+                    const int64_t after = start + block_size;
+                    const int64_t next_block = after < job_end ? table[after / block_size] : -1;
+                    const int64_t next_n = longest - after < block_size ? longest - after : block_size;
+                    for (int64_t h = h0; h < h0 + heads_per_job; h++) {
+                        const int64_t offset = block * block_stride + h * head_dim;
+                        if (next_block >= 0 && !half) {
+                            const char *next = (const char *)cache + (next_block * block_stride + h * head_dim) * element;
+                            for (int64_t t = 0; t < next_n; t++)
+                                for (int64_t line = 0; line < head_dim * element; line += 64) {
+                                    __builtin_prefetch(next + t * token_stride * element + line);
+                                    __builtin_prefetch(next + (values_offset + t * token_stride) * element + line);
+                                }
+                        }
+                        /* Rows of keys and values: float32 read in place, float16 converted first. */
+                        const float *kb = (const float *)cache + offset, *vb = kb + values_offset;
+                        int64_t row_stride = token_stride;
+                        if (half) {
+                            const _Float16 *hk = (const _Float16 *)cache + offset;
+                            const _Float16 *next = (const _Float16 *)cache + (next_block < 0 ? 0 : next_block) * block_stride + h * head_dim;
+                            const int64_t next_rows = next_block < 0 ? 0 : next_n;
+                            load_half_rows(keys, hk, n, token_stride, head_dim, next, next_rows);
+                            load_half_rows(values, hk + values_offset, n, token_stride, head_dim, next + values_offset, next_rows);
+                            kb = keys, vb = values, row_stride = head_dim;
+                        }
+                        for (int64_t r = 0; r < rows; r++) {
+                            const int64_t len = context_lens[first + r];
+                            const int64_t from = window > 0 && len > window ? len - window : 0; /* the row's first visible token */
+                            if (start >= len || start + block_size <= from) continue;
+                            const int64_t skip = from > start ? from - start : 0;
+                            const int64_t rn = (len - start < block_size ? len - start : block_size) - skip;
+                            const float *kr = kb + skip * row_stride, *vr = vb + skip * row_stride;
+                            const float *qs = q + ((first + r) * num_heads + h * groups) * head_dim;
+                            for (int64_t i = 0; i < groups; i++) {
+                                const int64_t lane = r * lanes + (h - h0) * groups + i;
+                                float block_max = running_max[lane];
+                                block_scores(qs + i * head_dim, kr, row_stride, rn, head_dim, scale, scores);
+                                for (int64_t t = 0; t < rn; t++) block_max = scores[t] > block_max ? scores[t] : block_max;
+                                const float correction = expf(running_max[lane] - block_max);
+                                float sum = running_sum[lane] * correction;
+                                float *a = acc + lane * head_dim;
+                                for (int64_t d = 0; d < head_dim; d++) a[d] *= correction;
+                                for (int64_t t = 0; t < rn; t++) scores[t] = expf(scores[t] - block_max);
+                                for (int64_t t = 0; t < rn; t++) sum += scores[t];
+                                block_values(a, scores, vr, row_stride, rn, head_dim);
+                                running_max[lane] = block_max;
+                                running_sum[lane] = sum;
                             }
-                    }
-                    /* Rows of keys and values: float32 read in place, float16 converted first. */
-                    const float *kb = (const float *)cache + offset, *vb = kb + values_offset;
-                    int64_t row_stride = token_stride;
-                    if (half) {
-                        const _Float16 *hk = (const _Float16 *)cache + offset;
-                        const _Float16 *next = (const _Float16 *)cache + (next_block < 0 ? 0 : next_block) * block_stride + h * head_dim;
-                        const int64_t next_rows = next_block < 0 ? 0 : next_n;
-                        load_half_rows(keys, hk, n, token_stride, head_dim, next, next_rows);
-                        load_half_rows(values, hk + values_offset, n, token_stride, head_dim, next + values_offset, next_rows);
-                        kb = keys, vb = values, row_stride = head_dim;
-                    }
-                    for (int64_t r = 0; r < rows; r++) {
-                        const int64_t len = context_lens[first + r];
-                        const int64_t from = window > 0 && len > window ? len - window : 0; /* the row's first visible token */
-                        if (start >= len || start + block_size <= from) continue;
-                        const int64_t skip = from > start ? from - start : 0;
-                        const int64_t rn = (len - start < block_size ? len - start : block_size) - skip;
-                        const float *kr = kb + skip * row_stride, *vr = vb + skip * row_stride;
-                        const float *qs = q + ((first + r) * num_heads + h * groups) * head_dim;
-                        for (int64_t i = 0; i < groups; i++) {
-                            const int64_t lane = r * lanes + (h - h0) * groups + i;
-                            float block_max = running_max[lane];
-                            block_scores(qs + i * head_dim, kr, row_stride, rn, head_dim, scale, scores);
-                            for (int64_t t = 0; t < rn; t++) block_max = scores[t] > block_max ? scores[t] : block_max;
-                            const float correction = expf(running_max[lane] - block_max);
-                            float sum = running_sum[lane] * correction;
-                            float *a = acc + lane * head_dim;
-                            for (int64_t d = 0; d < head_dim; d++) a[d] *= correction;
-                            for (int64_t t = 0; t < rn; t++) scores[t] = expf(scores[t] - block_max);
-                            for (int64_t t = 0; t < rn; t++) sum += scores[t];
-                            block_values(a, scores, vr, row_stride, rn, head_dim);
-                            running_max[lane] = block_max;
-                            running_sum[lane] = sum;
                         }
                     }
                 }
+                /* The partition's results: folded into the rows' totals here, or kept for the fold below. */
+                for (int64_t r = 0; r < rows; r++)
+                    for (int64_t i = 0; i < lanes; i++) {
+                        const int64_t lane = r * lanes + i;
+                        if (split) {
+                            float *p = partials + partial_start[task] +
+                                       ((r * parts[task] + k) * num_heads + h0 * groups + i) * stride;
+                            memcpy(p, acc + lane * head_dim, head_dim * sizeof(float));
+                            p[head_dim] = running_max[lane], p[head_dim + 1] = running_sum[lane];
+                        } else if (!one_part) {
+                            fold_partition(total + lane * head_dim, total_max + lane, total_sum + lane,
+                                           acc + lane * head_dim, running_max[lane], running_sum[lane], head_dim);
+                        }
+                    }
             }
-            for (int64_t r = 0; r < rows; r++)
-                for (int64_t i = 0; i < lanes; i++) {
-                    float *o = out + ((first + r) * num_heads + h0 * groups + i) * head_dim;
-                    const float inv = running_sum[r * lanes + i] > 0.0f ? 1.0f / running_sum[r * lanes + i] : 0.0f;
-                    for (int64_t d = 0; d < head_dim; d++) o[d] = acc[(r * lanes + i) * head_dim + d] * inv;
-                }
+            if (!split)
+                for (int64_t r = 0; r < rows; r++)
+                    for (int64_t i = 0; i < lanes; i++)
+                        finish_row(out + ((first + r) * num_heads + h0 * groups + i) * head_dim,
+                                   (one_part ? acc : total) + (r * lanes + i) * head_dim,
+                                   (one_part ? running_sum : total_sum)[r * lanes + i], head_dim);
         }
-        free(acc), free(running_max), free(running_sum), free(keys), free(values);
+        if (split) {
+            /* Each row and query head: its partitions folded in order, as one job would have. */
+#pragma omp for schedule(static)
+            for (int64_t row_head = 0; row_head < num_seqs * num_heads; row_head++) {
+                if (!ok) continue;
+                const int64_t row = row_head / num_heads, head = row_head % num_heads;
+                int64_t task = 0;
+                while (task_start[task + 1] <= row) task++;
+                float *sums = total; /* one lane of this thread's buffer */
+                float max = NEG_HUGE, sum = 0.0f;
+                for (int64_t d = 0; d < head_dim; d++) sums[d] = 0.0f;
+                for (int64_t k = 0; k < parts[task]; k++) {
+                    const float *p = partials + partial_start[task] +
+                                     (((row - task_start[task]) * parts[task] + k) * num_heads + head) * stride;
+                    fold_partition(sums, &max, &sum, p, p[head_dim], p[head_dim + 1], head_dim);
+                }
+                finish_row(out + row_head * head_dim, sums, sum, head_dim);
+            }
+        }
+        free(acc), free(running_max), free(running_sum), free(total), free(total_max), free(total_sum);
+        free(keys), free(values);
     }
+    free(partials);
     free(task_start);
     return failed ? -1 : 0;
 }
