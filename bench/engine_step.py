@@ -1,6 +1,7 @@
 """Times the engine without HTTP: prefill of one long prompt, then batched greedy decode.
 
     python bench/engine_step.py --batch 1 16 64 --prompt-tokens 1000
+    python bench/engine_step.py --batch 1 --context 4000 --no-bandwidth     (decode at a long context)
 
 Prints one JSON object per measurement. Each decode line also says what a step reads from memory
 and how fast: bytes_per_step (the weights the forward reads once per step, weight_bytes, plus the
@@ -129,6 +130,8 @@ def time_decode(loaded, args, batch: int, bandwidth: float | None = None) -> dic
     for i in range(batch):
         messages = [{"role": "user", "content": f"Tell me a long story about the number {i}."}]
         prompt = loaded.tokenizer.encode(loaded.chat_template.render(messages))
+        if args.context:  # a long context: token ids of no meaning in front, a different run per sequence
+            prompt = [(j * 7919 + i * 104729) % 40000 + 100 for j in range(args.context - len(prompt))] + prompt
         # End-of-turn tokens are banned so every sequence decodes to the end and the batch stays whole.
         no_end = {t: -100.0 for t in loaded.tokenizer.stop_token_ids}
         engine.add_request(f"d{i}", prompt, SamplingParams(temperature=0, max_tokens=args.decode_tokens + 1,
@@ -136,7 +139,7 @@ def time_decode(loaded, args, batch: int, bandwidth: float | None = None) -> dic
     engine.step()  # prefill everything first
     while any(s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.running + list(engine.scheduler.waiting)):
         engine.step()
-    step_times, kv_read = [], []
+    step_times, kv_read, contexts = [], [], []
     kv_dtype = getattr(torch, args.kv_cache_dtype)
     while engine.has_work:
         # Each running sequence computes one token, which it attends to along with its context.
@@ -146,10 +149,11 @@ def time_decode(loaded, args, batch: int, bandwidth: float | None = None) -> dic
         if outputs:
             step_times.append(time.perf_counter() - started)
             kv_read.append(kv_bytes(loaded.config, context, kv_dtype))
+            contexts.append(statistics.mean(context))
     step = statistics.median(step_times)
     kv = int(statistics.median(kv_read))
     weights = step_bytes(loaded.model, [0] * batch, kv_dtype)["weight_bytes"]  # no context: the weights alone
-    result = {"measure": "decode", "batch": batch, "step_ms_median": round(step * 1000, 2),
+    result = {"measure": "decode", "batch": batch, "context_median": round(statistics.median(contexts)), "step_ms_median": round(step * 1000, 2),
               "tokens_per_s": round(batch / step, 1), "steps": len(step_times), "bytes_per_step": weights + kv,
               "weight_bytes": weights, "kv_bytes_per_step": kv, "gb_per_s": round((weights + kv) / step / GB, 2)}
     if bandwidth:
@@ -163,6 +167,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--prompt-tokens", type=int, default=1000)
     parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--context", type=int, default=0,
+                        help="decode with this many tokens of context per sequence (default: a short chat prompt)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--weights", default=DEFAULT_WEIGHT_FORMAT, choices=WEIGHT_FORMATS)
