@@ -29,7 +29,8 @@ def test_each_instruction_set_gives_its_scalar_references_result_bit_for_bit(ggm
     weight = quantized(ggml_type, 83, 512)
     packed = weight.pack(library)
     generator = torch.Generator().manual_seed(7)
-    for rows in (1, 2, 5, 7, 9, 13, 64):  # the single-row path, whole and partial tiles of every width
+    # the single-row path; a few rows, in one pass or several (2-8 rows each); whole and partial tiles
+    for rows in (1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 17, 32, 33, 64):
         x = torch.randn(rows, 512, generator=generator)
         x[0, :32] = 0  # a block of zeros: its int8 scale is 0
         got = native.quant_matmul(x, packed, kernel, 83, library, isa)
