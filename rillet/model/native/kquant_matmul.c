@@ -202,6 +202,50 @@ INLINE void row(int t, int groups, const float *x, int64_t K, const uint8_t *w, 
     for (int g = 0; g < groups; g++) _mm512_storeu_ps(out + g * GROUP, acc[g]);
 }
 
+/* A few rows (2..FEW_ROWS) at once, as quant_matmul.c does: each sub-block's integers converted once
+ * for every row, each row's sums exactly row()'s. Passes of 4 groups for two rows, 2 for up to four,
+ * 1 for more, so that the sums stay in registers. */
+#define FEW_ROWS 8
+#define FEW_ROWS_LIMIT 32 /* batches up to this many rows take passes of FEW_ROWS */
+#define FEW_ROWS_GROUPS(rows) ((rows) <= 2 ? 4 : (rows) <= 4 ? 2 : 1)
+_Static_assert(8 * GROUP <= MAX_ROWS * TILE_GROUPS * GROUP, "matmul's out buffer holds a pass of a few rows");
+
+INLINE void few_rows(int t, int rows, int groups, const float *x, int64_t K, const uint8_t *w, int64_t group_bytes,
+                 const float *xsum, float *out) {
+    const int S = sub_values(t);
+    __m512 acc[FEW_ROWS][4];
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) acc[r][g] = _mm512_setzero_ps();
+    for (int64_t v0 = 0; v0 < K; v0 += S) {
+        const uint8_t *block = w + v0 / block_values(t) * block_bytes(t);
+        const int s = (int)(v0 % block_values(t) / S);
+        const uint8_t *sub = block + header_bytes(t) + s * sub_bytes(t);
+        __m512 p[FEW_ROWS][4];
+        for (int g = 0; g < groups; g++) {
+            for (int r = 0; r < rows; r++) p[r][g] = _mm512_setzero_ps();
+            if (s == 0) prefetch_pass(w + g * group_bytes, block - w, group_bytes, groups * group_bytes, block_bytes(t));
+        }
+        for (int j = 0; j < S / 2; j++) {
+            for (int g = 0; g < groups; g++) {
+                __m512 q[2];
+                pair_floats16(t, sub + g * group_bytes, j, q);
+                for (int r = 0; r < rows; r++) {
+                    const __m512 x0 = _mm512_set1_ps(x[r * K + v0 + 2 * j]), x1 = _mm512_set1_ps(x[r * K + v0 + 2 * j + 1]);
+                    p[r][g] = _mm512_fmadd_ps(x1, q[1], _mm512_fmadd_ps(x0, q[0], p[r][g]));
+                }
+            }
+        }
+        for (int g = 0; g < groups; g++) {
+            __m512 ab[2];
+            scales16(t, block + g * group_bytes, s, ab);
+            for (int r = 0; r < rows; r++)
+                acc[r][g] = fold16(!bias(t), acc[r][g], ab[0], p[r][g], ab[1], xsum + r * (K / 32) + v0 / 32);
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) _mm512_storeu_ps(out + (r * groups + g) * GROUP, acc[r][g]);
+}
+
 /* rows (1..MAX_ROWS) rows of x times groups (1..TILE_GROUPS) groups' unpacked sub-blocks of S values;
  * out [rows][groups * 16]. Group i's qf at qf + i K 16, its ab at ab + 2 i K. Two groups a tile load
  * two weights for each broadcast of x: fewer loads per multiply-add than one group of more rows. */
@@ -278,6 +322,53 @@ INLINE void row(int t, int groups, const float *x, int64_t K, const uint8_t *w, 
     for (int g = 0; g < groups; g++) {
         _mm256_storeu_ps(out + g * GROUP, acc[g][0]);
         _mm256_storeu_ps(out + g * GROUP + 8, acc[g][1]);
+    }
+}
+
+/* A few rows (2..FEW_ROWS) at once: each sub-block's integers converted once for every row, each
+ * row's sums exactly row()'s. The running totals wait in out between sub-blocks (the same fused
+ * steps, so the same numbers), which leaves registers for more rows. */
+#define FEW_ROWS 6
+#define FEW_ROWS_LIMIT 12 /* as quant_matmul.c's AVX2 path */
+#define FEW_ROWS_GROUPS(rows) ((rows) <= 2 ? 2 : 1)
+_Static_assert(6 * GROUP <= MAX_ROWS * TILE_GROUPS * GROUP, "matmul's out buffer holds a pass of a few rows");
+
+INLINE void few_rows(int t, int rows, int groups, const float *x, int64_t K, const uint8_t *w, int64_t group_bytes,
+                 const float *xsum, float *out) {
+    const int S = sub_values(t);
+    for (int i = 0; i < rows * groups * GROUP; i++) out[i] = 0.0f;
+    for (int64_t v0 = 0; v0 < K; v0 += S) {
+        const uint8_t *block = w + v0 / block_values(t) * block_bytes(t);
+        const int s = (int)(v0 % block_values(t) / S);
+        const uint8_t *sub = block + header_bytes(t) + s * sub_bytes(t);
+        __m256 p[FEW_ROWS][2][2];
+        for (int g = 0; g < groups; g++) {
+            for (int r = 0; r < rows; r++) p[r][g][0] = p[r][g][1] = _mm256_setzero_ps();
+            if (s == 0) prefetch_pass(w + g * group_bytes, block - w, group_bytes, groups * group_bytes, block_bytes(t));
+        }
+        for (int j = 0; j < S / 2; j++) {
+            for (int g = 0; g < groups; g++) {
+                __m256 q[4];
+                pair_floats(t, sub + g * group_bytes, j, q);
+                for (int r = 0; r < rows; r++) {
+                    const __m256 x0 = _mm256_broadcast_ss(x + r * K + v0 + 2 * j), x1 = _mm256_broadcast_ss(x + r * K + v0 + 2 * j + 1);
+                    p[r][g][0] = _mm256_fmadd_ps(x0, q[0], p[r][g][0]);
+                    p[r][g][1] = _mm256_fmadd_ps(x0, q[1], p[r][g][1]);
+                    p[r][g][0] = _mm256_fmadd_ps(x1, q[2], p[r][g][0]);
+                    p[r][g][1] = _mm256_fmadd_ps(x1, q[3], p[r][g][1]);
+                }
+            }
+        }
+        for (int g = 0; g < groups; g++) {
+            __m256 ab[4];
+            scales(t, block + g * group_bytes, s, ab);
+            for (int r = 0; r < rows; r++) {
+                float *o = out + (r * groups + g) * GROUP;
+                const float *xs = xsum + r * (K / 32) + v0 / 32;
+                _mm256_storeu_ps(o, fold(!bias(t), _mm256_loadu_ps(o), ab[0], p[r][g][0], ab[2], xs));
+                _mm256_storeu_ps(o + 8, fold(!bias(t), _mm256_loadu_ps(o + 8), ab[1], p[r][g][1], ab[3], xs));
+            }
+        }
     }
 }
 
@@ -461,6 +552,28 @@ static void row_any(int t, int groups, const float *x, int64_t K, const uint8_t 
 #undef ROWS
 }
 
+#ifdef FEW_ROWS
+static void rows_any(int t, int count, int groups, const float *x, int64_t K, const uint8_t *w, int64_t group_bytes,
+                     const float *xsum, float *out) {
+#define PASS(r, n) few_rows(T, r, n, x, K, w, group_bytes, xsum, out)
+#define COUNT(r) (groups == 1 || FEW_ROWS_GROUPS(r) == 1 ? PASS(r, 1) : groups == 2 || FEW_ROWS_GROUPS(r) == 2 \
+                  ? PASS(r, 2) : groups == 3 ? PASS(r, 3) : PASS(r, 4))
+#if FEW_ROWS == 8
+#define BY_COUNT switch (count) { case 2: COUNT(2); break; case 3: COUNT(3); break; case 4: COUNT(4); break; \
+    case 5: COUNT(5); break; case 6: COUNT(6); break; case 7: COUNT(7); break; default: COUNT(8); }
+#else
+#define BY_COUNT switch (count) { case 2: COUNT(2); break; case 3: COUNT(3); break; case 4: COUNT(4); break; \
+    case 5: COUNT(5); break; default: COUNT(6); }
+#endif
+#define PASSES(type) { enum { T = type }; BY_COUNT }
+    BY_TYPE(PASSES)
+#undef PASS
+#undef COUNT
+#undef BY_COUNT
+#undef PASSES
+}
+#endif
+
 static void unpack_any(int t, const uint8_t *group, int64_t K, float *qf, float *ab) {
 #define UNPACK(type) unpack(type, group, K, qf, ab)
     BY_TYPE(UNPACK)
@@ -506,6 +619,25 @@ static int matmul(int t, const float *x, int64_t M, int64_t K, const uint8_t *pa
                 row_any(t, n, x, K, packed + g * group_bytes, group_bytes, xsum, out);
                 for (int i = 0; i < n; i++) put(out + i * GROUP, 1, y, N, (g + i) * GROUP);
             }
+#ifdef FEW_ROWS
+        } else if (M <= FEW_ROWS_LIMIT) {
+            /* A few rows read the weights as one row does, split the same way, FEW_ROWS rows at a time
+             * over each pass of groups (whose weights the later rows find in cache). */
+            const int64_t threads = omp_get_num_threads(), me = omp_get_thread_num();
+            const int64_t end = groups * (me + 1) / threads, pass = FEW_ROWS_GROUPS(M < FEW_ROWS ? M : FEW_ROWS);
+            for (int64_t g = groups * me / threads; g < end; g += pass) {
+                const int n = end - g < pass ? (int)(end - g) : (int)pass;
+                for (int64_t m0 = 0; m0 < M; m0 += FEW_ROWS) {
+                    const int count = M - m0 < FEW_ROWS ? (int)(M - m0) : FEW_ROWS;
+                    const uint8_t *weights = packed + g * group_bytes;
+                    const float *xs = xsum + m0 * (K / 32);
+                    if (count == 1) row_any(t, n, x + m0 * K, K, weights, group_bytes, xs, out);
+                    else rows_any(t, count, n, x + m0 * K, K, weights, group_bytes, xs, out);
+                    for (int r = 0; r < count; r++)
+                        for (int i = 0; i < n; i++) put(out + (r * n + i) * GROUP, 1, y + (m0 + r) * N, N, (g + i) * GROUP);
+                }
+            }
+#endif
         } else {
             float *qf = aligned_alloc(64, (size_t)TILE_GROUPS * K * GROUP * sizeof(float));
             /* 32 floats per 16 values at most */
