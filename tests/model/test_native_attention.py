@@ -57,15 +57,18 @@ def test_loading_the_kernels_leaves_subnormal_floats_alone():
 
 
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
-def test_rows_of_one_prefill_chunk_match_each_row_alone(monkeypatch, kv_dtype):
-    # 40 tokens of one sequence share its block table: the kernel takes them in tasks of several
-    # rows. Each row must come out exactly as when it is computed alone, and match PyTorch.
+@pytest.mark.parametrize("width, rows, first_len, kv_heads, heads", [(6, 40, 50, 3, 9), (40, 20, 590, 1, 4)])
+def test_rows_of_one_prefill_chunk_match_each_row_alone(monkeypatch, kv_dtype, width, rows, first_len, kv_heads, heads):
+    # The tokens of one prefill chunk share its block table: the kernel takes them in tasks of up to
+    # 16 rows. Each row must come out exactly as when it is computed alone, and match PyTorch. At
+    # 590 tokens, with one kv head, each task's partitions of the context (and each row's alone)
+    # run as jobs of their own.
     generator = torch.Generator().manual_seed(7)
-    block_size, width, rows = 16, 6, 40
-    cache = torch.randn(2, width + 1, block_size, 3, 64, generator=generator).to(kv_dtype)
+    block_size = 16
+    cache = torch.randn(2, width + 1, block_size, kv_heads, 64, generator=generator).to(kv_dtype)
     table = (torch.randperm(width, generator=generator) + 1).view(1, width)
-    context_lens = torch.arange(50, 50 + rows)
-    q = torch.randn(rows, 9, 64, generator=generator)
+    context_lens = torch.arange(first_len, first_len + rows)
+    q = torch.randn(rows, heads, 64, generator=generator)
     tables = table.expand(rows, width).contiguous()
     together = native.paged_decode_attention(q, cache, tables, context_lens)
     alone = torch.cat([native.paged_decode_attention(q[i:i + 1], cache, table, context_lens[i:i + 1])
@@ -116,25 +119,3 @@ def test_a_long_row_split_over_the_threads_matches_it_in_a_large_batch(monkeypat
     expected = attention._decode_attention(q, cache, meta.decode_batch(), window=window)
     assert (together - expected).abs().max().item() < 1e-5
 
-
-@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
-def test_rows_of_a_long_prefill_chunk_match_each_row_alone(monkeypatch, kv_dtype):
-    # 20 tokens at positions 590-609 of one sequence, with one kv head: two tasks of rows (16 and
-    # 4), each task's partitions and each row's alone run as jobs of their own; every row comes
-    # out the same bit for bit, whichever rows share its task.
-    generator = torch.Generator().manual_seed(9)
-    block_size, width, rows = 16, 40, 20
-    cache = torch.randn(2, width + 1, block_size, 1, 64, generator=generator).to(kv_dtype)
-    table = (torch.randperm(width, generator=generator) + 1).view(1, width)
-    context_lens = torch.arange(590, 590 + rows)
-    q = torch.randn(rows, 4, 64, generator=generator)
-    tables = table.expand(rows, width).contiguous()
-    together = native.paged_decode_attention(q, cache, tables, context_lens)
-    alone = torch.cat([native.paged_decode_attention(q[i:i + 1], cache, table, context_lens[i:i + 1])
-                       for i in range(rows)])
-    assert together is not None and torch.equal(together, alone)
-    meta = AttentionMetadata(list(range(rows + 1)), context_lens.tolist(), tables, torch.zeros(rows, dtype=torch.long),
-                             block_size)
-    monkeypatch.setattr(native, "paged_decode_attention", lambda *args: None)
-    expected = attention._decode_attention(q, cache, meta.decode_batch())
-    assert (together - expected).abs().max().item() < 1e-5
