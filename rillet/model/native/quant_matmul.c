@@ -118,69 +118,11 @@ INLINE void tile(int rows, int groups, const float *x, int64_t K, const float *r
         for (int g = 0; g < groups; g++) _mm512_storeu_ps(out + (r * groups + g) * GROUP, acc[r][g]);
 }
 
-/* A single row reads each block's integers straight into its sums, groups side by side. */
-INLINE void row_q4(int groups, const float *x, int64_t K, const uint8_t *group, int64_t group_bytes,
-                   const float *xsum, float *out) {
-    __m512 acc[ROW_GROUPS];
-    const __m512i low = _mm512_set1_epi32(15);
-    for (int g = 0; g < groups; g++) acc[g] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < K / BLOCK; b++) {
-        __m512 p[ROW_GROUPS];
-        for (int g = 0; g < groups; g++) {
-            p[g] = _mm512_setzero_ps();
-            prefetch_pass(group + g * group_bytes, b * Q4_BLOCK_BYTES, group_bytes, groups * group_bytes, Q4_BLOCK_BYTES);
-        }
-        const float *xs = x + b * BLOCK;
-        for (int j = 0; j < BLOCK / 2; j++) {
-            const __m512 x0 = _mm512_set1_ps(xs[2 * j]), x1 = _mm512_set1_ps(xs[2 * j + 1]);
-            for (int g = 0; g < groups; g++) {
-                const uint8_t *q = group + g * group_bytes + b * Q4_BLOCK_BYTES + 64;
-                const __m512i a = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + 16 * j)));
-                p[g] = _mm512_fmadd_ps(x0, _mm512_cvtepi32_ps(_mm512_and_si512(a, low)), p[g]);
-                p[g] = _mm512_fmadd_ps(x1, _mm512_cvtepi32_ps(_mm512_srli_epi32(a, 4)), p[g]);
-            }
-        }
-        const __m512 s = _mm512_set1_ps(xsum[b]);
-        for (int g = 0; g < groups; g++) {
-            const uint8_t *block = group + g * group_bytes + b * Q4_BLOCK_BYTES;
-            acc[g] = fold16(acc[g], half16(block), p[g], half16(block + 32), s);
-        }
-    }
-    for (int g = 0; g < groups; g++) _mm512_storeu_ps(out + g * GROUP, acc[g]);
-}
-
-INLINE void row_q8(int groups, const float *x, int64_t K, const uint8_t *group, int64_t group_bytes,
-                   const float *xsum, float *out) {
-    __m512 acc[ROW_GROUPS];
-    const __m512 zero = _mm512_setzero_ps();
-    for (int g = 0; g < groups; g++) acc[g] = zero;
-    for (int64_t b = 0; b < K / BLOCK; b++) {
-        __m512 p[ROW_GROUPS];
-        for (int g = 0; g < groups; g++) {
-            p[g] = zero;
-            prefetch_pass(group + g * group_bytes, b * Q8_BLOCK_BYTES, group_bytes, groups * group_bytes, Q8_BLOCK_BYTES);
-        }
-        const float *xs = x + b * BLOCK;
-        for (int k = 0; k < BLOCK; k++) {
-            const __m512 xk = _mm512_set1_ps(xs[k]);
-            for (int g = 0; g < groups; g++) {
-                const uint8_t *q = group + g * group_bytes + b * Q8_BLOCK_BYTES + 32;
-                const __m512i v = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + 16 * k)));
-                p[g] = _mm512_fmadd_ps(xk, _mm512_cvtepi32_ps(v), p[g]);
-            }
-        }
-        const __m512 s = _mm512_set1_ps(xsum[b]);
-        for (int g = 0; g < groups; g++)
-            acc[g] = fold16(acc[g], half16(group + g * group_bytes + b * Q8_BLOCK_BYTES), p[g], zero, s);
-    }
-    for (int g = 0; g < groups; g++) _mm512_storeu_ps(out + g * GROUP, acc[g]);
-}
-
-
-/* A few rows (2..FEW_ROWS) at once: each block's integers converted once for every row, each row's
- * sums exactly row_q4's and row_q8's (the same fused steps in the same order), so a row's result is
- * the one it gets alone. Passes of 4 groups for two rows, 2 for up to four, 1 for more, so that the
- * sums stay in registers. */
+/* rows (1..FEW_ROWS) rows read each block's integers straight into their sums, converted once for
+ * all of them, groups side by side. A single row is rows 1 (row_q4, row_q8 below); every row's sums
+ * are the same fused steps in the same order whatever the row count, so a row's result is the one it
+ * gets alone. Passes of 4 groups for up to two rows, 2 for up to four, 1 for more, so that the sums
+ * stay in registers. */
 #define FEW_ROWS 8
 #define FEW_ROWS_LIMIT 32 /* batches up to this many rows take passes of FEW_ROWS (measured: as fast as tiles at 64) */
 #define FEW_ROWS_GROUPS(rows) ((rows) <= 2 ? 4 : (rows) <= 4 ? 2 : 1)
@@ -200,15 +142,19 @@ INLINE void rows_q4(int rows, int groups, const float *x, int64_t K, const uint8
             prefetch_pass(group + g * group_bytes, b * Q4_BLOCK_BYTES, group_bytes, groups * group_bytes, Q4_BLOCK_BYTES);
         }
         for (int j = 0; j < BLOCK / 2; j++) {
+            __m512 x0[FEW_ROWS], x1[FEW_ROWS];
+            for (int r = 0; r < rows; r++) {
+                x0[r] = _mm512_set1_ps(x[r * K + b * BLOCK + 2 * j]);
+                x1[r] = _mm512_set1_ps(x[r * K + b * BLOCK + 2 * j + 1]);
+            }
             for (int g = 0; g < groups; g++) {
                 const uint8_t *q = group + g * group_bytes + b * Q4_BLOCK_BYTES + 64;
                 const __m512i a = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + 16 * j)));
                 const __m512 w0 = _mm512_cvtepi32_ps(_mm512_and_si512(a, low));
                 const __m512 w1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(a, 4));
                 for (int r = 0; r < rows; r++) {
-                    const float *xs = x + r * K + b * BLOCK;
-                    p[r][g] = _mm512_fmadd_ps(_mm512_set1_ps(xs[2 * j]), w0, p[r][g]);
-                    p[r][g] = _mm512_fmadd_ps(_mm512_set1_ps(xs[2 * j + 1]), w1, p[r][g]);
+                    p[r][g] = _mm512_fmadd_ps(x0[r], w0, p[r][g]);
+                    p[r][g] = _mm512_fmadd_ps(x1[r], w1, p[r][g]);
                 }
             }
         }
@@ -237,10 +183,12 @@ INLINE void rows_q8(int rows, int groups, const float *x, int64_t K, const uint8
             prefetch_pass(group + g * group_bytes, b * Q8_BLOCK_BYTES, group_bytes, groups * group_bytes, Q8_BLOCK_BYTES);
         }
         for (int k = 0; k < BLOCK; k++) {
+            __m512 xk[FEW_ROWS];
+            for (int r = 0; r < rows; r++) xk[r] = _mm512_set1_ps(x[r * K + b * BLOCK + k]);
             for (int g = 0; g < groups; g++) {
                 const uint8_t *q = group + g * group_bytes + b * Q8_BLOCK_BYTES + 32;
                 const __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + 16 * k))));
-                for (int r = 0; r < rows; r++) p[r][g] = _mm512_fmadd_ps(_mm512_set1_ps(x[r * K + b * BLOCK + k]), w, p[r][g]);
+                for (int r = 0; r < rows; r++) p[r][g] = _mm512_fmadd_ps(xk[r], w, p[r][g]);
             }
         }
         for (int g = 0; g < groups; g++) {
@@ -251,6 +199,16 @@ INLINE void rows_q8(int rows, int groups, const float *x, int64_t K, const uint8
     }
     for (int r = 0; r < rows; r++)
         for (int g = 0; g < groups; g++) _mm512_storeu_ps(out + (r * groups + g) * GROUP, acc[r][g]);
+}
+
+INLINE void row_q4(int groups, const float *x, int64_t K, const uint8_t *group, int64_t group_bytes,
+                   const float *xsum, float *out) {
+    rows_q4(1, groups, x, K, group, group_bytes, xsum, out);
+}
+
+INLINE void row_q8(int groups, const float *x, int64_t K, const uint8_t *group, int64_t group_bytes,
+                   const float *xsum, float *out) {
+    rows_q8(1, groups, x, K, group, group_bytes, xsum, out);
 }
 
 /* One call per row count and group count, so that each is unrolled with its sums in registers. */
