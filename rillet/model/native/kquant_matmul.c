@@ -170,41 +170,11 @@ INLINE __m512 fold16(int offset, __m512 acc, __m512 a, __m512 partial, __m512 b,
     return offset ? _mm512_fmadd_ps(b, _mm512_set1_ps(*xs), acc) : acc;
 }
 
-/* A single row against `groups` groups side by side, as the AVX2 row() below. */
-INLINE void row(int t, int groups, const float *x, int64_t K, const uint8_t *w, int64_t group_bytes,
-                const float *xsum, float *out) {
-    const int S = sub_values(t);
-    __m512 acc[ROW_GROUPS];
-    for (int g = 0; g < groups; g++) acc[g] = _mm512_setzero_ps();
-    for (int64_t v0 = 0; v0 < K; v0 += S) {
-        const uint8_t *block = w + v0 / block_values(t) * block_bytes(t);
-        const int s = (int)(v0 % block_values(t) / S);
-        const uint8_t *sub = block + header_bytes(t) + s * sub_bytes(t);
-        __m512 p[ROW_GROUPS];
-        for (int g = 0; g < groups; g++) {
-            p[g] = _mm512_setzero_ps();
-            if (s == 0) prefetch_pass(w + g * group_bytes, block - w, group_bytes, groups * group_bytes, block_bytes(t));
-        }
-        for (int j = 0; j < S / 2; j++) {
-            const __m512 x0 = _mm512_set1_ps(x[v0 + 2 * j]), x1 = _mm512_set1_ps(x[v0 + 2 * j + 1]);
-            for (int g = 0; g < groups; g++) {
-                __m512 q[2];
-                pair_floats16(t, sub + g * group_bytes, j, q);
-                p[g] = _mm512_fmadd_ps(x1, q[1], _mm512_fmadd_ps(x0, q[0], p[g]));
-            }
-        }
-        for (int g = 0; g < groups; g++) {
-            __m512 ab[2];
-            scales16(t, block + g * group_bytes, s, ab);
-            acc[g] = fold16(!bias(t), acc[g], ab[0], p[g], ab[1], xsum + v0 / 32);
-        }
-    }
-    for (int g = 0; g < groups; g++) _mm512_storeu_ps(out + g * GROUP, acc[g]);
-}
-
-/* A few rows (2..FEW_ROWS) at once, as quant_matmul.c does: each sub-block's integers converted once
- * for every row, each row's sums exactly row()'s. Passes of 4 groups for two rows, 2 for up to four,
- * 1 for more, so that the sums stay in registers. */
+/* rows (1..FEW_ROWS) rows against `groups` groups side by side, as quant_matmul.c does: each
+ * sub-block's integers converted once for all the rows, each row's sums the AVX2 row()'s steps below
+ * with 16 outputs in one register, whatever the row count. A single row is rows 1 (row() below).
+ * Passes of 4 groups for up to two rows, 2 for up to four, 1 for more, so that the sums stay in
+ * registers. */
 #define FEW_ROWS 8
 #define FEW_ROWS_LIMIT 32 /* batches up to this many rows take passes of FEW_ROWS */
 #define FEW_ROWS_GROUPS(rows) ((rows) <= 2 ? 4 : (rows) <= 4 ? 2 : 1)
@@ -226,13 +196,13 @@ INLINE void few_rows(int t, int rows, int groups, const float *x, int64_t K, con
             if (s == 0) prefetch_pass(w + g * group_bytes, block - w, group_bytes, groups * group_bytes, block_bytes(t));
         }
         for (int j = 0; j < S / 2; j++) {
+            __m512 x0[FEW_ROWS], x1[FEW_ROWS];
+            for (int r = 0; r < rows; r++)
+                x0[r] = _mm512_set1_ps(x[r * K + v0 + 2 * j]), x1[r] = _mm512_set1_ps(x[r * K + v0 + 2 * j + 1]);
             for (int g = 0; g < groups; g++) {
                 __m512 q[2];
                 pair_floats16(t, sub + g * group_bytes, j, q);
-                for (int r = 0; r < rows; r++) {
-                    const __m512 x0 = _mm512_set1_ps(x[r * K + v0 + 2 * j]), x1 = _mm512_set1_ps(x[r * K + v0 + 2 * j + 1]);
-                    p[r][g] = _mm512_fmadd_ps(x1, q[1], _mm512_fmadd_ps(x0, q[0], p[r][g]));
-                }
+                for (int r = 0; r < rows; r++) p[r][g] = _mm512_fmadd_ps(x1[r], q[1], _mm512_fmadd_ps(x0[r], q[0], p[r][g]));
             }
         }
         for (int g = 0; g < groups; g++) {
@@ -244,6 +214,11 @@ INLINE void few_rows(int t, int rows, int groups, const float *x, int64_t K, con
     }
     for (int r = 0; r < rows; r++)
         for (int g = 0; g < groups; g++) _mm512_storeu_ps(out + (r * groups + g) * GROUP, acc[r][g]);
+}
+
+INLINE void row(int t, int groups, const float *x, int64_t K, const uint8_t *w, int64_t group_bytes,
+                const float *xsum, float *out) {
+    few_rows(t, 1, groups, x, K, w, group_bytes, xsum, out);
 }
 
 /* rows (1..MAX_ROWS) rows of x times groups (1..TILE_GROUPS) groups' unpacked sub-blocks of S values;
