@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from rillet.model import native
-from rillet.model.quantized import BLOCK_FORMATS, KERNELS, QuantizedWeight
+from rillet.model.quantized import BLOCK_FORMATS, QuantizedWeight, kernels
 
 TYPES = ["Q4_1", "Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q5_0", "Q5_1"]
 # Where each type keeps its float16 scales (random bytes there could be NaN or inf).
@@ -38,19 +38,19 @@ def random_weight(ggml_type: str, rows: int, cols: int, rng: np.random.Generator
 
 
 def time_type(ggml_type: str, weight_format: str, args, batch: int, rng) -> dict | None:
-    library, kernel = KERNELS[(ggml_type, weight_format)]
-    if not native.quant_matmul_available(kernel, library):
+    kernel = kernels().get((ggml_type, weight_format))
+    if kernel is None:
         return None
     h, i = args.hidden, args.intermediate
     shapes = [(h + 2 * args.kv_width, h), (h, h), (2 * i, h), (h, i)]  # qkv, o, gate_up, down
-    layer = [(random_weight(ggml_type, n, k, rng).pack(library), n, k) for n, k in shapes]
+    layer = [(random_weight(ggml_type, n, k, rng).pack(kernel), n, k) for n, k in shapes]
     layers = [[(packed.clone(), n, k) for packed, n, k in layer] for _ in range(args.copies)]
     inputs = {k: torch.randn(batch, k) for _, k in shapes}
 
     def step() -> None:
         for layer in layers:
             for packed, n, k in layer:
-                native.quant_matmul(inputs[k], packed, kernel, n, library)
+                native.block_matmul(inputs[k], packed, kernel, n)
 
     step()
     times = []
@@ -60,7 +60,7 @@ def time_type(ggml_type: str, weight_format: str, args, batch: int, rng) -> dict
         times.append((time.perf_counter() - started) / args.copies)
     seconds = statistics.median(times)
     layer_bytes = sum(packed.numel() for packed, _, _ in layers[0])
-    return {"format": weight_format, "type": ggml_type, "isa": native.kernel_isa(library), "batch": batch, "threads": args.threads,
+    return {"format": weight_format, "type": ggml_type, "isa": kernel.isa, "batch": batch, "threads": args.threads,
             "layer_shapes": shapes, "layer_mb": round(layer_bytes / 1e6, 2), "ms_per_layer": round(seconds * 1e3, 3),
             "gb_per_s": round(layer_bytes / seconds / 1e9, 2)}
 

@@ -5,14 +5,13 @@ float16: weights rounded to float16, activations and accumulation stay float32. 
     weights are packed once for FBGEMM's fp16 GEMM (about 1.5x faster than float32 at batch
     16-64 on AVX2, and half the memory); elsewhere they are plain float16 tensors.
 quantized: matrices the GGUF file stores in a block type with a native kernel (Q4_0, Q4_1, Q8_0,
-    Q5_0, Q5_1, Q4_K, Q5_K, Q6_K: rillet/model/quantized.py's KERNELS) stay in those blocks and are
-    multiplied at exactly the float32 values the file dequantizes to (native/quant_matmul.c,
-    native/kquant_matmul.c), reading a quarter of float16's bytes. Other matrices (other block
-    types, safetensors folders, a device without the kernel) use float16, and the model's
-    weight_format names them (describe_weights).
+    Q5_0, Q5_1, Q4_K, Q5_K, Q6_K: rillet/model/quantized.py's kernels(), native/matmul.c's table)
+    stay in those blocks and are multiplied at exactly the float32 values the file dequantizes to,
+    reading a quarter of float16's bytes. Other matrices (other block types, safetensors folders, a
+    device without the kernel) use float16, and the model's weight_format names them (describe_weights).
 quantized-int8: the same blocks, but each block of 32 activations is rounded to int8 (scale
-    max|x| / 127) and multiplied as integers (native/int8_matmul.c, native/kquant_int8_matmul.c),
-    as llama.cpp does; faster, and no longer exact (README, "Speed and accuracy", gives the cost).
+    max|x| / 127) and multiplied as integers, as llama.cpp does; faster, and no longer exact (README,
+    "Speed and accuracy", gives the cost).
 """
 from __future__ import annotations
 
@@ -24,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from rillet.model import native
-from rillet.model.quantized import KERNELS, QuantizedWeight, Weight, packed_q8_rows
+from rillet.model.native import BlockKernel
+from rillet.model.quantized import QuantizedWeight, Weight, kernels, packed_q8_rows
 from rillet.model.weight_formats import BLOCK_FORMATS, DEFAULT_WEIGHT_FORMAT, WEIGHT_FORMATS
 
 __all__ = ["DEFAULT_WEIGHT_FORMAT", "WEIGHT_FORMATS", "Linear", "describe_weights"]
@@ -43,7 +43,7 @@ class Linear:
         self.weight: torch.Tensor | None = None
         self._packed = None
         self._blocks: torch.Tensor | None = None
-        self._function: tuple[str, str] | None = None  # (library, kernel) multiplying _blocks
+        self._kernel: BlockKernel | None = None  # the native kernel multiplying _blocks
         self._parts = [Linear(part, weight_format) for part in weight] if isinstance(weight, list) else []
         self._stack: torch.Tensor | None = None
         if self._parts:
@@ -52,10 +52,10 @@ class Linear:
         self.out_features, self.in_features = weight.shape
         self.source = weight.ggml_type if isinstance(weight, QuantizedWeight) else UNQUANTIZED
         if isinstance(weight, QuantizedWeight):
-            entry = KERNELS.get((weight.ggml_type, weight_format))
-            if entry and native.quant_matmul_available(entry[1], entry[0]):
-                self._function = entry
-                self._blocks = weight.pack(entry[0])
+            kernel = kernels().get((weight.ggml_type, weight_format))
+            if kernel is not None:
+                self._kernel = kernel
+                self._blocks = weight.pack(kernel)
                 return
             weight = weight.dequantize()
         if weight_format in BLOCK_FORMATS:
@@ -68,14 +68,13 @@ class Linear:
             self.weight = weight.float()
 
     def held(self) -> list[tuple[str, str]]:
-        """(the file's type, what multiplies it) for each part: ("Q4_K", "kquant_matmul_q4_k on avx2"),
+        """(the file's type, what multiplies it) for each part: ("Q4_K", "matmul float32_q4_k on avx2"),
         ("Q3_K", "float16"), ("unquantized", "float32")... A block kernel names the code path its
         library was built with (rillet/model/native: the machine's instruction set)."""
         if self._parts:
             return [held for part in self._parts for held in part.held()]
-        if self._function is not None:
-            library, kernel = self._function
-            return [(self.source, f"{library}_{kernel} on {native.kernel_isa(library)}")]
+        if self._kernel is not None:
+            return [(self.source, f"matmul {self._kernel.name} on {self._kernel.isa}")]
         float16 = self._packed is not None or self.weight.dtype == torch.float16
         return [(self.source, "float16" if float16 else "float32")]
 
@@ -84,11 +83,11 @@ class Linear:
         the weight is Q8_0 in a legacy block kernel's layout (the one a tied embedding needs); else None."""
         if not self.serves_rows:
             return None
-        return packed_q8_rows(self._blocks, self._function[0], ids, self.in_features)
+        return packed_q8_rows(self._blocks, self._kernel, ids, self.in_features)
 
     @property
     def serves_rows(self) -> bool:
-        return not self._parts and self.source == "Q8_0" and self._function is not None and self._function[1] == "q8"
+        return not self._parts and self.source == "Q8_0" and self._kernel is not None
 
     def native_kernel(self) -> tuple[int, torch.Tensor, int, int] | None:
         """(kernel address, packed weights, in_features, out_features) where native block kernels
@@ -105,15 +104,13 @@ class Linear:
             return stacked, self._stack, self.in_features, self.out_features
         if self._blocks is None:
             return None
-        library, kernel = self._function
-        return native.matmul_address(kernel, library), self._blocks, self.in_features, self.out_features
+        return self._kernel.address, self._blocks, self.in_features, self.out_features
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self._parts:
             return torch.cat([part(x) for part in self._parts], dim=-1)
         if self._blocks is not None:
-            library, kernel = self._function
-            return native.quant_matmul(x, self._blocks, kernel, self.out_features, library)
+            return native.block_matmul(x, self._blocks, self._kernel, self.out_features)
         if self._packed is not None:
             return torch.ops.quantized.linear_dynamic_fp16(x, self._packed)
         return F.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)

@@ -49,7 +49,7 @@ def tiny_model(tmp_path, weight_format: str) -> DecoderModel:
 
 
 def q8_packed(rows: int, cols: int) -> int:
-    """quant_matmul.c's Q8_0 layout: rows padded to groups of 16, 34 bytes (a float16 scale and 32
+    """matmul.c's Q8_0 layout in FLOAT32 mode: rows padded to groups of 16, 34 bytes (a float16 scale and 32
     int8) per block of 32 weights of each row."""
     return -(-rows // 16) * 16 * cols // 32 * 34
 

@@ -1,7 +1,7 @@
-"""The table of kernels across instruction sets: every (block type, weight format) entry of
-rillet/model/quantized.py's KERNELS, built for each instruction set this machine runs (AVX-512,
-AVX2), gives exactly the result of its scalar reference, the portable C build of the same
-library, at every batch size; and the machine's instruction set is chosen at start."""
+"""The table of kernels across instruction sets: every entry of rillet/model/native/matmul.c's table
+(rillet/model/quantized.py's kernels()), built for each instruction set this machine runs (AVX-512,
+AVX2), gives exactly the result of its scalar reference, the portable C build of the same driver, at
+every batch size; and the machine's instruction set is chosen at start."""
 from __future__ import annotations
 
 import os
@@ -12,54 +12,49 @@ import pytest
 import torch
 
 from rillet.model import native
-from rillet.model.quantized import KERNELS
+from rillet.model.quantized import MODES, kernels
 from tests.model.test_quantized_weights import quantized
 
 ISAS = native.machine_isas()
 VECTOR_ISAS = [isa for isa in ISAS if isa != "scalar"]
-pytestmark = pytest.mark.skipif(native.library("quant_matmul", "scalar") is None, reason="no C compiler here")
+pytestmark = pytest.mark.skipif(native.library("matmul", "scalar") is None, reason="no C compiler here")
 
 
 @pytest.mark.parametrize("isa", VECTOR_ISAS)
-@pytest.mark.parametrize("ggml_type,weight_format", sorted(KERNELS))
+@pytest.mark.parametrize("ggml_type,weight_format", sorted(kernels()))
 def test_each_instruction_set_gives_its_scalar_references_result_bit_for_bit(ggml_type, weight_format, isa):
-    library, kernel = KERNELS[(ggml_type, weight_format)]
-    assert native.quant_matmul_available(kernel, library, isa) and native.quant_matmul_available(kernel, library, "scalar")
+    kernel, reference_kernel = kernels(isa)[(ggml_type, weight_format)], kernels("scalar")[(ggml_type, weight_format)]
+    assert (kernel.isa, reference_kernel.isa) == (isa, "scalar")
     # 83 outputs: not a multiple of the 8 or 16 rows packed together; 512 inputs: two K-type blocks.
     weight = quantized(ggml_type, 83, 512)
-    packed = weight.pack(library)
+    packed = weight.pack(kernel)
     generator = torch.Generator().manual_seed(7)
     # the single-row path; a few rows, in one pass or several (2-8 rows each); whole and partial tiles
     for rows in (1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 17, 32, 33, 64):
         x = torch.randn(rows, 512, generator=generator)
         x[0, :32] = 0  # a block of zeros: its int8 scale is 0
-        got = native.quant_matmul(x, packed, kernel, 83, library, isa)
-        reference = native.quant_matmul(x, packed, kernel, 83, library, "scalar")
+        got = native.block_matmul(x, packed, kernel, 83)
+        reference = native.block_matmul(x, packed, reference_kernel, 83)
         assert torch.equal(got, reference), (rows, (got - reference).abs().max().item())
         # and each row's result is that row's alone
-        assert torch.equal(native.quant_matmul(x[-1:], packed, kernel, 83, library, isa), got[-1:])
+        assert torch.equal(native.block_matmul(x[-1:], packed, kernel, 83), got[-1:])
 
 
-def test_each_library_says_which_code_path_its_build_took():
-    for library in sorted({library for library, _ in KERNELS.values()}):
-        assert native.kernel_isa(library, "scalar") == "scalar"
-        if "avx2" in ISAS:
-            assert native.kernel_isa(library, "avx2") == "avx2"
-        if "avx512" in ISAS:
-            # every library has AVX-512 code
-            assert native.kernel_isa(library, "avx512") == "avx512"
-    if "avx512" in ISAS:
-        assert native.kernel_isa("int8_matmul", "avx512") == "avx512"
-        assert native.kernel_isa("quant_matmul", "avx512") == "avx512"
-        assert native.kernel_isa("kquant_int8_matmul", "avx512") == "avx512"
-        assert native.kernel_isa("kquant_matmul", "avx512") == "avx512"
+def test_the_table_has_every_block_type_in_every_mode_and_says_which_code_path_it_took():
+    types = {"Q4_0", "Q4_1", "Q8_0", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"}
+    for isa in ISAS:
+        table = kernels(isa)
+        assert set(table) == {(ggml_type, weight_format) for ggml_type in types for weight_format in MODES}
+        assert {kernel.isa for kernel in table.values()} == {isa} and native.kernel_isa("matmul", isa) == isa
+        assert {kernel.group for kernel in table.values() if kernel.mode == "float32"} == {16}
+        assert {kernel.group for kernel in table.values() if kernel.mode == "int8"} == {8}
 
 
 def test_the_machines_best_instruction_set_is_chosen_and_rillet_isa_may_lower_it():
     assert native.machine_isa() == (os.environ.get("RILLET_ISA") if os.environ.get("RILLET_ISA") in ISAS else ISAS[0])
     code = ("import logging; logging.basicConfig(level=logging.INFO);"
-            "from rillet.model import native; print(native.machine_isa(), native.kernel_isa('int8_matmul'))")
-    for wanted, expected in [("scalar", "scalar scalar"), ("no-such-isa", f"{ISAS[0]} {native.kernel_isa('int8_matmul', ISAS[0])}")]:
+            "from rillet.model import native; print(native.machine_isa(), native.kernel_isa('matmul'))")
+    for wanted, expected in [("scalar", "scalar scalar"), ("no-such-isa", f"{ISAS[0]} {native.kernel_isa('matmul', ISAS[0])}")]:
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                                 env={**os.environ, "RILLET_ISA": wanted})
         assert result.returncode == 0, result.stderr

@@ -1,8 +1,8 @@
-"""The NEON code paths of the four block-kernel libraries, checked on any machine with an aarch64 cross
-compiler and qemu-aarch64: each library built for aarch64 three ways (rillet/model/native's ISAS:
-neon_dotprod, neon, scalar), linked into tests/model/neon_harness.c and run under qemu, gives for every
-(block type, weight format) entry of KERNELS at every batch size exactly the result of its aarch64
-scalar build, and that is exactly the x86 scalar build's result too (the portable C is IEEE-exact)."""
+"""The NEON code paths of the block kernels, checked on any machine with an aarch64 cross compiler and
+qemu-aarch64: matmul.c built for aarch64 three ways (rillet/model/native's ISAS: neon_dotprod, neon,
+scalar), linked into tests/model/neon_harness.c and run under qemu, gives for every (block type, weight
+format) entry of its table at every batch size exactly the result of its aarch64 scalar build, and that
+is exactly the x86 scalar build's result too (the portable C is IEEE-exact)."""
 from __future__ import annotations
 
 import hashlib
@@ -17,12 +17,11 @@ import pytest
 import torch
 
 from rillet.model import native
-from rillet.model.quantized import KERNELS
+from rillet.model.quantized import kernels
 from tests.model.test_quantized_weights import quantized
 
 CC, QEMU = "aarch64-linux-gnu-gcc", "qemu-aarch64"
 HARNESS = Path(__file__).with_name("neon_harness.c")
-LIBRARIES = ["quant_matmul", "int8_matmul", "kquant_matmul", "kquant_int8_matmul"]
 ISAS = list(native.ISAS["aarch64"])  # neon_dotprod, neon, scalar
 ROWS = (1, 2, 5, 7, 9, 13, 64)  # as test_kernel_isas.py: the single-row path, whole and partial tiles
 OUTPUTS, INPUTS = 83, 512  # not a multiple of the 8 or 16 rows packed together; two K-type blocks
@@ -32,25 +31,24 @@ pytestmark = pytest.mark.skipif(
 
 
 def build_for_aarch64(isa: str) -> Path:
-    """neon_harness.c with the four libraries built as native.library builds them for isa, linked
-    statically. Cached under native.cache_dir(), keyed by the sources and the flags."""
+    """neon_harness.c with matmul.c built as native.library builds it for isa, linked statically. Cached
+    under native.cache_dir(), keyed by the sources and the flags."""
     flags = native.FLAGS + native.ISAS["aarch64"][isa][0]
-    sources = [native.SOURCE_DIR / f"{name}.c" for name in LIBRARIES]
-    text = b"".join(path.read_bytes() for path in [HARNESS, *sources, *sorted(native.SOURCE_DIR.glob("*.h"))])
+    source = native.SOURCE_DIR / "matmul.c"
+    text = b"".join(path.read_bytes() for path in [HARNESS, source, *sorted(native.SOURCE_DIR.glob("*.h"))])
     key = hashlib.sha256(text + repr((CC, flags, native.EXTRA_FLAGS)).encode()).hexdigest()[:16]
     target = native.cache_dir() / f"neon-harness-{isa}-{key}"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(f".{os.getpid()}.partial")
-    objects = [partial.with_suffix(f".{name}.o") for name in LIBRARIES]
+    obj = partial.with_suffix(".matmul.o")
     try:
-        for name, source, obj in zip(LIBRARIES, sources, objects):
-            _run([CC, *flags, *native.EXTRA_FLAGS.get(name, []), "-c", "-o", str(obj), str(source)])
-        _run([CC, "-O2", "-static", "-fopenmp", "-o", str(partial), str(HARNESS), *map(str, objects), "-lm"])
+        _run([CC, *flags, *native.EXTRA_FLAGS["matmul"], "-c", "-o", str(obj), str(source)])
+        _run([CC, "-O2", "-static", "-fopenmp", f"-I{native.SOURCE_DIR}", "-o", str(partial), str(HARNESS), str(obj), "-lm"])
         os.replace(partial, target)
     finally:
-        for path in [partial, *objects]:
+        for path in [partial, obj]:
             path.unlink(missing_ok=True)
     return target
 
@@ -62,7 +60,7 @@ def _run(command: list[str]) -> None:
 
 def run_harness(program: Path, jobs: list[tuple[str, torch.Tensor, torch.Tensor, int]], directory: Path,
                 cpu: str = "max") -> tuple[dict[str, str], list[tuple[int, torch.Tensor]] | None, int]:
-    """Runs jobs (kernel, x, packed, N) under qemu-aarch64 -cpu cpu: the harness's report (library -> code
+    """Runs jobs (kernel, x, packed, N) under qemu-aarch64 -cpu cpu: the harness's report (matmul -> code
     path, and asimddp), each job's (status, y) (None when it failed), and its exit status."""
     source, results = directory / "jobs.bin", directory / f"results-{program.name}-{cpu}.bin"
     with open(source, "wb") as f:
@@ -88,19 +86,19 @@ def run_harness(program: Path, jobs: list[tuple[str, torch.Tensor, torch.Tensor,
 
 def jobs_for(ggml_type: str, weight_format: str) -> list[tuple[str, torch.Tensor, torch.Tensor, int]]:
     """test_kernel_isas.py's calls: each batch size, and the last row of the largest alone."""
-    library, kernel = KERNELS[(ggml_type, weight_format)]
-    packed = quantized(ggml_type, OUTPUTS, INPUTS).pack(library).contiguous()
+    kernel = kernels("scalar")[(ggml_type, weight_format)]  # the same entry, name and layout on every build
+    packed = quantized(ggml_type, OUTPUTS, INPUTS).pack(kernel).contiguous()
     generator = torch.Generator().manual_seed(7)
     jobs = []
     for rows in ROWS:
         x = torch.randn(rows, INPUTS, generator=generator)
         x[0, :32] = 0  # a block of zeros: its int8 scale is 0
-        jobs.append((f"{library}_{kernel}", x, packed, OUTPUTS))
-    jobs.append((f"{library}_{kernel}", jobs[-1][1][-1:].clone(), packed, OUTPUTS))
+        jobs.append((kernel.name, x, packed, OUTPUTS))
+    jobs.append((kernel.name, jobs[-1][1][-1:].clone(), packed, OUTPUTS))
     return jobs
 
 
-ENTRIES = sorted(KERNELS)
+ENTRIES = sorted(kernels())
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +125,6 @@ def test_each_neon_build_gives_the_scalar_builds_result_bit_for_bit(runs, ggml_t
     jobs, results = runs
     entry = (ggml_type, weight_format)
     reference = results[("scalar", "max")][1][entry]
-    library, kernel = KERNELS[entry]
     for (isa, cpu), (_, per_entry) in results.items():
         outputs = per_entry[entry]
         for (_, x, _, _), (status, y), (_, expected) in zip(jobs[entry], outputs, reference):
@@ -136,18 +133,18 @@ def test_each_neon_build_gives_the_scalar_builds_result_bit_for_bit(runs, ggml_t
                 (isa, cpu, x.shape[0], (y - expected).abs().max().item())
         # each row's result is that row's alone
         assert torch.equal(outputs[-1][1], outputs[-2][1][-1:]), (isa, cpu)
-    if native.library(library, "scalar") is None:
+    if native.library("matmul", "scalar") is None:
         pytest.skip("no C compiler for this machine's own scalar build")
     # the portable C is IEEE-exact: the same bits on x86 (or whatever this machine is)
     for (_, x, packed, n), (_, expected) in zip(jobs[entry], reference):
-        here = native.quant_matmul(x, packed, kernel, n, library, "scalar")
+        here = native.block_matmul(x, packed, kernels("scalar")[entry], n)
         assert torch.equal(here.view(torch.int32), expected.view(torch.int32)), (x.shape[0], (here - expected).abs().max().item())
 
 
 def test_each_aarch64_build_says_which_code_path_it_took(runs):
     _, results = runs
     for (isa, cpu), (report, _) in results.items():
-        assert {name: report[name] for name in LIBRARIES} == dict.fromkeys(LIBRARIES, isa), (isa, cpu)
+        assert report["matmul"] == isa, (isa, cpu)
     # -cpu max has sdot (so the neon_dotprod build ran it); a Cortex-A53 has not
     assert results[("neon_dotprod", "max")][0]["asimddp"] == "1"
     assert results[("neon", "cortex-a53")][0]["asimddp"] == "0"
@@ -157,7 +154,7 @@ def test_the_dotprod_build_needs_sdot(tmp_path):
     """On a CPU without sdot the neon_dotprod build stops at its first int8 dot product (so it runs
     sdot), where the neon build runs."""
     x, packed, n = jobs_for("Q8_0", "quantized-int8")[0][1:]
-    job = [("int8_matmul_q8", x, packed, n)]
+    job = [("int8_q8", x, packed, n)]
     _, outputs, status = run_harness(build_for_aarch64("neon_dotprod"), job, tmp_path, "cortex-a53")
     assert status != 0 and outputs is None
     assert run_harness(build_for_aarch64("neon"), job, tmp_path, "cortex-a53")[2] == 0

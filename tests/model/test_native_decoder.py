@@ -14,7 +14,7 @@ from rillet.model.decoder import DecoderModel
 from rillet.model.gguf_file import open_gguf
 from rillet.model.gguf_config import read_config
 from rillet.model.gguf_loader import read_tensors
-from rillet.model.native import quant_matmul_available
+from rillet.model.quantized import kernels
 from tests.model.test_forward_parity import BLOCK_SIZE, PROMPTS, PagedSequences, run_step
 from tests.model.tiny_gguf import Q, random_blocks, write_raw_gguf
 
@@ -123,6 +123,6 @@ def test_native_layers_take_every_block_type_and_compute_the_python_loops_logits
 
 def test_a_block_type_without_a_kernel_is_named_in_the_weight_format(tmp_path):
     loaded = block_type_model(tmp_path, "quantized", replace={"blk.1.ffn_down": "Q3_K", "output": "Q2_K"})
-    kernels = quant_matmul_available("q4_k", "kquant_matmul")  # else every matrix is float16
-    assert loaded.model.weight_format == ("quantized (Q2_K, Q3_K in float16)" if kernels else "float16")
+    native = ("Q4_K", "quantized") in kernels()  # else every matrix is float16
+    assert loaded.model.weight_format == ("quantized (Q2_K, Q3_K in float16)" if native else "float16")
     assert loaded.model.native_layers is None  # the loop needs every matrix native

@@ -1,6 +1,6 @@
-"""The native kernels that multiply a GGUF file's own blocks: quant_matmul.c and kquant_matmul.c
-(activations in float32, exact) and int8_matmul.c and kquant_int8_matmul.c (activations rounded to
-int8 per block), through the one table of kernels, rillet/model/quantized.py's KERNELS."""
+"""The native kernels that multiply a GGUF file's own blocks, rillet/model/native/matmul.c (activations
+in float32, exact, or rounded to int8 per block), through the one table of kernels, matmul.c's as
+rillet/model/quantized.py's kernels() reads it."""
 from __future__ import annotations
 
 import ctypes
@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from rillet.model import linear as linear_module
 from rillet.model import native
 from rillet.model.linear import Linear, describe_weights
 from rillet.model.native import SOURCE_DIR
-from rillet.model.quantized import BLOCK_FORMATS, KERNELS, QuantizedWeight, concat_rows
+from rillet.model.quantized import BLOCK_FORMATS, QuantizedWeight, concat_rows, kernels
 from tests.model.tiny_gguf import HAND_PACKED, hand_packed_rows, random_blocks
 
 LEGACY_TYPES = ["Q4_0", "Q4_1", "Q8_0"]  # gguf quantizes these
@@ -36,12 +37,11 @@ def quantized(ggml_type: str, rows: int, cols: int, seed: int = 0) -> QuantizedW
 
 
 def kernel_or_skip(ggml_type: str, weight_format: str = "quantized") -> None:
-    library, kernel = KERNELS[(ggml_type, weight_format)]
-    if not native.quant_matmul_available(kernel, library):
+    if (ggml_type, weight_format) not in kernels():
         # An x86-64 machine with a compiler must build it; elsewhere the float16 path takes over.
         assert not (shutil.which("cc") and platform.machine() == "x86_64" and "avx2" in _cpu_flags()), \
-            f"{library}.c failed to build"
-        pytest.skip("no AVX2 kernel on this machine")
+            "matmul.c failed to build"
+        pytest.skip("no native kernel on this machine")
 
 
 def int8_activations(x: torch.Tensor) -> torch.Tensor:
@@ -122,28 +122,27 @@ def test_rows_and_dequantize_are_ggufs_values_bit_for_bit(ggml_type):
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64" or shutil.which("cc") is None, reason="builds x86 code with cc")
-@pytest.mark.parametrize("library, int8", [("kquant_matmul", False), ("kquant_int8_matmul", True)])
-def test_portable_c_kernels_without_avx2(tmp_path, library, int8):
-    """The #else branch of the K-type kernels, built with -mno-avx2: the reference, batch invariance."""
-    target = tmp_path / f"{library}.so"
+def test_portable_c_kernels_without_avx2(tmp_path):
+    """matmul_scalar.h, built with -march=native -mno-avx2 (the compiler free to vectorize the portable C
+    as it likes): the file's values, batch invariance, every entry of the table."""
+    target = tmp_path / "matmul.so"
     subprocess.run(["cc", "-O2", "-march=native", "-mno-avx2", "-fopenmp", "-fPIC", "-ffp-contract=off", "-shared",
-                    "-o", str(target), str(SOURCE_DIR / f"{library}.c"), "-lm"], check=True, capture_output=True)
+                    "-o", str(target), str(SOURCE_DIR / "matmul.c"), "-lm"], check=True, capture_output=True)
     lib = ctypes.CDLL(str(target))
     x = torch.randn(5, 512, generator=torch.Generator().manual_seed(5))
-    for ggml_type in K_TYPES:
+    for (ggml_type, weight_format), kernel in sorted(kernels().items()):
         weight = quantized(ggml_type, 21, 512)
-        function = getattr(lib, f"{library}_{ggml_type.lower()}")
-        function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-                             ctypes.c_void_p]
-        packed = weight.pack(library)
+        entries = (native._Entry * ctypes.c_int64.in_dll(lib, "MATMUL_KERNEL_COUNT").value).in_dll(lib, "MATMUL_KERNELS")
+        function = next(native._MATMUL_FN(e.function) for e in entries if e.name.decode() == kernel.name)
+        packed = weight.pack(kernel)
 
         def multiply(rows: torch.Tensor) -> torch.Tensor:
             y = torch.empty(len(rows), 21)
             assert function(rows.data_ptr(), len(rows), 512, packed.data_ptr(), 21, y.data_ptr()) == 0
             return y
 
-        expected = (int8_activations(x) if int8 else x).double() @ weight.dequantize().double().T
-        assert (multiply(x).double() - expected).abs().max() < 2e-4
+        expected = (int8_activations(x) if kernel.mode == "int8" else x).double() @ weight.dequantize().double().T
+        assert (multiply(x).double() - expected).abs().max() < 2e-4, (ggml_type, weight_format)
         assert torch.equal(multiply(x[2:3].contiguous()), multiply(x)[2:3])
 
 
@@ -163,7 +162,7 @@ def test_rows_of_different_types_stay_in_their_blocks_multiplied_part_by_part():
 
 @pytest.mark.parametrize("weight_format", FORMATS)
 def test_without_the_kernel_a_quantized_matrix_uses_float16(monkeypatch, weight_format):
-    monkeypatch.setattr(native, "quant_matmul_available", lambda kernel, library: False)
+    monkeypatch.setattr(linear_module, "kernels", lambda: {})
     weight = quantized("Q4_1", 16, 64)
     x = torch.randn(3, 64)
     linear = Linear(weight, weight_format)
@@ -182,7 +181,7 @@ def test_a_type_without_a_kernel_falls_back_to_float16_and_is_named(weight_forma
     native_one = Linear(quantized("Q4_K", 16, 256), weight_format)
     with caplog.at_level(logging.INFO, logger="rillet.model"):
         assert describe_weights([native_one, fallback], weight_format) == f"{weight_format} (Q3_K in float16)"
-    assert "Q3_K by float16 (no native kernel)" in caplog.text and "Q4_K by kquant" in caplog.text
+    assert "Q3_K by float16 (no native kernel)" in caplog.text and "Q4_K by matmul" in caplog.text
     assert describe_weights([native_one], weight_format) == weight_format
     assert describe_weights([fallback], weight_format) == "float16"  # nothing is held in blocks
     assert describe_weights([fallback], "float32") == "float32"

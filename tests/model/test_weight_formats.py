@@ -133,5 +133,5 @@ def test_without_a_c_compiler_the_model_says_it_holds_float16(weight_format, tmp
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "held: float16" in run.stdout
-    assert "cannot build quant_matmul" in run.stderr or "cannot build int8_matmul" in run.stderr
+    assert "cannot build matmul" in run.stderr
     assert "by float16 (no native kernel)" in run.stderr

@@ -19,6 +19,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -49,9 +50,7 @@ ISAS = {
 # -ffast-math only when compiling: linked with it, the library would turn on flush-to-zero for
 # the whole process as it loads. Kernels whose results must not depend on the batch keep IEEE
 # arithmetic exactly as written.
-EXTRA_FLAGS = {"decode_attention": ["-ffast-math"], "layer_ops": ["-ffast-math"], "quant_matmul": ["-ffp-contract=off"],
-               "int8_matmul": ["-ffp-contract=off"], "kquant_matmul": ["-ffp-contract=off"],
-               "kquant_int8_matmul": ["-ffp-contract=off"]}
+EXTRA_FLAGS = {"decode_attention": ["-ffast-math"], "layer_ops": ["-ffast-math"], "matmul": ["-ffp-contract=off"]}
 # glibc's vector math (expf over 8 lanes), where the C library has it.
 LIBRARIES = [["-lmvec", "-lm"], ["-lm"]]
 _I64, _F32, _PTR = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
@@ -177,28 +176,47 @@ def paged_decode_attention(q: torch.Tensor, cache: torch.Tensor, block_tables: t
     return out if status == 0 else None
 
 
-# The kernels that multiply a GGUF file's own blocks: x stays float32 (exact), or is rounded to
-# int8 per block of 32 (faster). Each library has one function per kernel, <library>_<kind>
-# (rillet/model/quantized.py's KERNELS says which multiplies which block type).
+# matmul.c: the kernels that multiply a GGUF file's own blocks, one driver over a table of (activation
+# mode, block type) entries (matmul_table.h), each a function of the same signature.
+
+
+@dataclass(frozen=True, slots=True)
+class BlockKernel:
+    """An entry of matmul.c's MATMUL_KERNELS, as built for one instruction set."""
+
+    name: str  # "float32_q4_k", "int8_q4_k"...
+    ggml_types: tuple[str, ...]  # the GGUF block types it multiplies
+    mode: str  # its activations: "float32" (exact) or "int8" (rounded per block of 32)
+    group: int  # output rows packed together
+    address: int  # of its C function, for native code to call
+    isa: str  # the code path of the build it comes from
+
+
+class _Entry(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("ggml_types", ctypes.c_char_p), ("mode", ctypes.c_int32),
+                ("group", ctypes.c_int32), ("function", _PTR)]
+
+
+_MODES = ("float32", "int8")  # matmul_table.h's enum activations
+_MATMUL_FN = ctypes.CFUNCTYPE(ctypes.c_int, _PTR, _I64, _I64, _PTR, _I64, _PTR)
 
 
 @cache
-def _matmul_function(name: str, kind: str, isa: str | None = None):
-    lib = library(name, isa)
+def block_kernels(isa: str | None = None) -> dict[str, BlockKernel]:
+    """matmul.c's table as built for isa (default: the machine's), by kernel name; empty where it cannot be built."""
+    lib = library("matmul", isa)
     if lib is None:
-        return None
-    function = getattr(lib, f"{name}_{kind}")
-    function.restype = ctypes.c_int
-    function.argtypes = [_PTR, _I64, _I64, _PTR, _I64, _PTR]
-    return function if _probe_matmul(function) else None
+        return {}
+    count = _I64.in_dll(lib, "MATMUL_KERNEL_COUNT").value
+    path = kernel_isa("matmul", isa)
+    return {entry.name.decode(): BlockKernel(entry.name.decode(), tuple(entry.ggml_types.decode().split()),
+                                             _MODES[entry.mode], entry.group, entry.function, path)
+            for entry in (_Entry * count).in_dll(lib, "MATMUL_KERNELS")}
 
 
-def _probe_matmul(function) -> bool:
-    """False where the build has no kernel (it returns -1 for every call). 16 rows of zero blocks,
-    256 values long: whole blocks of every type, in every layout."""
-    x, y = torch.zeros(1, 256), torch.empty(1, 16)
-    packed = torch.zeros(8192, dtype=torch.uint8)
-    return function(x.data_ptr(), 1, 256, packed.data_ptr(), 16, y.data_ptr()) == 0
+@cache
+def _callable(address: int):
+    return _MATMUL_FN(address)
 
 
 @cache
@@ -213,27 +231,15 @@ def kernel_isa(name: str, isa: str | None = None) -> str | None:
     return function().decode()
 
 
-def matmul_address(kind: str, name: str = "quant_matmul", isa: str | None = None) -> int | None:
-    return address(_matmul_function(name, kind, isa))
-
-
-def quant_matmul_available(kind: str, name: str = "quant_matmul", isa: str | None = None) -> bool:
-    return _matmul_function(name, kind, isa) is not None
-
-
-def quant_matmul(x: torch.Tensor, packed: torch.Tensor, kind: str, out_features: int,
-                 name: str = "quant_matmul", isa: str | None = None) -> torch.Tensor:
-    """x [..., K] times weights packed for library name's kernel kind (e.g. "q4", "q4_k"):
-    [..., out_features] float32, by the build for isa (default: the machine's). The caller checks
-    quant_matmul_available(kind, name) once, when it packs the weights."""
-    function = _matmul_function(name, kind, isa)
+def block_matmul(x: torch.Tensor, packed: torch.Tensor, kernel: BlockKernel, out_features: int) -> torch.Tensor:
+    """x [..., K] times weights packed for kernel (QuantizedWeight.pack): [..., out_features] float32."""
     x2 = x if x.dim() == 2 and x.dtype == torch.float32 and x.is_contiguous() else \
         x.reshape(-1, x.shape[-1]).float().contiguous()
     rows, k = x2.shape
     out = torch.empty(rows, out_features, dtype=torch.float32)
-    status = function(x2.data_ptr(), rows, k, packed.data_ptr(), out_features, out.data_ptr())
+    status = _callable(kernel.address)(x2.data_ptr(), rows, k, packed.data_ptr(), out_features, out.data_ptr())
     if status != 0:
-        raise RuntimeError(f"{name}_{kind} failed (status {status})")
+        raise RuntimeError(f"matmul {kernel.name} failed (status {status})")
     return out if x2 is x else out.reshape(*x.shape[:-1], out_features)
 
 

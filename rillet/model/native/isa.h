@@ -37,6 +37,12 @@ static inline void prefetch_pass(const void *group, long offset, long group_byte
     for (long line = 0; line < bytes; line += 64) __builtin_prefetch((const char *)group + at + line);
 }
 
+/* prefetch_pass for each of a pass's groups side by side, at the block offset bytes into each. */
+static inline void prefetch_groups(const void *first, int groups, long group_bytes, long offset, long bytes) {
+    for (int g = 0; g < groups; g++)
+        prefetch_pass((const char *)first + g * group_bytes, offset, group_bytes, groups * group_bytes, bytes);
+}
+
 /* The bytes at p itself: a batch's kernels unpack one tile of groups after another, each in a burst
  * between runs of arithmetic, and ask for the next tile's bytes as they unpack this one's. */
 static inline void prefetch_here(const void *p, long bytes) {

@@ -1,8 +1,9 @@
-"""The blocks of Q5_0, Q5_1 and the K types (Q4_K, Q5_K, Q6_K): their fields, and their packing for
-rillet/model/native/kquant_matmul.c (activations in float32) and kquant_int8_matmul.c (int8).
+"""A GGUF file's blocks as rillet/model/native/matmul.c reads them: each type's fields, and their packing
+for each activation mode (the layout matmul_table.h describes: groups of output rows side by side).
 
-Each type's weight is a (q - bias) + b for an unsigned integer q of 4 to 6 bits, with a and b per
-sub-block (32 values; 16 for Q6_K) as gguf's dequantization computes them in float32:
+Every type's weight is a (q - bias) + b for an integer q of 4 to 8 bits, with a and b per sub-block
+(32 values; 16 for Q6_K) as gguf's dequantization computes them in float32:
+    Q4_0: a = d, b = -8 d (exact in float16)     Q4_1: a = d, b = m     Q8_0: a = d (q signed)
     Q5_0: a = d, bias 16        Q5_1: a = d, b = m
     Q4_K, Q5_K: a = d sc, b = -(dmin m)        Q6_K: a = d sc, bias 32
 d, m and dmin are float16 per block (a super-block of 256 values for the K types); sc and m are
@@ -22,16 +23,17 @@ class Layout:
     block: int  # values per block of the file
     sub_block: int  # values per scale a (and offset b)
     bits: int  # of q
-    bias: int  # subtracted from q; 0 where the type has an offset b instead
+    bias: int  # subtracted from q; 0 where the type has an offset b or a signed q
 
 
-LAYOUTS = {"Q5_0": Layout(32, 32, 5, 16), "Q5_1": Layout(32, 32, 5, 0), "Q4_K": Layout(256, 32, 4, 0),
+LAYOUTS = {"Q4_0": Layout(32, 32, 4, 0), "Q4_1": Layout(32, 32, 4, 0), "Q8_0": Layout(32, 32, 8, 0),
+           "Q5_0": Layout(32, 32, 5, 16), "Q5_1": Layout(32, 32, 5, 0), "Q4_K": Layout(256, 32, 4, 0),
            "Q5_K": Layout(256, 32, 5, 0), "Q6_K": Layout(256, 16, 6, 32)}
 
 
 def fields(ggml_type: str, blocks: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
     """[..., bytes_per_block] uint8 -> (the header fields, each [..., count] float16, uint8 or int8, in
-    the order the kernels read them; q, uint8 [..., block] before the bias)."""
+    the order the kernels read them; q, [..., block] before the bias: uint8, or int8 for Q8_0)."""
     def half(start: int) -> np.ndarray:
         return np.ascontiguousarray(blocks[..., start:start + 2]).view(np.float16)
 
@@ -40,6 +42,12 @@ def fields(ggml_type: str, blocks: np.ndarray) -> tuple[list[np.ndarray], np.nda
         qs = qs.reshape(*qs.shape[:-1], -1, 1, run)
         return np.concatenate([qs & 15, qs >> 4], axis=-2).reshape(*qs.shape[:-3], -1)
 
+    if ggml_type == "Q8_0":
+        return [half(0)], blocks[..., 2:34].view(np.int8)
+    if ggml_type in ("Q4_0", "Q4_1"):
+        header = [half(0), half(2)] if ggml_type == "Q4_1" else [half(0), (half(0).astype(np.float32) * -8).astype(np.float16)]
+        start = 4 if ggml_type == "Q4_1" else 2
+        return header, nibbles(blocks[..., start:start + 16], 16)
     if ggml_type in ("Q5_0", "Q5_1"):
         header = [half(0)] if ggml_type == "Q5_0" else [half(0), half(2)]
         start = 2 * len(header)
@@ -59,12 +67,12 @@ def fields(ggml_type: str, blocks: np.ndarray) -> tuple[list[np.ndarray], np.nda
         high = (blocks[..., None, 128:192].reshape(*blocks.shape[:-1], 2, 1, 32)
                 >> np.array([0, 2, 4, 6], np.uint8)[:, None]) & 3  # [half, shift, 32]
         return [half(208), blocks[..., 192:208].view(np.int8)], low | (high.reshape(low.shape) << 4)
-    raise ValueError(f"no sub-block fields for {ggml_type}")
+    raise ValueError(f"no packing for {ggml_type}")
 
 
-def pack(ggml_type: str, blocks: np.ndarray, group: int, for_int8: bool) -> np.ndarray:
-    """[rows, blocks per row, bytes] uint8, rows a multiple of group -> the flat uint8 layout of
-    kquant_matmul.c (group 16) or kquant_int8_matmul.c (group 8), described at their tops."""
+def pack(ggml_type: str, blocks: np.ndarray, mode: str, group: int) -> np.ndarray:
+    """[rows, blocks per row, bytes] uint8, rows a multiple of group -> the flat uint8 layout matmul.c reads
+    in mode ("float32" or "int8"), group rows side by side (matmul_table.h describes it)."""
     layout = LAYOUTS[ggml_type]
     header, q = fields(ggml_type, blocks)
     groups, count = blocks.shape[0] // group, blocks.shape[1]
@@ -72,16 +80,18 @@ def pack(ggml_type: str, blocks: np.ndarray, group: int, for_int8: bool) -> np.n
     parts = [np.ascontiguousarray(f.reshape(groups, group, count, -1).transpose(0, 2, 3, 1)).view(np.uint8)
              .reshape(groups, count, -1) for f in header]
     # q with the rows innermost: [groups, block, value, row].
-    q = q.reshape(groups, group, count, layout.block).transpose(0, 2, 3, 1)
-    body = _int8_body(q, layout.bits) if for_int8 else _float_body(q, layout)
+    q = q.view(np.uint8).reshape(groups, group, count, layout.block).transpose(0, 2, 3, 1)
+    body = _int8_body(q, layout.bits) if mode == "int8" else _float_body(q, layout)
     return np.ascontiguousarray(np.concatenate([*parts, body], axis=-1)).reshape(-1)
 
 
 def _float_body(q: np.ndarray, layout: Layout) -> np.ndarray:
-    """Per sub-block: pairs of values (byte n: the low 4 bits of q(n, 2j) | those of q(n, 2j + 1) << 4),
-    then bit 4 (5 bits) or bits 4-5 (6 bits) of runs of 8 or 4 values (bit t or bits 2t, 2t + 1 of byte
-    n: those of q(n, 8c + t) or q(n, 4c + t))."""
+    """Per sub-block: for 8 bits each value's row bytes; else pairs of values (byte n: the low 4 bits of
+    q(n, 2j) | those of q(n, 2j + 1) << 4), then bit 4 (5 bits) or bits 4-5 (6 bits) of runs of 8 or 4
+    values (bit t or bits 2t, 2t + 1 of byte n: those of q(n, 8c + t) or q(n, 4c + t))."""
     *outer, values, rows = q.shape
+    if layout.bits == 8:
+        return q.reshape(*outer, -1)
     q = q.reshape(*outer, values // layout.sub_block, layout.sub_block, rows)
     low = q & 15
     pieces = [low[..., 0::2, :] | (low[..., 1::2, :] << 4)]
@@ -94,11 +104,14 @@ def _float_body(q: np.ndarray, layout: Layout) -> np.ndarray:
 
 
 def _int8_body(q: np.ndarray, bits: int) -> np.ndarray:
-    """Per 32 values: four runs of 32 bytes (byte 4n + i of run t: the low 4 bits of q(n, 4t + i) | those of
-    q(n, 16 + 4t + i) << 4), then for 5 bits 32 bytes (bit u of byte 4n + i: bit 4 of q(n, 4u + i)), for
-    6 bits two halves of 32 bytes (bits 2t, 2t + 1 of byte 4n + i of half h: bits 4-5 of q(n, 16h + 4t + i))."""
+    """Per 32 values: for 8 bits eight runs (byte 4n + i of run t: q(n, 4t + i)); else four runs (byte 4n + i
+    of run t: the low 4 bits of q(n, 4t + i) | those of q(n, 16 + 4t + i) << 4), then for 5 bits 4G bytes
+    (bit u of byte 4n + i: bit 4 of q(n, 4u + i)), for 6 bits two halves of 4G bytes (bits 2t, 2t + 1 of
+    byte 4n + i of half h: bits 4-5 of q(n, 16h + 4t + i))."""
     *outer, values, rows = q.shape
     q = q.reshape(*outer, values // 32, 32, rows)
+    if bits == 8:
+        return q.reshape(*q.shape[:-2], 8, 4, rows).swapaxes(-1, -2).reshape(*outer, -1)
     low = (q & 15).reshape(*q.shape[:-2], 2, 4, 4, rows).swapaxes(-1, -2)  # [half, t, row, i]
     pieces = [low[..., 0, :, :, :] | (low[..., 1, :, :, :] << 4)]
     if bits == 5:

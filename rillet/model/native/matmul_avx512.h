@@ -1,0 +1,239 @@
+/* matmul.c's microkernels on AVX-512 with VNNI: a FLOAT32 group's 16 outputs in one register, and INT8
+ * groups in pairs, so that one vpdpbusd adds 16 outputs' products. The rest (helpers, the unpacking for
+ * tiles, the activations) is matmul_avx2.h's. Each output's sums are the portable C path's
+ * (matmul_scalar.h), step for step. Included by matmul.c after matmul_table.h. */
+#ifndef RILLET_MATMUL_AVX512_H
+#define RILLET_MATMUL_AVX512_H
+
+#include "matmul_avx2.h"
+
+#define FLOAT_ROWS 8          /* rows a pass of float_rows takes */
+#define FLOAT_ROWS_LIMIT 32   /* batches up to this many rows read the packed blocks (measured: as fast as tiles at 64) */
+#define FLOAT_GROUPS(rows) ((rows) <= 2 ? 4 : (rows) <= 4 ? 2 : 1) /* groups side by side: sums in registers */
+#define TILE_ROWS 6           /* rows of x per register tile */
+#define TILE_GROUPS 2         /* groups per register tile: 6 rows x 32 outputs, 24 registers of sums */
+#define INT8_ROWS 4
+#define INT8_GROUPS(rows) 4   /* two pairs */
+
+static inline __m512 half16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+static inline __m512 u8_floats16(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
+static inline __m512 i8_floats16(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)); }
+
+/* FLOAT32 mode: values 2j (w[0]) and 2j + 1 (w[1]) of a sub-block for the 16 rows. */
+INLINE void pair_floats16(int t, const uint8_t *sub, int j, __m512 w[2]) {
+    if (bits(t) == 4) {
+        const __m512i a = _mm512_cvtepu8_epi32(load16(sub + 16 * j));
+        w[0] = _mm512_cvtepi32_ps(_mm512_and_si512(a, _mm512_set1_epi32(15)));
+        w[1] = _mm512_cvtepi32_ps(_mm512_srli_epi32(a, 4));
+        return;
+    }
+    for (int i = 0; i < 2; i++) {
+        const __m128i q = float_values(t, sub, 2 * j + i);
+        w[i] = is_signed(t) ? i8_floats16(q) : u8_floats16(q);
+    }
+}
+
+/* a (ab[0]) and b (ab[1]) of sub-block s for the 16 rows of a FLOAT32 group, from its block header h. */
+INLINE void scales16(int t, const uint8_t *h, int s, __m512 ab[2]) {
+    ab[0] = half16(h);
+    ab[1] = t == Q4 || t == Q5_1 ? half16(h + offset_field(16)) : _mm512_setzero_ps();
+    if (t == Q4_K || t == Q5_K) {
+        const __m512i sign = _mm512_set1_epi32(INT32_MIN);
+        ab[0] = _mm512_mul_ps(ab[0], u8_floats16(load16(h + scale_field(t, 16, s))));
+        ab[1] = _mm512_castsi512_ps(_mm512_xor_si512(sign, _mm512_castps_si512(_mm512_mul_ps(
+            half16(h + offset_field(16)), u8_floats16(load16(h + min_field(16, s)))))));
+    }
+    if (t == Q6_K) ab[0] = _mm512_mul_ps(ab[0], i8_floats16(load16(h + scale_field(t, 16, s))));
+}
+
+/* acc = fma(b, xs, fma(a, partial, acc)), b only for the types with an offset. */
+INLINE __m512 fold16(int offset, __m512 acc, __m512 a, __m512 partial, __m512 b, const float *xs) {
+    acc = _mm512_fmadd_ps(a, partial, acc);
+    return offset ? _mm512_fmadd_ps(b, _mm512_set1_ps(*xs), acc) : acc;
+}
+
+/* FLOAT32 mode, rows (1..FLOAT_ROWS) rows of x against groups (FLOAT_GROUPS(rows)) groups side by side:
+ * each sub-block's integers converted once for all the rows; out [rows][groups * 16]. A single row is
+ * rows 1; every row's sums are the same fused steps in the same order whatever the row count. */
+INLINE void float_rows(int t, int rows, int groups, const float *x, int64_t K, const uint8_t *w, int64_t group_bytes,
+                       const float *xsum, float *out) {
+    const int S = sub_values(t);
+    __m512 acc[FLOAT_ROWS][4];
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) acc[r][g] = _mm512_setzero_ps();
+    for (int64_t v0 = 0; v0 < K; v0 += S) {
+        FLOAT_SUB_BLOCK(t, w, v0);
+        if (s == 0) prefetch_groups(w, groups, group_bytes, block - w, block_bytes(FLOAT32, t));
+        __m512 p[FLOAT_ROWS][4];
+        for (int g = 0; g < groups; g++) {
+            for (int r = 0; r < rows; r++) p[r][g] = _mm512_setzero_ps();
+        }
+        if (bits(t) == 8) /* a value at a time */
+            for (int k = 0; k < S; k++) {
+                __m512 xk[FLOAT_ROWS];
+                for (int r = 0; r < rows; r++) xk[r] = _mm512_set1_ps(x[r * K + v0 + k]);
+                for (int g = 0; g < groups; g++) {
+                    const __m512 q = i8_floats16(load16(sub + g * group_bytes + 16 * k));
+                    for (int r = 0; r < rows; r++) p[r][g] = _mm512_fmadd_ps(xk[r], q, p[r][g]);
+                }
+            }
+        else
+        for (int j = 0; j < S / 2; j++) {
+            __m512 x0[FLOAT_ROWS], x1[FLOAT_ROWS];
+            for (int r = 0; r < rows; r++)
+                x0[r] = _mm512_set1_ps(x[r * K + v0 + 2 * j]), x1[r] = _mm512_set1_ps(x[r * K + v0 + 2 * j + 1]);
+            for (int g = 0; g < groups; g++) {
+                __m512 q[2];
+                pair_floats16(t, sub + g * group_bytes, j, q);
+                for (int r = 0; r < rows; r++) p[r][g] = _mm512_fmadd_ps(x1[r], q[1], _mm512_fmadd_ps(x0[r], q[0], p[r][g]));
+            }
+        }
+        for (int g = 0; g < groups; g++) {
+            __m512 ab[2];
+            scales16(t, block + g * group_bytes, s, ab);
+            for (int r = 0; r < rows; r++)
+                acc[r][g] = fold16(has_offset(t), acc[r][g], ab[0], p[r][g], ab[1], xsum + r * (K / 32) + v0 / 32);
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) _mm512_storeu_ps(out + (r * groups + g) * 16, acc[r][g]);
+}
+
+/* FLOAT32 mode, rows (1..TILE_ROWS) rows of x times groups (1..TILE_GROUPS) groups' unpacked blocks
+ * (float_unpack): group i's qf at qf + i K 16, its ab at ab + i K / S 32; out [rows][groups * 16]. Two
+ * groups a tile load two weights for each broadcast of x: fewer loads per multiply-add than one group
+ * of more rows. */
+INLINE void float_tile(int rows, int groups, int S, int offset, const float *x, int64_t K, const float *restrict qf,
+                       const float *restrict ab, const float *xsum, float *out) {
+    __m512 acc[TILE_ROWS][TILE_GROUPS];
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) acc[r][g] = _mm512_setzero_ps();
+    for (int64_t v0 = 0; v0 < K; v0 += S) {
+        __m512 p[TILE_ROWS][TILE_GROUPS];
+        for (int r = 0; r < rows; r++)
+            for (int g = 0; g < groups; g++) p[r][g] = _mm512_setzero_ps();
+        for (int k = 0; k < S; k++) {
+            __m512 w[TILE_GROUPS];
+            for (int g = 0; g < groups; g++) w[g] = _mm512_loadu_ps(qf + g * K * 16 + (v0 + k) * 16);
+            for (int r = 0; r < rows; r++) {
+                const __m512 xk = _mm512_set1_ps(x[r * K + v0 + k]);
+                for (int g = 0; g < groups; g++) p[r][g] = _mm512_fmadd_ps(xk, w[g], p[r][g]);
+            }
+        }
+        for (int g = 0; g < groups; g++) {
+            const float *s = ab + g * (K / S) * 32 + v0 / S * 32;
+            const __m512 a = _mm512_loadu_ps(s), b = _mm512_loadu_ps(s + 16);
+            for (int r = 0; r < rows; r++)
+                acc[r][g] = fold16(offset, acc[r][g], a, p[r][g], b, xsum + r * (K / 32) + v0 / 32);
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) _mm512_storeu_ps(out + (r * groups + g) * 16, acc[r][g]);
+}
+
+/* INT8 groups of 8 outputs in pairs: the 32 bytes at first (the first group's) in the low half of a
+ * 512-bit register and those group_bytes on (the second's) in the high half; a lone last group
+ * (both = 0) is read twice and its copy dropped. */
+static inline __m512i two_groups(const uint8_t *first, int64_t group_bytes, int both) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(load32(first)), load32(both ? first + group_bytes : first), 1);
+}
+
+/* The 32-bit sums of a pair's first group (high = 0) or second. */
+static inline __m256i half_of(__m512i v, int high) { return high ? _mm512_extracti64x4_epi64(v, 1) : _mm512_castsi512_si256(v); }
+
+/* Four bytes of x's integers, repeated across a 512-bit register. */
+static inline __m512i broadcast4x16(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+/* int8_run for a pair of groups. */
+INLINE __m512i int8_run_pair(int type, const uint8_t *values, int64_t group_bytes, int both, int h, int t) {
+    if (bits(type) == 8) return two_groups(values + 32 * (4 * h + t), group_bytes, both);
+    const __m512i v = two_groups(values + 32 * t, group_bytes, both);
+    __m512i q = _mm512_and_si512(h ? _mm512_srli_epi16(v, 4) : v, _mm512_set1_epi8(15));
+    const uint8_t *planes = values + 128;
+    if (bits(type) == 5) {
+        const __m512i p = two_groups(planes, group_bytes, both);
+        q = _mm512_or_si512(q, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(p, 4 * h + t), _mm512_set1_epi8(1)), 4));
+    } else if (bits(type) == 6) {
+        const __m512i p = two_groups(planes + 32 * h, group_bytes, both);
+        q = _mm512_or_si512(q, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(p, 2 * t), _mm512_set1_epi8(3)), 4));
+    }
+    return q;
+}
+
+/* INT8 mode, rows (1..INT8_ROWS) rows of x times groups (1..4) groups: the integer sums of a pair of
+ * groups by one vpdpbusd (32-bit, so no widening), the float steps group by group in the AVX2 path's
+ * order; out [rows][groups * 8]. */
+INLINE void int8_rows(int type, int rows, int groups, const int8_t *xq, const float *xd, const float *xs, int64_t K,
+                      const uint8_t *w, int64_t group_bytes, float *out) {
+    const int64_t blocks = K / 32;
+    const int per_block = block_values(type) / 32, pairs = (groups + 1) / 2;
+    __m256 acc[INT8_ROWS][4];
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) acc[r][g] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < blocks; b++) {
+        INT8_RUN(type, w, b);
+        if (b % per_block == 0) prefetch_groups(w, groups, group_bytes, header - w, block_bytes(INT8, type));
+        __m512i sum[INT8_ROWS][2];
+        for (int r = 0; r < rows; r++)
+            for (int p = 0; p < pairs; p++) sum[r][p] = _mm512_setzero_si512();
+        for (int h = 0; h < 2; h++) {
+            if (h == 1 && type == Q6_K)
+                for (int r = 0; r < rows; r++)
+                    for (int p = 0; p < pairs; p++) sum[r][p] = _mm512_setzero_si512();
+#define RUN(t)                                                                                               \
+    {                                                                                                        \
+        __m512i xt[INT8_ROWS], xb[INT8_ROWS];                                                                \
+        for (int r = 0; r < rows; r++) {                                                                     \
+            xt[r] = broadcast4x16(xq + r * K + b * 32 + 16 * h + 4 * (t));                                   \
+            if (bias(type)) xb[r] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8((char)bias(type)), xt[r]); \
+        }                                                                                                    \
+        for (int p = 0; p < pairs; p++) {                                                                    \
+            const __m512i q = int8_run_pair(type, values + 2 * p * group_bytes, group_bytes, 2 * p + 1 < groups, h, t); \
+            /* 8-bit q: |q| times x with q's sign (x is never -128, so negating it is exact) */             \
+            const __m512i magnitude = bits(type) == 8 ? _mm512_abs_epi8(q) : q;                              \
+            const __mmask64 negative = bits(type) == 8 ? _mm512_movepi8_mask(q) : 0;                         \
+            for (int r = 0; r < rows; r++) {                                                                 \
+                const __m512i x = bits(type) == 8 ? _mm512_mask_sub_epi8(xt[r], negative, _mm512_setzero_si512(), xt[r]) : xt[r]; \
+                sum[r][p] = _mm512_dpbusd_epi32(sum[r][p], magnitude, x);                                    \
+                if (bias(type)) sum[r][p] = _mm512_sub_epi32(sum[r][p], xb[r]);                              \
+            }                                                                                                \
+        }                                                                                                    \
+    }
+            if (bits(type) == 4 || bits(type) == 8) {
+#pragma GCC unroll 1
+                for (int t = 0; t < 4; t++) RUN(t)
+            } else {
+#pragma GCC unroll 4
+                for (int t = 0; t < 4; t++) RUN(t)
+            }
+#undef RUN
+            if (type != Q6_K) continue;
+            for (int g = 0; g < groups; g++) {
+                __m256 a, offset;
+                scales8(type, 8, header + g * group_bytes, 2 * (int)(b % per_block) + h, 0, &a, &offset);
+                for (int r = 0; r < rows; r++) {
+                    const __m256 scaled = _mm256_mul_ps(a, _mm256_set1_ps(xd[r * blocks + b]));
+                    acc[r][g] = _mm256_fmadd_ps(scaled, _mm256_cvtepi32_ps(half_of(sum[r][g / 2], g % 2)), acc[r][g]);
+                }
+            }
+        }
+        if (type == Q6_K) continue;
+        for (int g = 0; g < groups; g++) {
+            __m256 a, offset;
+            scales8(type, 8, header + g * group_bytes, (int)(b % per_block), 0, &a, &offset);
+            for (int r = 0; r < rows; r++) {
+                const __m256 scaled = _mm256_mul_ps(a, _mm256_set1_ps(xd[r * blocks + b]));
+                acc[r][g] = _mm256_fmadd_ps(scaled, _mm256_cvtepi32_ps(half_of(sum[r][g / 2], g % 2)), acc[r][g]);
+                if (has_offset(type)) acc[r][g] = _mm256_fmadd_ps(offset, _mm256_set1_ps(xs[r * blocks + b]), acc[r][g]);
+            }
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) _mm256_storeu_ps(out + (r * groups + g) * 8, acc[r][g]);
+}
+
+#endif
