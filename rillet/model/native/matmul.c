@@ -112,7 +112,7 @@ static inline void put(const float *out, int rows, int64_t width, float *y, int6
  * it), taken `pass` groups side by side, rows `per_call` at a time. */
 static void direct_passes(int mode, int t, const activations_t *a, int64_t M, int64_t K, const uint8_t *packed,
                           int64_t groups, int64_t group_bytes, int64_t chunk, float *y, int64_t N) {
-    const int per_call = mode == FLOAT32 ? FLOAT_ROWS : INT8_ROWS, G = group_rows(mode);
+    const int per_call = mode == FLOAT32 ? FLOAT_ROWS : INT8_ROWS;
     const int first_call = M < per_call ? (int)M : per_call;
     const int64_t pass = mode == FLOAT32 ? FLOAT_GROUPS(first_call) : INT8_GROUPS(first_call);
     const int64_t threads = omp_get_num_threads(), me = omp_get_thread_num();
@@ -126,7 +126,7 @@ static void direct_passes(int mode, int t, const activations_t *a, int64_t M, in
                 const int rows = m1 - m < per_call ? (int)(m1 - m) : per_call;
                 if (mode == FLOAT32) float_direct(t, rows, n, a, m, K, packed + g * group_bytes, group_bytes, out);
                 else int8_direct(t, rows, n, a, m, K, packed + g * group_bytes, group_bytes, out);
-                put(out, rows, (int64_t)n * G, y + m * N, N, g * G);
+                put(out, rows, (int64_t)n * GROUP, y + m * N, N, g * GROUP);
             }
         }
     }
@@ -198,7 +198,7 @@ static int tile_passes(int t, const activations_t *a, int64_t M, int64_t K, cons
 
 static int matmul(int mode, int t, const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, float *y) {
     if (K % block_values(t) != 0 || M <= 0) return M == 0 ? 0 : -1;
-    const int64_t groups = (N + group_rows(mode) - 1) / group_rows(mode), blocks = K / 32;
+    const int64_t groups = (N + GROUP - 1) / GROUP, blocks = K / 32;
     const int64_t group_bytes = K / block_values(t) * block_bytes(mode, t);
     float *xsum = NULL, *xd = NULL, *xs = NULL;
     int8_t *xq = NULL;
@@ -245,7 +245,7 @@ static int matmul(int mode, int t, const float *x, int64_t M, int64_t K, const u
         return matmul(INT8, type, x, M, K, packed, N, y);                                                  \
     }
 BLOCK_TYPES(FUNCTIONS)
-#define FLOAT32_ENTRY(type, name, ggml_types) {"float32_" name, ggml_types, FLOAT32, 16, float32_##type},
-#define INT8_ENTRY(type, name, ggml_types) {"int8_" name, ggml_types, INT8, 8, int8_##type},
+#define FLOAT32_ENTRY(type, name, ggml_types) {"float32_" name, ggml_types, FLOAT32, GROUP, float32_##type},
+#define INT8_ENTRY(type, name, ggml_types) {"int8_" name, ggml_types, INT8, GROUP, int8_##type},
 const matmul_kernel_t MATMUL_KERNELS[] = {BLOCK_TYPES(FLOAT32_ENTRY) BLOCK_TYPES(INT8_ENTRY)};
 const int64_t MATMUL_KERNEL_COUNT = sizeof(MATMUL_KERNELS) / sizeof(MATMUL_KERNELS[0]);

@@ -1,5 +1,5 @@
-/* matmul.c's microkernels on AVX2 (with FMA and F16C): a FLOAT32 group's 16 outputs in two registers
- * of 8, an INT8 group's 8 in one; integer products by vpmaddubsw and vpmaddwd. Each output's sums are
+/* matmul.c's microkernels on AVX2 (with FMA and F16C): a group's 16 outputs in two registers of 8;
+ * integer products by vpmaddubsw and vpmaddwd. Each output's sums are
  * the portable C path's (matmul_scalar.h), step for step. matmul_avx512.h builds on this file: it keeps
  * its helpers, its unpacking and its activations, and replaces the three products (float_rows,
  * float_tile, int8_rows). Included by matmul.c after matmul_table.h. */
@@ -123,18 +123,18 @@ INLINE __m256 fold(int offset, __m256 acc, __m256 a, __m256 partial, __m256 b, c
     return offset ? _mm256_fmadd_ps(b, _mm256_broadcast_ss(xs), acc) : acc;
 }
 
-/* INT8 mode: run t (0..3) of half h of 32 values (value 16h + 4t + i of row n in byte 4n + i) for the
- * 8 rows: q as bytes, before the bias (8-bit q: run 4h + t, signed). */
-INLINE __m256i int8_run(int type, const uint8_t *values, int h, int t) {
-    if (bits(type) == 8) return load32(values + 32 * (4 * h + t));
-    const __m256i v = load32(values + 32 * t);
+/* INT8 mode: run t (0..3) of half h of 32 values (value 16h + 4t + i of row n in byte 4n + i) for rows
+ * 8i..8i + 7 of the group: q as bytes, before the bias (8-bit q: run 4h + t, signed). */
+INLINE __m256i int8_run(int type, const uint8_t *values, int h, int t, int i) {
+    if (bits(type) == 8) return load32(values + 64 * (4 * h + t) + 32 * i);
+    const __m256i v = load32(values + 64 * t + 32 * i);
     __m256i q = _mm256_and_si256(h ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(15));
-    const uint8_t *planes = values + 128;
+    const uint8_t *planes = values + 256 + 32 * i;
     if (bits(type) == 5) {
         const __m256i p = load32(planes);
         q = _mm256_or_si256(q, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(p, 4 * h + t), _mm256_set1_epi8(1)), 4));
     } else if (bits(type) == 6) {
-        const __m256i p = load32(planes + 32 * h);
+        const __m256i p = load32(planes + 64 * h);
         q = _mm256_or_si256(q, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(p, 2 * t), _mm256_set1_epi8(3)), 4));
     }
     return q;
@@ -155,7 +155,7 @@ static inline __m256i broadcast4(const int8_t *p) {
 #define TILE_ROWS 6           /* rows of x per register tile: 12 partial sums + 2 weights + 1 broadcast */
 #define TILE_GROUPS 1
 #define INT8_ROWS 4
-#define INT8_GROUPS(rows) ((rows) == 1 ? 4 : 2)
+#define INT8_GROUPS(rows) ((rows) == 1 ? 2 : 1)
 
 /* FLOAT32 mode, rows rows of x against groups groups side by side, reading each block's integers
  * straight into the sums, converted once for all the rows; out [rows][groups * 16]. One row keeps its
@@ -242,26 +242,26 @@ INLINE void float_tile(int rows, int groups, int S, int offset, const float *x, 
 static inline __m256i add_products(__m256i sum, __m256i u, __m256i s) { return _mm256_add_epi16(sum, _mm256_maddubs_epi16(u, s)); }
 static inline __m256i widen(__m256i sum) { return _mm256_madd_epi16(sum, _mm256_set1_epi16(1)); }
 
-/* INT8 mode, rows (1..INT8_ROWS) rows of x times groups (1..4) groups; out [rows][groups * 8]. The
- * 16-bit sums of a half (four runs) stay below 2^15 for 5- and 6-bit q; 4-bit q sums both halves, 8-bit
- * q widens each run. */
+/* INT8 mode, rows (1..INT8_ROWS) rows of x times groups (1..2) groups, each in two halves of 8 rows;
+ * out [rows][groups * 16]. The 16-bit sums of a half of 32 values (four runs) stay below 2^15 for 5- and
+ * 6-bit q; 4-bit q sums both halves, 8-bit q widens each run. */
 INLINE void int8_rows(int type, int rows, int groups, const int8_t *xq, const float *xd, const float *xs, int64_t K,
                       const uint8_t *w, int64_t group_bytes, float *out) {
     const int64_t blocks = K / 32;
     const int per_block = block_values(type) / 32;
-    __m256 acc[INT8_ROWS][4];
+    __m256 acc[INT8_ROWS][2][2];
     for (int r = 0; r < rows; r++)
-        for (int g = 0; g < groups; g++) acc[r][g] = _mm256_setzero_ps();
+        for (int g = 0; g < groups; g++) acc[r][g][0] = acc[r][g][1] = _mm256_setzero_ps();
     for (int64_t b = 0; b < blocks; b++) {
         INT8_RUN(type, w, b);
         if (b % per_block == 0) prefetch_groups(w, groups, group_bytes, header - w, block_bytes(INT8, type));
-        __m256i sum[INT8_ROWS][4], total[INT8_ROWS][4];
+        __m256i sum[INT8_ROWS][2][2], total[INT8_ROWS][2][2];
         for (int r = 0; r < rows; r++)
-            for (int g = 0; g < groups; g++) total[r][g] = _mm256_setzero_si256();
+            for (int g = 0; g < groups; g++) total[r][g][0] = total[r][g][1] = _mm256_setzero_si256();
         for (int h = 0; h < 2; h++) {
             if (h == 0 || bits(type) > 4)
                 for (int r = 0; r < rows; r++)
-                    for (int g = 0; g < groups; g++) sum[r][g] = _mm256_setzero_si256();
+                    for (int g = 0; g < groups; g++) sum[r][g][0] = sum[r][g][1] = _mm256_setzero_si256();
             /* Unrolled, the 5- and 6-bit planes' shifts are constants (about 10% faster for them); 4- and
              * 8-bit q are not: unrolled, GCC computes every product first and spills them. */
 #define RUN(t)                                                                                               \
@@ -271,18 +271,19 @@ INLINE void int8_rows(int type, int rows, int groups, const int8_t *xq, const fl
             xt[r] = broadcast4(xq + r * K + b * 32 + 16 * h + 4 * (t));                                      \
             if (bias(type)) xb[r] = add_products(_mm256_setzero_si256(), _mm256_set1_epi8((char)bias(type)), xt[r]); \
         }                                                                                                    \
-        for (int g = 0; g < groups; g++) {                                                                   \
-            const __m256i q = int8_run(type, values + g * group_bytes, h, t);                                \
-            for (int r = 0; r < rows; r++) {                                                                 \
-                if (bits(type) == 8) { /* |q| times x with q's sign: unsigned times signed, as maddubs needs */ \
-                    const __m256i products = add_products(_mm256_setzero_si256(), _mm256_abs_epi8(q), _mm256_sign_epi8(xt[r], q)); \
-                    total[r][g] = _mm256_add_epi32(total[r][g], widen(products));                           \
-                    continue;                                                                                \
+        for (int g = 0; g < groups; g++)                                                                     \
+            for (int i = 0; i < 2; i++) {                                                                    \
+                const __m256i q = int8_run(type, values + g * group_bytes, h, t, i);                         \
+                for (int r = 0; r < rows; r++) {                                                             \
+                    if (bits(type) == 8) { /* |q| times x with q's sign: unsigned times signed, as maddubs needs */ \
+                        const __m256i products = add_products(_mm256_setzero_si256(), _mm256_abs_epi8(q), _mm256_sign_epi8(xt[r], q)); \
+                        total[r][g][i] = _mm256_add_epi32(total[r][g][i], widen(products));                 \
+                        continue;                                                                            \
+                    }                                                                                        \
+                    sum[r][g][i] = add_products(sum[r][g][i], q, xt[r]);                                     \
+                    if (bias(type)) sum[r][g][i] = _mm256_sub_epi16(sum[r][g][i], xb[r]);                    \
                 }                                                                                            \
-                sum[r][g] = add_products(sum[r][g], q, xt[r]);                                               \
-                if (bias(type)) sum[r][g] = _mm256_sub_epi16(sum[r][g], xb[r]);                              \
             }                                                                                                \
-        }                                                                                                    \
     }
             if (bits(type) == 4 || bits(type) == 8) {
 #pragma GCC unroll 1
@@ -293,33 +294,36 @@ INLINE void int8_rows(int type, int rows, int groups, const int8_t *xq, const fl
             }
 #undef RUN
             if (bits(type) == 8 || (bits(type) == 4 && h == 0)) continue;
-            for (int g = 0; g < groups; g++) {
-                __m256 a, offset;
-                if (type == Q6_K) scales8(type, 8, header + g * group_bytes, 2 * (int)(b % per_block) + h, 0, &a, &offset);
-                for (int r = 0; r < rows; r++) {
-                    const __m256i part = widen(sum[r][g]);
-                    if (type == Q6_K) {
-                        const __m256 scaled = _mm256_mul_ps(a, _mm256_set1_ps(xd[r * blocks + b]));
-                        acc[r][g] = _mm256_fmadd_ps(scaled, _mm256_cvtepi32_ps(part), acc[r][g]);
-                    } else {
-                        total[r][g] = _mm256_add_epi32(total[r][g], part);
+            for (int g = 0; g < groups; g++)
+                for (int i = 0; i < 2; i++) {
+                    __m256 a, offset;
+                    if (type == Q6_K) scales8(type, GROUP, header + g * group_bytes, 2 * (int)(b % per_block) + h, 8 * i, &a, &offset);
+                    for (int r = 0; r < rows; r++) {
+                        const __m256i part = widen(sum[r][g][i]);
+                        if (type == Q6_K) {
+                            const __m256 scaled = _mm256_mul_ps(a, _mm256_set1_ps(xd[r * blocks + b]));
+                            acc[r][g][i] = _mm256_fmadd_ps(scaled, _mm256_cvtepi32_ps(part), acc[r][g][i]);
+                        } else {
+                            total[r][g][i] = _mm256_add_epi32(total[r][g][i], part);
+                        }
                     }
                 }
-            }
         }
         if (type == Q6_K) continue;
-        for (int g = 0; g < groups; g++) {
-            __m256 a, offset;
-            scales8(type, 8, header + g * group_bytes, (int)(b % per_block), 0, &a, &offset);
-            for (int r = 0; r < rows; r++) {
-                const __m256 scaled = _mm256_mul_ps(a, _mm256_set1_ps(xd[r * blocks + b]));
-                acc[r][g] = _mm256_fmadd_ps(scaled, _mm256_cvtepi32_ps(total[r][g]), acc[r][g]);
-                if (has_offset(type)) acc[r][g] = _mm256_fmadd_ps(offset, _mm256_set1_ps(xs[r * blocks + b]), acc[r][g]);
+        for (int g = 0; g < groups; g++)
+            for (int i = 0; i < 2; i++) {
+                __m256 a, offset;
+                scales8(type, GROUP, header + g * group_bytes, (int)(b % per_block), 8 * i, &a, &offset);
+                for (int r = 0; r < rows; r++) {
+                    const __m256 scaled = _mm256_mul_ps(a, _mm256_set1_ps(xd[r * blocks + b]));
+                    acc[r][g][i] = _mm256_fmadd_ps(scaled, _mm256_cvtepi32_ps(total[r][g][i]), acc[r][g][i]);
+                    if (has_offset(type)) acc[r][g][i] = _mm256_fmadd_ps(offset, _mm256_set1_ps(xs[r * blocks + b]), acc[r][g][i]);
+                }
             }
-        }
     }
     for (int r = 0; r < rows; r++)
-        for (int g = 0; g < groups; g++) _mm256_storeu_ps(out + (r * groups + g) * 8, acc[r][g]);
+        for (int g = 0; g < groups; g++)
+            for (int i = 0; i < 2; i++) _mm256_storeu_ps(out + (r * groups + g) * 16 + 8 * i, acc[r][g][i]);
 }
 
 #endif /* !RILLET_AVX512 */

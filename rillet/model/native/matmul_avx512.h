@@ -1,6 +1,6 @@
-/* matmul.c's microkernels on AVX-512 with VNNI: a FLOAT32 group's 16 outputs in one register, and INT8
- * groups in pairs, so that one vpdpbusd adds 16 outputs' products. The rest (helpers, the unpacking for
- * tiles, the activations) is matmul_avx2.h's. Each output's sums are the portable C path's
+/* matmul.c's microkernels on AVX-512 with VNNI: a group's 16 outputs in one register, in FLOAT32 and
+ * INT8 mode alike, so that one vpdpbusd adds four products to each of 16 outputs. The rest (helpers, the
+ * unpacking for tiles, the activations) is matmul_avx2.h's. Each output's sums are the portable C path's
  * (matmul_scalar.h), step for step. Included by matmul.c after matmul_table.h. */
 #ifndef RILLET_MATMUL_AVX512_H
 #define RILLET_MATMUL_AVX512_H
@@ -13,7 +13,7 @@
 #define TILE_ROWS 6           /* rows of x per register tile */
 #define TILE_GROUPS 2         /* groups per register tile: 6 rows x 32 outputs, 24 registers of sums */
 #define INT8_ROWS 4
-#define INT8_GROUPS(rows) 4   /* two pairs */
+#define INT8_GROUPS(rows) 2
 
 static inline __m512 half16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
 static inline __m512 u8_floats16(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
@@ -131,15 +131,7 @@ INLINE void float_tile(int rows, int groups, int S, int offset, const float *x, 
         for (int g = 0; g < groups; g++) _mm512_storeu_ps(out + (r * groups + g) * 16, acc[r][g]);
 }
 
-/* INT8 groups of 8 outputs in pairs: the 32 bytes at first (the first group's) in the low half of a
- * 512-bit register and those group_bytes on (the second's) in the high half; a lone last group
- * (both = 0) is read twice and its copy dropped. */
-static inline __m512i two_groups(const uint8_t *first, int64_t group_bytes, int both) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(load32(first)), load32(both ? first + group_bytes : first), 1);
-}
-
-/* The 32-bit sums of a pair's first group (high = 0) or second. */
-static inline __m256i half_of(__m512i v, int high) { return high ? _mm512_extracti64x4_epi64(v, 1) : _mm512_castsi512_si256(v); }
+static inline __m512i load64(const uint8_t *p) { return _mm512_loadu_si512((const void *)p); }
 
 /* Four bytes of x's integers, repeated across a 512-bit register. */
 static inline __m512i broadcast4x16(const int8_t *p) {
@@ -148,42 +140,44 @@ static inline __m512i broadcast4x16(const int8_t *p) {
     return _mm512_set1_epi32(v);
 }
 
-/* int8_run for a pair of groups. */
-INLINE __m512i int8_run_pair(int type, const uint8_t *values, int64_t group_bytes, int both, int h, int t) {
-    if (bits(type) == 8) return two_groups(values + 32 * (4 * h + t), group_bytes, both);
-    const __m512i v = two_groups(values + 32 * t, group_bytes, both);
+/* INT8 mode: run t (0..3) of half h of 32 values (value 16h + 4t + i of row n in byte 4n + i) for the
+ * 16 rows: q as bytes, before the bias (8-bit q: run 4h + t, signed). The 16-bit shifts move the wanted
+ * bits to the bottom of their own byte before the mask, so none crosses bytes. */
+INLINE __m512i int8_run16(int type, const uint8_t *values, int h, int t) {
+    if (bits(type) == 8) return load64(values + 64 * (4 * h + t));
+    const __m512i v = load64(values + 64 * t);
     __m512i q = _mm512_and_si512(h ? _mm512_srli_epi16(v, 4) : v, _mm512_set1_epi8(15));
-    const uint8_t *planes = values + 128;
+    const uint8_t *planes = values + 256;
     if (bits(type) == 5) {
-        const __m512i p = two_groups(planes, group_bytes, both);
+        const __m512i p = load64(planes);
         q = _mm512_or_si512(q, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(p, 4 * h + t), _mm512_set1_epi8(1)), 4));
     } else if (bits(type) == 6) {
-        const __m512i p = two_groups(planes + 32 * h, group_bytes, both);
+        const __m512i p = load64(planes + 64 * h);
         q = _mm512_or_si512(q, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(p, 2 * t), _mm512_set1_epi8(3)), 4));
     }
     return q;
 }
 
-/* INT8 mode, rows (1..INT8_ROWS) rows of x times groups (1..4) groups: the integer sums of a pair of
- * groups by one vpdpbusd (32-bit, so no widening), the float steps group by group in the AVX2 path's
- * order; out [rows][groups * 8]. */
+/* INT8 mode, rows (1..INT8_ROWS) rows of x times groups (1..2) groups: a group's 16 outputs in one
+ * register, one vpdpbusd adding four products to each (32-bit sums, so no widening), the float steps
+ * of the portable C path lane by lane; out [rows][groups * 16]. */
 INLINE void int8_rows(int type, int rows, int groups, const int8_t *xq, const float *xd, const float *xs, int64_t K,
                       const uint8_t *w, int64_t group_bytes, float *out) {
     const int64_t blocks = K / 32;
-    const int per_block = block_values(type) / 32, pairs = (groups + 1) / 2;
-    __m256 acc[INT8_ROWS][4];
+    const int per_block = block_values(type) / 32;
+    __m512 acc[INT8_ROWS][2];
     for (int r = 0; r < rows; r++)
-        for (int g = 0; g < groups; g++) acc[r][g] = _mm256_setzero_ps();
+        for (int g = 0; g < groups; g++) acc[r][g] = _mm512_setzero_ps();
     for (int64_t b = 0; b < blocks; b++) {
         INT8_RUN(type, w, b);
         if (b % per_block == 0) prefetch_groups(w, groups, group_bytes, header - w, block_bytes(INT8, type));
         __m512i sum[INT8_ROWS][2];
         for (int r = 0; r < rows; r++)
-            for (int p = 0; p < pairs; p++) sum[r][p] = _mm512_setzero_si512();
+            for (int g = 0; g < groups; g++) sum[r][g] = _mm512_setzero_si512();
         for (int h = 0; h < 2; h++) {
             if (h == 1 && type == Q6_K)
                 for (int r = 0; r < rows; r++)
-                    for (int p = 0; p < pairs; p++) sum[r][p] = _mm512_setzero_si512();
+                    for (int g = 0; g < groups; g++) sum[r][g] = _mm512_setzero_si512();
 #define RUN(t)                                                                                               \
     {                                                                                                        \
         __m512i xt[INT8_ROWS], xb[INT8_ROWS];                                                                \
@@ -191,15 +185,15 @@ INLINE void int8_rows(int type, int rows, int groups, const int8_t *xq, const fl
             xt[r] = broadcast4x16(xq + r * K + b * 32 + 16 * h + 4 * (t));                                   \
             if (bias(type)) xb[r] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8((char)bias(type)), xt[r]); \
         }                                                                                                    \
-        for (int p = 0; p < pairs; p++) {                                                                    \
-            const __m512i q = int8_run_pair(type, values + 2 * p * group_bytes, group_bytes, 2 * p + 1 < groups, h, t); \
+        for (int g = 0; g < groups; g++) {                                                                   \
+            const __m512i q = int8_run16(type, values + g * group_bytes, h, t);                              \
             /* 8-bit q: |q| times x with q's sign (x is never -128, so negating it is exact) */             \
             const __m512i magnitude = bits(type) == 8 ? _mm512_abs_epi8(q) : q;                              \
             const __mmask64 negative = bits(type) == 8 ? _mm512_movepi8_mask(q) : 0;                         \
             for (int r = 0; r < rows; r++) {                                                                 \
                 const __m512i x = bits(type) == 8 ? _mm512_mask_sub_epi8(xt[r], negative, _mm512_setzero_si512(), xt[r]) : xt[r]; \
-                sum[r][p] = _mm512_dpbusd_epi32(sum[r][p], magnitude, x);                                    \
-                if (bias(type)) sum[r][p] = _mm512_sub_epi32(sum[r][p], xb[r]);                              \
+                sum[r][g] = _mm512_dpbusd_epi32(sum[r][g], magnitude, x);                                    \
+                if (bias(type)) sum[r][g] = _mm512_sub_epi32(sum[r][g], xb[r]);                              \
             }                                                                                                \
         }                                                                                                    \
     }
@@ -213,27 +207,27 @@ INLINE void int8_rows(int type, int rows, int groups, const int8_t *xq, const fl
 #undef RUN
             if (type != Q6_K) continue;
             for (int g = 0; g < groups; g++) {
-                __m256 a, offset;
-                scales8(type, 8, header + g * group_bytes, 2 * (int)(b % per_block) + h, 0, &a, &offset);
+                __m512 ab[2];
+                scales16(type, header + g * group_bytes, 2 * (int)(b % per_block) + h, ab);
                 for (int r = 0; r < rows; r++) {
-                    const __m256 scaled = _mm256_mul_ps(a, _mm256_set1_ps(xd[r * blocks + b]));
-                    acc[r][g] = _mm256_fmadd_ps(scaled, _mm256_cvtepi32_ps(half_of(sum[r][g / 2], g % 2)), acc[r][g]);
+                    const __m512 scaled = _mm512_mul_ps(ab[0], _mm512_set1_ps(xd[r * blocks + b]));
+                    acc[r][g] = _mm512_fmadd_ps(scaled, _mm512_cvtepi32_ps(sum[r][g]), acc[r][g]);
                 }
             }
         }
         if (type == Q6_K) continue;
         for (int g = 0; g < groups; g++) {
-            __m256 a, offset;
-            scales8(type, 8, header + g * group_bytes, (int)(b % per_block), 0, &a, &offset);
+            __m512 ab[2];
+            scales16(type, header + g * group_bytes, (int)(b % per_block), ab);
             for (int r = 0; r < rows; r++) {
-                const __m256 scaled = _mm256_mul_ps(a, _mm256_set1_ps(xd[r * blocks + b]));
-                acc[r][g] = _mm256_fmadd_ps(scaled, _mm256_cvtepi32_ps(half_of(sum[r][g / 2], g % 2)), acc[r][g]);
-                if (has_offset(type)) acc[r][g] = _mm256_fmadd_ps(offset, _mm256_set1_ps(xs[r * blocks + b]), acc[r][g]);
+                const __m512 scaled = _mm512_mul_ps(ab[0], _mm512_set1_ps(xd[r * blocks + b]));
+                acc[r][g] = _mm512_fmadd_ps(scaled, _mm512_cvtepi32_ps(sum[r][g]), acc[r][g]);
+                if (has_offset(type)) acc[r][g] = _mm512_fmadd_ps(ab[1], _mm512_set1_ps(xs[r * blocks + b]), acc[r][g]);
             }
         }
     }
     for (int r = 0; r < rows; r++)
-        for (int g = 0; g < groups; g++) _mm256_storeu_ps(out + (r * groups + g) * 8, acc[r][g]);
+        for (int g = 0; g < groups; g++) _mm512_storeu_ps(out + (r * groups + g) * 16, acc[r][g]);
 }
 
 #endif

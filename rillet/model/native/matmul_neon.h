@@ -1,5 +1,5 @@
-/* matmul.c's microkernels on AArch64 NEON: a FLOAT32 group's 16 outputs in four registers of four
- * lanes, an INT8 group's 8 in two, integer products by sdot where the CPU has it (else widening
+/* matmul.c's microkernels on AArch64 NEON: a group's 16 outputs in four registers of four lanes,
+ * integer products by sdot where the CPU has it (else widening
  * multiplies). Each lane is one output's sums in the portable C path's order (matmul_scalar.h), vfmaq
  * where it has fmaf; the outputs' totals are kept in out. Checked under qemu against the scalar build
  * (tests/model/test_kernel_neon.py), not measured on ARM hardware. Included by matmul.c after
@@ -15,7 +15,7 @@
 #define TILE_ROWS 6
 #define TILE_GROUPS 1
 #define INT8_ROWS 4
-#define INT8_GROUPS(rows) ((rows) == 1 ? 4 : 2)
+#define INT8_GROUPS(rows) ((rows) == 1 ? 2 : 1)
 
 static inline float32x4_t half4(const uint8_t *p) { return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(p))); }
 
@@ -205,62 +205,63 @@ static inline int8x16_t broadcast4(const int8_t *p) {
 }
 
 /* INT8 mode: run t of half h of 32 values (value 16h + 4t + i of row n in byte 4n + i; 8-bit q: run
- * 4h + t): q - bias for rows 0-3 (q[0]) and 4-7 (q[1]), as int8. */
-INLINE void int8_run(int type, const uint8_t *values, int h, int t, int8x16_t q[2]) {
-    for (int i = 0; i < 2; i++) {
+ * 4h + t): q - bias for rows 4j..4j + 3 in q[j], as int8. */
+INLINE void int8_run(int type, const uint8_t *values, int h, int t, int8x16_t q[4]) {
+    for (int j = 0; j < 4; j++) {
         if (bits(type) == 8) {
-            q[i] = vld1q_s8((const int8_t *)values + 32 * (4 * h + t) + 16 * i);
+            q[j] = vld1q_s8((const int8_t *)values + 64 * (4 * h + t) + 16 * j);
             continue;
         }
-        const uint8x16_t v = vld1q_u8(values + 32 * t + 16 * i);
+        const uint8x16_t v = vld1q_u8(values + 64 * t + 16 * j);
         uint8x16_t u = h ? vshrq_n_u8(v, 4) : vandq_u8(v, vdupq_n_u8(15));
         if (bits(type) == 5) {
-            const uint8x16_t p = vshlq_u8(vld1q_u8(values + 128 + 16 * i), vdupq_n_s8((int8_t)-(4 * h + t)));
+            const uint8x16_t p = vshlq_u8(vld1q_u8(values + 256 + 16 * j), vdupq_n_s8((int8_t)-(4 * h + t)));
             u = vorrq_u8(u, vshlq_n_u8(vandq_u8(p, vdupq_n_u8(1)), 4));
         } else if (bits(type) == 6) {
-            const uint8x16_t p = vshlq_u8(vld1q_u8(values + 128 + 32 * h + 16 * i), vdupq_n_s8((int8_t)(-2 * t)));
+            const uint8x16_t p = vshlq_u8(vld1q_u8(values + 256 + 64 * h + 16 * j), vdupq_n_s8((int8_t)(-2 * t)));
             u = vorrq_u8(u, vshlq_n_u8(vandq_u8(p, vdupq_n_u8(3)), 4));
         }
-        q[i] = vreinterpretq_s8_u8(vsubq_u8(u, vdupq_n_u8((uint8_t)bias(type))));
+        q[j] = vreinterpretq_s8_u8(vsubq_u8(u, vdupq_n_u8((uint8_t)bias(type))));
     }
 }
 
 /* INT8 mode, rows (1..INT8_ROWS) rows of x (integers xq [rows][K], scales xd and sums xs [rows][K / 32])
- * times groups (1..4) groups; out [rows][groups * 8]. Q6_K: each half (16 values) its own sum and
+ * times groups (1..2) groups; out [rows][groups * 16]. Q6_K: each half (16 values) its own sum and
  * scale; the others: one sum over both halves. */
 INLINE void int8_rows(int type, int rows, int groups, const int8_t *xq, const float *xd, const float *xs, int64_t K,
                       const uint8_t *w, int64_t group_bytes, float *out) {
     const int64_t blocks = K / 32;
     const int per_block = block_values(type) / 32;
-    for (int n = 0; n < rows * groups * 8; n += 4) vst1q_f32(out + n, vdupq_n_f32(0.0f));
+    for (int n = 0; n < rows * groups * 16; n += 4) vst1q_f32(out + n, vdupq_n_f32(0.0f));
     for (int64_t b = 0; b < blocks; b++) {
         INT8_RUN(type, w, b);
         if (b % per_block == 0) prefetch_groups(w, groups, group_bytes, header - w, block_bytes(INT8, type));
-        int32x4_t sum[INT8_ROWS][4][2];
+        int32x4_t sum[INT8_ROWS][2][4];
         for (int h = 0; h < 2; h++) {
             if (h == 0 || type == Q6_K)
                 for (int r = 0; r < rows; r++)
-                    for (int g = 0; g < groups; g++) sum[r][g][0] = sum[r][g][1] = vdupq_n_s32(0);
+                    for (int g = 0; g < groups; g++)
+                        for (int j = 0; j < 4; j++) sum[r][g][j] = vdupq_n_s32(0);
             for (int t = 0; t < 4; t++) {
                 int8x16_t xt[INT8_ROWS];
                 for (int r = 0; r < rows; r++) xt[r] = broadcast4(xq + r * K + b * 32 + 16 * h + 4 * t);
                 for (int g = 0; g < groups; g++) {
-                    int8x16_t q[2];
+                    int8x16_t q[4];
                     int8_run(type, values + g * group_bytes, h, t, q);
                     for (int r = 0; r < rows; r++)
-                        for (int i = 0; i < 2; i++) sum[r][g][i] = add_products(sum[r][g][i], q[i], xt[r]);
+                        for (int j = 0; j < 4; j++) sum[r][g][j] = add_products(sum[r][g][j], q[j], xt[r]);
                 }
             }
             if (type != Q6_K && h == 0) continue;
             for (int g = 0; g < groups; g++) {
                 const int s = type == Q6_K ? 2 * (int)(b % per_block) + h : (int)(b % per_block);
-                for (int i = 0; i < 2; i++) {
+                for (int j = 0; j < 4; j++) {
                     float32x4_t a, offset;
-                    scales4(type, 8, header + g * group_bytes, s, 4 * i, &a, &offset);
+                    scales4(type, GROUP, header + g * group_bytes, s, 4 * j, &a, &offset);
                     for (int r = 0; r < rows; r++) {
-                        float *o = out + (r * groups + g) * 8 + 4 * i;
+                        float *o = out + (r * groups + g) * 16 + 4 * j;
                         const float32x4_t scaled = vmulq_n_f32(a, xd[r * blocks + b]);
-                        float32x4_t acc = vfmaq_f32(vld1q_f32(o), scaled, vcvtq_f32_s32(sum[r][g][i]));
+                        float32x4_t acc = vfmaq_f32(vld1q_f32(o), scaled, vcvtq_f32_s32(sum[r][g][j]));
                         if (has_offset(type)) acc = vfmaq_n_f32(acc, offset, xs[r * blocks + b]);
                         vst1q_f32(o, acc);
                     }

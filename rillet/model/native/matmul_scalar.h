@@ -66,7 +66,7 @@ static void float_rows(int t, int rows, int groups, const float *x, int64_t K, c
                     FLOAT_SUB_BLOCK(t, w + g * group_bytes, v0);
                     float p = 0.0f, a, b;
                     for (int k = 0; k < S; k++) p = fmaf(x[r * K + v0 + k], (float)float_value(t, sub, n, k), p);
-                    scale_of(t, 16, block, n, s, &a, &b);
+                    scale_of(t, GROUP, block, n, s, &a, &b);
                     acc = fmaf(a, p, acc);
                     if (has_offset(t)) acc = fmaf(b, xsum[r * (K / 32) + v0 / 32], acc);
                 }
@@ -76,22 +76,23 @@ static void float_rows(int t, int rows, int groups, const float *x, int64_t K, c
 
 /* INT8 mode: q - bias of row n, value k (0..31) of a run of 32 values. */
 static int int8_value(int t, const uint8_t *values, int n, int k) {
-    if (bits(t) == 8) return (int8_t)values[32 * (k / 4) + 4 * n + k % 4];
+    if (bits(t) == 8) return (int8_t)values[4 * GROUP * (k / 4) + 4 * n + k % 4];
     const int h = k / 16, i = k % 4, run = k % 16 / 4;
-    int q = (values[32 * run + 4 * n + i] >> (4 * h)) & 15;
-    if (bits(t) == 5) q |= ((values[128 + 4 * n + i] >> (k / 4)) & 1) << 4;
-    if (bits(t) == 6) q |= ((values[128 + 32 * h + 4 * n + i] >> (2 * run)) & 3) << 4;
+    int q = (values[4 * GROUP * run + 4 * n + i] >> (4 * h)) & 15;
+    const uint8_t *planes = values + 16 * GROUP;
+    if (bits(t) == 5) q |= ((planes[4 * n + i] >> (k / 4)) & 1) << 4;
+    if (bits(t) == 6) q |= ((planes[4 * GROUP * h + 4 * n + i] >> (2 * run)) & 3) << 4;
     return q - bias(t);
 }
 
 /* rows rows of x (integers xq [rows][K], scales xd and sums xs [rows][K / 32]) times groups groups of
- * W in INT8 mode; out [rows][groups * 8]. Q6_K's halves each have their own scale. */
+ * W in INT8 mode; out [rows][groups * 16]. Q6_K's halves each have their own scale. */
 static void int8_rows(int t, int rows, int groups, const int8_t *xq, const float *xd, const float *xs, int64_t K,
                       const uint8_t *w, int64_t group_bytes, float *out) {
     const int64_t blocks = K / 32, per_block = block_values(t) / 32;
     for (int r = 0; r < rows; r++)
         for (int g = 0; g < groups; g++)
-            for (int n = 0; n < 8; n++) {
+            for (int n = 0; n < GROUP; n++) {
                 float acc = 0.0f;
                 for (int64_t b = 0; b < blocks; b++) {
                     INT8_RUN(t, w + g * group_bytes, b);
@@ -103,16 +104,16 @@ static void int8_rows(int t, int rows, int groups, const int8_t *xq, const float
                     float a, offset;
                     if (t == Q6_K) {
                         for (int h = 0; h < 2; h++) {
-                            scale_of(t, 8, header, n, 2 * s + h, &a, &offset);
+                            scale_of(t, GROUP, header, n, 2 * s + h, &a, &offset);
                             acc = fmaf(a * dx, (float)sums[h], acc);
                         }
                         continue;
                     }
-                    scale_of(t, 8, header, n, s, &a, &offset);
+                    scale_of(t, GROUP, header, n, s, &a, &offset);
                     acc = fmaf(a * dx, (float)(sums[0] + sums[1]), acc);
                     if (has_offset(t)) acc = fmaf(offset, xs[r * blocks + b], acc);
                 }
-                out[(r * groups + g) * 8 + n] = acc;
+                out[(r * groups + g) * GROUP + n] = acc;
             }
 }
 

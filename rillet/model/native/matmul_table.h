@@ -18,9 +18,8 @@
  *       in -127..127, sx = dx * sum(xq); a sub-block adds (a dx) * sum((q - bias) xq) + b sx, the
  *       integer sum exact: llama.cpp's way, faster and not exact.
  *
- * W is packed in groups of G output rows (G = 16 in FLOAT32 mode, 8 in INT8; N padded with zero rows
- * to a multiple of G); for each group its K / block_values blocks follow one another, each a header
- * then its values. The header holds each field for the G rows side by side:
+ * W is packed in groups of G = 16 output rows (N padded with zero rows to a multiple of G); for each
+ * group its K / block_values blocks follow one another, each a header then its values. The header holds each field for the G rows side by side:
  *   d[G] (float16); Q4, Q5_1: m[G]; Q4_K, Q5_K: dmin[G], sc[8][G], m[8][G] (uint8); Q6_K: sc[16][G] (int8).
  * The values, in FLOAT32 mode, sub-block after sub-block (S values each):
  *   8-bit q: S runs of G bytes, run k the rows' q of value k;
@@ -73,13 +72,13 @@ INLINE int row_header_bytes(int t) {
     return t == Q8 || t == Q5_0 ? 2 : t == Q4 || t == Q5_1 ? 4 : t == Q6_K ? 18 : 20;
 }
 
-/* Rows packed together, and the bytes of a packed block (of block_values(t) values for G rows). */
-INLINE int group_rows(int mode) { return mode == FLOAT32 ? 16 : 8; }
-INLINE int header_bytes(int mode, int t) { return group_rows(mode) * row_header_bytes(t); }
-INLINE int sub_bytes(int t) { return sub_values(t) * 16 * bits(t) / 8; } /* FLOAT32 mode: a sub-block's values */
-INLINE int run_bytes(int t) { return 32 * bits(t); }                     /* INT8 mode: 32 values' */
+/* Rows packed together, and the bytes of a packed block (of block_values(t) values for GROUP rows). */
+#define GROUP 16
+INLINE int header_bytes(int mode, int t) { return 0 * mode + GROUP * row_header_bytes(t); }
+INLINE int sub_bytes(int t) { return sub_values(t) * GROUP * bits(t) / 8; } /* FLOAT32 mode: a sub-block's values */
+INLINE int run_bytes(int t) { return 32 * GROUP * bits(t) / 8; }           /* INT8 mode: 32 values' */
 INLINE int64_t block_bytes(int mode, int t) {
-    return header_bytes(mode, t) + block_values(t) * group_rows(mode) * bits(t) / 8;
+    return header_bytes(mode, t) + block_values(t) * GROUP * bits(t) / 8;
 }
 
 /* Where the header fields of a group of G rows start: m (Q4, Q5_1) or dmin (Q4_K, Q5_K) after d,
