@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# rillet and the reference peer (llama-cpp-python, ../shared/peers) measured back to back in one run,
-# one server at a time, with the same load: bench/serve.py at concurrency 1 4 16 64, max_tokens 128,
+# rillet and the reference peer (llama.cpp's own llama-server, ../shared/peers) measured back to back in
+# one run, one server at a time, with the same load: bench/serve.py at concurrency 1 4 16 64, max_tokens 128,
 # temperature 0, then bench/long_prompt.py (time to first token of a prompt of about 1,000 tokens).
 # Prints one JSON line per server and measurement, tagged with "server", and each server's resident
 # set (all its processes) once the model is loaded and after the load; the first line ("measure":
@@ -13,22 +13,24 @@
 # missing the script pip-installs it into .venv, and says so. Redraw, or join several runs' medians:
 # `.venv/bin/python bench/chart.py FILE.jsonl [MORE.jsonl ...] -o chart.png`.
 #
-#   bash bench/side_by_side.sh [ROUNDS]        (run `make install` first; the peer installs itself)
+#   bash bench/side_by_side.sh [ROUNDS]        (run `make install` first; the peer builds itself, ~10 min once)
 #   RILLET_ARGS="--weights quantized-int8" bash bench/side_by_side.sh 3     (rillet with other flags)
 #   PEER_CONCURRENCY="1" bash bench/side_by_side.sh      (the peer only where it is the drift reference)
 #   MODEL=/path/to/file.gguf CONCURRENCY="1 16" bash bench/side_by_side.sh 3   (another model on both)
-#   PEER_ARGS="--chat_format gemma"   (a file without a chat template needs the peer told its format)
+#   PEER=../shared/peers/llama-cpp-python.sh   (the older peer, which answers one request at a time)
+#   PEER_ARGS="..."                  (more flags for the peer)
 #   RESULTS=run1.jsonl CHART=run1.png bash bench/side_by_side.sh   (where the lines and chart go, from the repo root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-1}
-PEER=${PEER:-../shared/peers/llama-cpp-python.sh}
+PEER=${PEER:-../shared/peers/llama-server.sh}
+PEER_NAME=$(basename "$PEER" .sh)
 PY=.venv/bin/python
 PORT_RILLET=18431
 PORT_PEER=18432
 NAME=bench-model
 CONCURRENCY=${CONCURRENCY:-1 4 16 64}
-MAX_TOKENS=128
+MAX_TOKENS=${MAX_TOKENS:-128}
 RESULTS=${RESULTS:-bench/results/side_by_side-$(date +%Y-%m-%d-%H%M%S).jsonl}
 CHART=${CHART:-${RESULTS%.jsonl}.png}
 mkdir -p "$(dirname "$RESULTS")" "$(dirname "$CHART")"
@@ -73,7 +75,7 @@ measure() {  # name port concurrency...
 run() {  # every JSON line of the run, on stdout
   pid=
   trap 'if [ -n "$pid" ]; then kill $pid 2>/dev/null || true; fi' EXIT
-  $PY bench/chart.py --setup model="$MODEL_FILE" rillet_args="${RILLET_ARGS:-}" peer=llama-cpp-python \
+  $PY bench/chart.py --setup model="$MODEL_FILE" rillet_args="${RILLET_ARGS:-}" peer="$PEER_NAME" \
     peer_args="${PEER_ARGS:-}" rounds="$ROUNDS" max_tokens=$MAX_TOKENS concurrency="$CONCURRENCY" \
     peer_concurrency="${PEER_CONCURRENCY:-$CONCURRENCY}"
 
@@ -86,11 +88,11 @@ run() {  # every JSON line of the run, on stdout
   echo "{\"server\": \"rillet\", \"rss_mb_after_load\": $(rss_mb $pid)}"
   kill $pid; wait $pid 2>/dev/null || true
 
-  bash "$PEER" install >/dev/null
+  case "$PEER" in *llama-server.sh) bash "$PEER" build >/dev/null ;; *) bash "$PEER" install >/dev/null ;; esac
   bash "$PEER" start $PORT_PEER ${PEER_ARGS:-} >/tmp/side_by_side_peer.log 2>&1 &
   pid=$!
-  measure llama-cpp-python $PORT_PEER ${PEER_CONCURRENCY:-$CONCURRENCY}
-  echo "{\"server\": \"llama-cpp-python\", \"rss_mb_after_load\": $(rss_mb $pid)}"
+  measure "$PEER_NAME" $PORT_PEER ${PEER_CONCURRENCY:-$CONCURRENCY}
+  echo "{\"server\": \"$PEER_NAME\", \"rss_mb_after_load\": $(rss_mb $pid)}"
   kill $pid; wait $pid 2>/dev/null || true
   pid=
 }
