@@ -50,9 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--weights", default=DEFAULT_WEIGHT_FORMAT, choices=WEIGHT_FORMATS,
                        help="how the linear layers hold their weights: quantized (the GGUF file's Q4_0, Q4_1, "
                        "Q8_0, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K blocks as stored, multiplied by a native CPU kernel at "
-                       "the file's exact values; other matrices in float16, named in the log), quantized-int8 (the "
-                       "same blocks, activations rounded to int8 per block of 32 as llama.cpp does: faster, not "
-                       "exact), float16 (rounded, FBGEMM), or float32 "
+                       "the file's exact values; other matrices in float16, named in the log), quantized-int8x2 (the "
+                       "same blocks, activations rounded twice to int8, about 16 bits: integer products, within "
+                       "1e-4 of exact), quantized-int8 (activations rounded once to int8 per block of 32 as "
+                       "llama.cpp does: fastest, not exact), float16 (rounded, FBGEMM), or float32 "
                        f"(exact dequantized file) (default: {DEFAULT_WEIGHT_FORMAT})")
     serve.add_argument("--no-prefix-caching", action="store_true", help="turn prefix caching off")
     serve.add_argument("--threads", type=_positive_int, default=None,

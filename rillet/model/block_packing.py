@@ -72,7 +72,8 @@ def fields(ggml_type: str, blocks: np.ndarray) -> tuple[list[np.ndarray], np.nda
 
 def pack(ggml_type: str, blocks: np.ndarray, mode: str, group: int) -> np.ndarray:
     """[rows, blocks per row, bytes] uint8, rows a multiple of group -> the flat uint8 layout matmul.c reads
-    in mode ("float32" or "int8"), group rows side by side (matmul_table.h describes it)."""
+    in mode ("float32", or "int8" and "int8x2", which share theirs), group rows side by side (matmul_table.h
+    describes it)."""
     layout = LAYOUTS[ggml_type]
     header, q = fields(ggml_type, blocks)
     groups, count = blocks.shape[0] // group, blocks.shape[1]
@@ -81,7 +82,7 @@ def pack(ggml_type: str, blocks: np.ndarray, mode: str, group: int) -> np.ndarra
              .reshape(groups, count, -1) for f in header]
     # q with the rows innermost: [groups, block, value, row].
     q = q.view(np.uint8).reshape(groups, group, count, layout.block).transpose(0, 2, 3, 1)
-    body = _int8_body(q, layout.bits) if mode == "int8" else _float_body(q, layout)
+    body = _float_body(q, layout) if mode == "float32" else _int8_body(q, layout.bits)
     return np.ascontiguousarray(np.concatenate([*parts, body], axis=-1)).reshape(-1)
 
 

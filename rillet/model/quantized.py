@@ -21,7 +21,7 @@ from rillet.model.native import BlockKernel
 from rillet.model.weight_formats import BLOCK_FORMATS  # noqa: F401 (its users import it from here too)
 
 # The activation mode of matmul.c's table that each weight format of blocks multiplies in.
-MODES = {"quantized": "float32", "quantized-int8": "int8"}
+MODES = {"quantized": "float32", "quantized-int8x2": "int8x2", "quantized-int8": "int8"}
 LEGACY_TYPES = ("Q4_0", "Q4_1", "Q8_0")  # the 32-value blocks rows() reads
 BLOCK = 32  # weights per block of those, along a row
 
@@ -94,7 +94,7 @@ def packed_q8_rows(packed: torch.Tensor, kernel: BlockKernel, ids: torch.Tensor,
     ids = ids.numpy()
     g, n = ids // group, ids % group
     scale = fields[:, :, :group * 2].view(np.float16)[g, :, n]  # [rows, blocks]
-    if kernel.mode == "int8":  # runs of 4 consecutive k for each row: [run, row, 4]
+    if kernel.mode != "float32":  # runs of 4 consecutive k for each row: [run, row, 4]
         q = fields[:, :, group * 2:].view(np.int8).reshape(-1, blocks, BLOCK // 4, group, 4)[g, :, :, n]
     else:  # [k, row]
         q = fields[:, :, group * 2:].view(np.int8).reshape(-1, blocks, BLOCK, group)[g, :, :, n]

@@ -2,6 +2,6 @@
 each does); here so that the command line and the API process know them without importing torch."""
 from __future__ import annotations
 
-WEIGHT_FORMATS = ("quantized", "quantized-int8", "float16", "float32")
+WEIGHT_FORMATS = ("quantized", "quantized-int8x2", "quantized-int8", "float16", "float32")
 DEFAULT_WEIGHT_FORMAT = "quantized"
-BLOCK_FORMATS = ("quantized", "quantized-int8")  # the weight formats that keep a file's blocks
+BLOCK_FORMATS = ("quantized", "quantized-int8x2", "quantized-int8")  # the weight formats that keep a file's blocks

@@ -186,7 +186,7 @@ class BlockKernel:
 
     name: str  # "float32_q4_k", "int8_q4_k"...
     ggml_types: tuple[str, ...]  # the GGUF block types it multiplies
-    mode: str  # its activations: "float32" (exact) or "int8" (rounded per block of 32)
+    mode: str  # its activations: "float32" (exact), "int8" (rounded per block of 32) or "int8x2" (rounded twice)
     group: int  # output rows packed together
     address: int  # of its C function, for native code to call
     isa: str  # the code path of the build it comes from
@@ -197,7 +197,7 @@ class _Entry(ctypes.Structure):
                 ("group", ctypes.c_int32), ("function", _PTR)]
 
 
-_MODES = ("float32", "int8")  # matmul_table.h's enum activations
+_MODES = ("float32", "int8", "int8x2")  # matmul_table.h's enum activations
 _MATMUL_FN = ctypes.CFUNCTYPE(ctypes.c_int, _PTR, _I64, _I64, _PTR, _I64, _PTR)
 
 

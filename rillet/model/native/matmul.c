@@ -36,7 +36,7 @@
 
 #define CHUNK_BYTES (256 << 10) /* rows of x per pass over the weights: about half of L2 */
 #define MAX_OUT (8 * 4 * 16)     /* a call's outputs: up to 8 rows of 4 groups of 16 */
-_Static_assert(FLOAT_ROWS <= 8 && INT8_ROWS <= 8, "out holds 8 rows of 4 groups");
+_Static_assert(FLOAT_ROWS <= 8 && INT8_ROWS <= 8 && INT8X2_ROWS <= 8, "out holds 8 rows of 4 groups");
 #ifdef TILE_ROWS
 _Static_assert(TILE_ROWS <= 8 && TILE_GROUPS <= 4, "out holds 8 rows of 4 groups");
 #endif
@@ -73,11 +73,13 @@ const char *matmul_isa(void) { return RILLET_ISA_NAME; }
     }
 
 /* A batch's activations, prepared once per call: float32 rows and their sums per 32 values (FLOAT32),
- * or rounded to int8 with their scales and sums (INT8). */
+ * rounded to int8 with their scales and scaled sums per 32 (INT8), rounded twice with the scales per
+ * block of the type and each rounding's integer sums per 32 (INT8X2: xq, xd, xb the first, xq2, xd2,
+ * xb2 the second). */
 typedef struct {
     const float *x, *xsum;
-    const int8_t *xq;
-    const float *xd, *xs;
+    const int8_t *xq, *xq2;
+    const float *xd, *xs, *xd2, *xb, *xb2;
 } activations_t;
 
 static void float_direct(int t, int rows, int groups, const activations_t *a, int64_t m, int64_t K,
@@ -101,6 +103,18 @@ static void int8_direct(int t, int rows, int groups, const activations_t *a, int
 #undef CASE
 }
 
+static void int8x2_direct(int t, int rows, int groups, const activations_t *a, int64_t m, int64_t K,
+                          const uint8_t *w, int64_t group_bytes, float *out) {
+    const int64_t scales = K / block_values(t);
+    const int8_t *xq1 = a->xq + m * K, *xq2 = a->xq2 + m * K;
+    const float *xd1 = a->xd + m * scales, *xd2 = a->xd2 + m * scales, *xb1 = a->xb + m * (K / 32), *xb2 = a->xb2 + m * (K / 32);
+#define CALL(R, G) int8x2_rows(T, R, G, xq1, xq2, xd1, xd2, xb1, xb2, K, w, group_bytes, out)
+#define CASE(type) { enum { T = type }; BY_ROWS(INT8X2_ROWS, INT8X2_GROUPS, CALL) }
+    BY_TYPE(CASE)
+#undef CALL
+#undef CASE
+}
+
 /* Copies the valid columns of a [rows][width] block of outputs into y at column n0. */
 static inline void put(const float *out, int rows, int64_t width, float *y, int64_t N, int64_t n0) {
     const int64_t valid = N - n0 < width ? N - n0 : width;
@@ -112,9 +126,10 @@ static inline void put(const float *out, int rows, int64_t width, float *y, int6
  * it), taken `pass` groups side by side, rows `per_call` at a time. */
 static void direct_passes(int mode, int t, const activations_t *a, int64_t M, int64_t K, const uint8_t *packed,
                           int64_t groups, int64_t group_bytes, int64_t chunk, float *y, int64_t N) {
-    const int per_call = mode == FLOAT32 ? FLOAT_ROWS : INT8_ROWS;
+    const int per_call = mode == FLOAT32 ? FLOAT_ROWS : mode == INT8 ? INT8_ROWS : INT8X2_ROWS;
     const int first_call = M < per_call ? (int)M : per_call;
-    const int64_t pass = mode == FLOAT32 ? FLOAT_GROUPS(first_call) : INT8_GROUPS(first_call);
+    const int64_t pass = mode == FLOAT32 ? FLOAT_GROUPS(first_call) : mode == INT8 ? INT8_GROUPS(first_call)
+                       : INT8X2_GROUPS(first_call);
     const int64_t threads = omp_get_num_threads(), me = omp_get_thread_num();
     const int64_t start = groups * me / threads, end = groups * (me + 1) / threads;
     float out[MAX_OUT];
@@ -124,8 +139,10 @@ static void direct_passes(int mode, int t, const activations_t *a, int64_t M, in
             const int n = end - g < pass ? (int)(end - g) : (int)pass;
             for (int64_t m = m0; m < m1; m += per_call) {
                 const int rows = m1 - m < per_call ? (int)(m1 - m) : per_call;
-                if (mode == FLOAT32) float_direct(t, rows, n, a, m, K, packed + g * group_bytes, group_bytes, out);
-                else int8_direct(t, rows, n, a, m, K, packed + g * group_bytes, group_bytes, out);
+                const uint8_t *w = packed + g * group_bytes;
+                if (mode == FLOAT32) float_direct(t, rows, n, a, m, K, w, group_bytes, out);
+                else if (mode == INT8) int8_direct(t, rows, n, a, m, K, w, group_bytes, out);
+                else int8x2_direct(t, rows, n, a, m, K, w, group_bytes, out);
                 put(out, rows, (int64_t)n * GROUP, y + m * N, N, g * GROUP);
             }
         }
@@ -200,31 +217,50 @@ static int matmul(int mode, int t, const float *x, int64_t M, int64_t K, const u
     if (K % block_values(t) != 0 || M <= 0) return M == 0 ? 0 : -1;
     const int64_t groups = (N + GROUP - 1) / GROUP, blocks = K / 32;
     const int64_t group_bytes = K / block_values(t) * block_bytes(mode, t);
-    float *xsum = NULL, *xd = NULL, *xs = NULL;
-    int8_t *xq = NULL;
-    if (mode == FLOAT32) {
-        xsum = malloc((size_t)(M * blocks) * sizeof(float));
-    } else {
-        xq = malloc((size_t)(M * K));
-        xd = malloc((size_t)(M * blocks) * sizeof(float)), xs = malloc((size_t)(M * blocks) * sizeof(float));
+    const int64_t B = block_values(t), scales = K / B; /* INT8X2's blocks of activations: the type's */
+    float *xsum = NULL, *xd = NULL, *xs = NULL, *xd2 = NULL, *xb = NULL, *xb2 = NULL;
+    int8_t *xq = NULL, *xq2 = NULL;
+    int missing = 0;
+    if (mode == FLOAT32) missing |= (xsum = malloc((size_t)(M * blocks) * sizeof(float))) == NULL;
+    if (mode == INT8) {
+        missing |= (xq = malloc((size_t)(M * K))) == NULL;
+        missing |= (xd = malloc((size_t)(M * blocks) * sizeof(float))) == NULL;
+        missing |= (xs = malloc((size_t)(M * blocks) * sizeof(float))) == NULL;
     }
-    if (mode == FLOAT32 ? xsum == NULL : xq == NULL || xd == NULL || xs == NULL) {
-        free(xsum), free(xq), free(xd), free(xs);
+    if (mode == INT8X2) {
+        missing |= (xq = malloc((size_t)(M * K))) == NULL || (xq2 = malloc((size_t)(M * K))) == NULL;
+        missing |= (xd = malloc((size_t)(M * scales) * sizeof(float))) == NULL;
+        missing |= (xd2 = malloc((size_t)(M * scales) * sizeof(float))) == NULL;
+        missing |= (xb = malloc((size_t)(M * blocks) * sizeof(float))) == NULL || (xb2 = malloc((size_t)(M * blocks) * sizeof(float))) == NULL;
+    }
+    if (missing) {
+        free(xsum), free(xq), free(xd), free(xs), free(xq2), free(xd2), free(xb), free(xb2);
         return -1;
     }
-    const activations_t a = {x, xsum, xq, xd, xs};
-    /* INT8 rows are K bytes, in chunks that stay in L2; FLOAT32 rows few enough to go direct are one chunk. */
-    int64_t chunk = mode == INT8 ? CHUNK_BYTES / K / INT8_ROWS * INT8_ROWS : M;
-    if (chunk < INT8_ROWS) chunk = INT8_ROWS;
+    const activations_t a = {x, xsum, xq, xq2, xd, xs, xd2, xb, xb2};
+    /* Integer rows (K bytes, twice for INT8X2) in chunks that stay in L2; FLOAT32 rows few enough to go
+     * direct are one chunk. */
+    int64_t chunk = mode == INT8 ? CHUNK_BYTES / K / INT8_ROWS * INT8_ROWS
+                  : mode == INT8X2 ? CHUNK_BYTES / (2 * K) / INT8X2_ROWS * INT8X2_ROWS : M;
+    if (chunk < 8) chunk = 8;
     int failed = 0;
 #pragma omp parallel
     {
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < M * blocks; i++) {
-            if (mode == FLOAT32) xsum[i] = block_sum(x + i * 32);
-            else quantize_block(x + i * 32, xq + i * 32, xd + i, xs + i);
+        if (mode == FLOAT32) {
+#pragma omp for schedule(static) nowait
+            for (int64_t i = 0; i < M * blocks; i++) xsum[i] = block_sum(x + i * 32);
         }
-        if (mode == INT8 || M <= FLOAT_ROWS_LIMIT) {
+        if (mode == INT8) {
+#pragma omp for schedule(static) nowait
+            for (int64_t i = 0; i < M * blocks; i++) quantize_block(x + i * 32, xq + i * 32, xd + i, xs + i);
+        }
+        if (mode == INT8X2) {
+#pragma omp for schedule(static) nowait
+            for (int64_t i = 0; i < M * scales; i++)
+                quantize_block2(x + i * B, (int)B, xq + i * B, xq2 + i * B, xd + i, xd2 + i, xb + i * B / 32, xb2 + i * B / 32);
+        }
+#pragma omp barrier
+        if (mode != FLOAT32 || M <= FLOAT_ROWS_LIMIT) {
             direct_passes(mode, t, &a, M, K, packed, groups, group_bytes, chunk, y, N);
         } else {
 #ifdef TILE_ROWS
@@ -232,7 +268,7 @@ static int matmul(int mode, int t, const float *x, int64_t M, int64_t K, const u
 #endif
         }
     }
-    free(xsum), free(xq), free(xd), free(xs);
+    free(xsum), free(xq), free(xd), free(xs), free(xq2), free(xd2), free(xb), free(xb2);
     return failed ? -1 : 0;
 }
 
@@ -243,9 +279,13 @@ static int matmul(int mode, int t, const float *x, int64_t M, int64_t K, const u
     }                                                                                                      \
     static int int8_##type(const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, float *y) { \
         return matmul(INT8, type, x, M, K, packed, N, y);                                                  \
+    }                                                                                                      \
+    static int int8x2_##type(const float *x, int64_t M, int64_t K, const uint8_t *packed, int64_t N, float *y) { \
+        return matmul(INT8X2, type, x, M, K, packed, N, y);                                                \
     }
 BLOCK_TYPES(FUNCTIONS)
 #define FLOAT32_ENTRY(type, name, ggml_types) {"float32_" name, ggml_types, FLOAT32, GROUP, float32_##type},
 #define INT8_ENTRY(type, name, ggml_types) {"int8_" name, ggml_types, INT8, GROUP, int8_##type},
-const matmul_kernel_t MATMUL_KERNELS[] = {BLOCK_TYPES(FLOAT32_ENTRY) BLOCK_TYPES(INT8_ENTRY)};
+#define INT8X2_ENTRY(type, name, ggml_types) {"int8x2_" name, ggml_types, INT8X2, GROUP, int8x2_##type},
+const matmul_kernel_t MATMUL_KERNELS[] = {BLOCK_TYPES(FLOAT32_ENTRY) BLOCK_TYPES(INT8_ENTRY) BLOCK_TYPES(INT8X2_ENTRY)};
 const int64_t MATMUL_KERNEL_COUNT = sizeof(MATMUL_KERNELS) / sizeof(MATMUL_KERNELS[0]);

@@ -53,6 +53,41 @@ static void quantize_block(const float *x, int8_t *q, float *dx, float *sx) {
     *sx = d * (float)_mm_cvtsi128_si32(t);
 }
 
+/* INT8X2 mode: B floats rounded to int8 q with its scale d, the sums of q per 32 values (as floats) in
+ * sums, and (where rest is not NULL) what is left, rest = x - d q in one fma: the portable C's steps,
+ * 8 values at a time. */
+static void quantize_part(const float *x, int B, int8_t *q, float *d, float *sums, float *rest) {
+    __m256 a = _mm256_setzero_ps();
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int k = 0; k < B; k += 8) a = _mm256_max_ps(a, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + k)));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    const float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+    const __m256 inv = _mm256_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f), scale = _mm256_set1_ps(amax / 127.0f);
+    *d = amax / 127.0f;
+    const int mode = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    for (int k = 0; k < B; k += 32) {
+        __m256i i[4];
+        for (int j = 0; j < 4; j++) {
+            const __m256 v = _mm256_loadu_ps(x + k + 8 * j), rounded = _mm256_round_ps(_mm256_mul_ps(v, inv), mode);
+            i[j] = _mm256_cvtps_epi32(rounded);
+            if (rest != NULL) _mm256_storeu_ps(rest + k + 8 * j, _mm256_fnmadd_ps(scale, rounded, v));
+        }
+        const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+        _mm256_storeu_si256((__m256i *)(q + k), _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+        const __m256i s = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+        __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+        sums[k / 32] = (float)_mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1)));
+    }
+}
+
+static void quantize_block2(const float *x, int B, int8_t *q1, int8_t *q2, float *d1, float *d2, float *b1, float *b2) {
+    float rest[256];
+    quantize_part(x, B, q1, d1, b1, rest);
+    quantize_part(rest, B, q2, d2, b2, NULL);
+}
+
 /* a and b of sub-block s for rows n0..n0 + 7 of a group of G rows, from its block header h. */
 INLINE void scales8(int t, int G, const uint8_t *h, int s, int n0, __m256 *a, __m256 *b) {
     *a = half8(h + 2 * n0), *b = _mm256_setzero_ps();
@@ -156,6 +191,8 @@ static inline __m256i broadcast4(const int8_t *p) {
 #define TILE_GROUPS 1
 #define INT8_ROWS 4
 #define INT8_GROUPS(rows) ((rows) == 1 ? 2 : 1)
+#define INT8X2_ROWS 1
+#define INT8X2_GROUPS(rows) (0 * (rows) + 1)
 
 /* FLOAT32 mode, rows rows of x against groups groups side by side, reading each block's integers
  * straight into the sums, converted once for all the rows; out [rows][groups * 16]. One row keeps its
@@ -324,6 +361,94 @@ INLINE void int8_rows(int type, int rows, int groups, const int8_t *xq, const fl
     for (int r = 0; r < rows; r++)
         for (int g = 0; g < groups; g++)
             for (int i = 0; i < 2; i++) _mm256_storeu_ps(out + (r * groups + g) * 16 + 8 * i, acc[r][g][i]);
+}
+
+/* INT8X2 mode: the products of q (run t of half h, 8 rows) with x's integers xq (at the run's first value,
+ * row stride K) for rows rows: added to the 16-bit sums sum (bias subtracted as bias * sum(xq)), or for
+ * 8-bit q (|q| times x with q's sign) widened into the 32-bit total. */
+INLINE void add_run8(int type, int rows, __m256i q, const int8_t *xq, int64_t K, __m256i sum[], __m256i total[]) {
+    for (int r = 0; r < rows; r++) {
+        const __m256i xt = broadcast4(xq + r * K);
+        if (bits(type) == 8) {
+            total[r] = _mm256_add_epi32(total[r], widen(add_products(_mm256_setzero_si256(), _mm256_abs_epi8(q), _mm256_sign_epi8(xt, q))));
+            continue;
+        }
+        sum[r] = add_products(sum[r], q, xt);
+        if (bias(type)) sum[r] = _mm256_sub_epi16(sum[r], add_products(_mm256_setzero_si256(), _mm256_set1_epi8((char)bias(type)), xt));
+    }
+}
+
+/* INT8X2 mode, rows (1..INT8X2_ROWS) rows of x (both roundings xq1, xq2, their scales per block of the
+ * type xd1, xd2, their sums per 32 xb1, xb2) times groups (1..INT8X2_GROUPS) groups, each in two halves
+ * of 8 rows; out [rows][groups * 16]. 16-bit sums as int8_rows keeps them, widened per sub-block and
+ * scaled by its sc in integers (vpmulld); the block's float steps are the portable C path's lane by lane. */
+INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const int8_t *xq2, const float *xd1,
+                        const float *xd2, const float *xb1, const float *xb2, int64_t K, const uint8_t *w,
+                        int64_t group_bytes, float *out) {
+    const int B = block_values(type), per_block = B / 32;
+    for (int g = 0; g < groups; g++)
+        for (int i = 0; i < 2; i++) {
+            __m256 acc[INT8X2_ROWS];
+            for (int r = 0; r < rows; r++) acc[r] = _mm256_setzero_ps();
+            for (int64_t v0 = 0; v0 < K; v0 += B) {
+                const uint8_t *header = w + g * group_bytes + v0 / B * block_bytes(INT8X2, type);
+                if (i == 0) prefetch_groups(w + g * group_bytes, 1, group_bytes, v0 / B * block_bytes(INT8X2, type), block_bytes(INT8X2, type));
+                __m256i a1[INT8X2_ROWS], a2[INT8X2_ROWS];
+                __m256 offset1[INT8X2_ROWS], offset2[INT8X2_ROWS];
+                for (int r = 0; r < rows; r++)
+                    a1[r] = a2[r] = _mm256_setzero_si256(), offset1[r] = offset2[r] = _mm256_setzero_ps();
+                for (int c = 0; c < per_block; c++) {
+                    const uint8_t *values = header + header_bytes(INT8X2, type) + c * run_bytes(type);
+                    __m256i s1[INT8X2_ROWS], s2[INT8X2_ROWS], t1[INT8X2_ROWS], t2[INT8X2_ROWS];
+                    for (int h = 0; h < 2; h++) {
+                        if (h == 0 || type == Q6_K)
+                            for (int r = 0; r < rows; r++) t1[r] = t2[r] = _mm256_setzero_si256();
+                        if (h == 0 || bits(type) > 4)
+                            for (int r = 0; r < rows; r++) s1[r] = s2[r] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+                        for (int t = 0; t < 4; t++) {
+                            const int64_t at = v0 + 32 * c + 16 * h + 4 * t;
+                            const __m256i q = int8_run(type, values, h, t, i);
+                            add_run8(type, rows, q, xq1 + at, K, s1, t1);
+                            add_run8(type, rows, q, xq2 + at, K, s2, t2);
+                        }
+                        if (bits(type) != 8 && (bits(type) > 4 || h == 1))
+                            for (int r = 0; r < rows; r++)
+                                t1[r] = _mm256_add_epi32(t1[r], widen(s1[r])), t2[r] = _mm256_add_epi32(t2[r], widen(s2[r]));
+                        if (type != Q6_K && h == 0) continue;
+                        const int s = type == Q6_K ? 2 * c + h : c;
+                        const __m128i sc = has_sub_scales(type) ? load8(header + scale_field(type, GROUP, s) + 8 * i) : _mm_setzero_si128();
+                        const __m256i scale = type == Q6_K ? _mm256_cvtepi8_epi32(sc) : _mm256_cvtepu8_epi32(sc);
+                        for (int r = 0; r < rows; r++) {
+                            a1[r] = _mm256_add_epi32(a1[r], has_sub_scales(type) ? _mm256_mullo_epi32(t1[r], scale) : t1[r]);
+                            a2[r] = _mm256_add_epi32(a2[r], has_sub_scales(type) ? _mm256_mullo_epi32(t2[r], scale) : t2[r]);
+                        }
+                        if (type != Q4_K && type != Q5_K) continue;
+                        const __m256 m = u8_floats(load8(header + min_field(GROUP, s) + 8 * i));
+                        for (int r = 0; r < rows; r++) {
+                            offset1[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(xb1[r * (K / 32) + v0 / 32 + c]), offset1[r]);
+                            offset2[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(xb2[r * (K / 32) + v0 / 32 + c]), offset2[r]);
+                        }
+                    }
+                }
+                const __m256 d = half8(header + 16 * i), m = half8(header + offset_field(GROUP) + 16 * i);
+                for (int r = 0; r < rows; r++) {
+                    const int64_t block = r * (K / B) + v0 / B, at = r * (K / 32) + v0 / 32;
+                    const __m256 dx1 = _mm256_set1_ps(xd1[block]), dx2 = _mm256_set1_ps(xd2[block]);
+                    acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(d, dx1), _mm256_cvtepi32_ps(a1[r]), acc[r]);
+                    acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(d, dx2), _mm256_cvtepi32_ps(a2[r]), acc[r]);
+                    if (type == Q4 || type == Q5_1) {
+                        acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(m, dx1), _mm256_set1_ps(xb1[at]), acc[r]);
+                        acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(m, dx2), _mm256_set1_ps(xb2[at]), acc[r]);
+                    }
+                    if (type == Q4_K || type == Q5_K) {
+                        acc[r] = _mm256_fnmadd_ps(_mm256_mul_ps(m, dx1), offset1[r], acc[r]);
+                        acc[r] = _mm256_fnmadd_ps(_mm256_mul_ps(m, dx2), offset2[r], acc[r]);
+                    }
+                }
+            }
+            for (int r = 0; r < rows; r++) _mm256_storeu_ps(out + (r * groups + g) * 16 + 8 * i, acc[r]);
+        }
 }
 
 #endif /* !RILLET_AVX512 */

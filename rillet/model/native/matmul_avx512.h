@@ -14,6 +14,8 @@
 #define TILE_GROUPS 2         /* groups per register tile: 6 rows x 32 outputs, 24 registers of sums */
 #define INT8_ROWS 4
 #define INT8_GROUPS(rows) 2
+#define INT8X2_ROWS 2
+#define INT8X2_GROUPS(rows) ((rows) == 1 ? 2 : 1)
 
 static inline __m512 half16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
 static inline __m512 u8_floats16(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
@@ -229,5 +231,97 @@ INLINE void int8_rows(int type, int rows, int groups, const int8_t *xq, const fl
     for (int r = 0; r < rows; r++)
         for (int g = 0; g < groups; g++) _mm512_storeu_ps(out + (r * groups + g) * 16, acc[r][g]);
 }
+
+/* The products of run t of half h with x's integers xq (at the run's first value, row stride K) for rows
+ * rows, added to sum: bias (Q5_0, Q6_K) subtracted as bias * sum(xq), 8-bit q multiplied as |q| times x
+ * with q's sign (x is never -128, so negating it is exact). */
+INLINE void add_run16(int type, int rows, __m512i q, const int8_t *xq, int64_t K, __m512i sum[]) {
+    const __m512i magnitude = bits(type) == 8 ? _mm512_abs_epi8(q) : q;
+    const __mmask64 negative = bits(type) == 8 ? _mm512_movepi8_mask(q) : 0;
+    for (int r = 0; r < rows; r++) {
+        const __m512i xt = broadcast4x16(xq + r * K);
+        const __m512i x = bits(type) == 8 ? _mm512_mask_sub_epi8(xt, negative, _mm512_setzero_si512(), xt) : xt;
+        sum[r] = _mm512_dpbusd_epi32(sum[r], magnitude, x);
+        if (bias(type)) sum[r] = _mm512_sub_epi32(sum[r], _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8((char)bias(type)), xt));
+    }
+}
+
+/* INT8X2 mode, rows (1..INT8X2_ROWS) rows of x (both roundings xq1, xq2, their scales per block of the
+ * type xd1, xd2, their sums per 32 xb1, xb2) times groups (1..2) groups; out [rows][groups * 16]. Each
+ * sub-block's two integer sums are scaled by its sc in integers (vpmulld), the block's float steps are
+ * the portable C path's lane by lane. */
+INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const int8_t *xq2, const float *xd1,
+                        const float *xd2, const float *xb1, const float *xb2, int64_t K, const uint8_t *w,
+                        int64_t group_bytes, float *out) {
+    const int B = block_values(type), per_block = B / 32;
+    __m512 acc[INT8X2_ROWS][2];
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) acc[r][g] = _mm512_setzero_ps();
+    for (int64_t v0 = 0; v0 < K; v0 += B) {
+        const uint8_t *header = w + v0 / B * block_bytes(INT8X2, type);
+        prefetch_groups(w, groups, group_bytes, header - w, block_bytes(INT8X2, type));
+        __m512i a1[2][INT8X2_ROWS], a2[2][INT8X2_ROWS];
+        __m512 offset1[2][INT8X2_ROWS], offset2[2][INT8X2_ROWS];
+        for (int g = 0; g < groups; g++)
+            for (int r = 0; r < rows; r++)
+                a1[g][r] = a2[g][r] = _mm512_setzero_si512(), offset1[g][r] = offset2[g][r] = _mm512_setzero_ps();
+        for (int c = 0; c < per_block; c++) {
+            const uint8_t *values = header + header_bytes(INT8X2, type) + c * run_bytes(type);
+            __m512i s1[2][INT8X2_ROWS], s2[2][INT8X2_ROWS];
+            for (int h = 0; h < 2; h++) {
+                if (h == 0 || type == Q6_K)
+                    for (int g = 0; g < groups; g++)
+                        for (int r = 0; r < rows; r++) s1[g][r] = s2[g][r] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+                for (int t = 0; t < 4; t++) {
+                    const int64_t at = v0 + 32 * c + 16 * h + 4 * t;
+                    for (int g = 0; g < groups; g++) {
+                        const __m512i q = int8_run16(type, values + g * group_bytes, h, t);
+                        add_run16(type, rows, q, xq1 + at, K, s1[g]);
+                        add_run16(type, rows, q, xq2 + at, K, s2[g]);
+                    }
+                }
+                if (type != Q6_K && h == 0) continue;
+                const int s = type == Q6_K ? 2 * c + h : c;
+                for (int g = 0; g < groups; g++) {
+                    const uint8_t *group = header + g * group_bytes;
+                    const __m128i sc = has_sub_scales(type) ? load16(group + scale_field(type, GROUP, s)) : _mm_setzero_si128();
+                    const __m512i scale = type == Q6_K ? _mm512_cvtepi8_epi32(sc) : _mm512_cvtepu8_epi32(sc);
+                    for (int r = 0; r < rows; r++) {
+                        a1[g][r] = _mm512_add_epi32(a1[g][r], has_sub_scales(type) ? _mm512_mullo_epi32(s1[g][r], scale) : s1[g][r]);
+                        a2[g][r] = _mm512_add_epi32(a2[g][r], has_sub_scales(type) ? _mm512_mullo_epi32(s2[g][r], scale) : s2[g][r]);
+                    }
+                    if (type != Q4_K && type != Q5_K) continue;
+                    const __m512 m = u8_floats16(load16(group + min_field(GROUP, s)));
+                    for (int r = 0; r < rows; r++) {
+                        offset1[g][r] = _mm512_fmadd_ps(m, _mm512_set1_ps(xb1[r * (K / 32) + v0 / 32 + c]), offset1[g][r]);
+                        offset2[g][r] = _mm512_fmadd_ps(m, _mm512_set1_ps(xb2[r * (K / 32) + v0 / 32 + c]), offset2[g][r]);
+                    }
+                }
+            }
+        }
+        for (int g = 0; g < groups; g++) {
+            const uint8_t *group = header + g * group_bytes;
+            const __m512 d = half16(group), m = has_offset(type) ? half16(group + offset_field(GROUP)) : d;
+            for (int r = 0; r < rows; r++) {
+                const int64_t block = r * (K / B) + v0 / B, at = r * (K / 32) + v0 / 32;
+                const __m512 dx1 = _mm512_set1_ps(xd1[block]), dx2 = _mm512_set1_ps(xd2[block]);
+                acc[r][g] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx1), _mm512_cvtepi32_ps(a1[g][r]), acc[r][g]);
+                acc[r][g] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx2), _mm512_cvtepi32_ps(a2[g][r]), acc[r][g]);
+                if (type == Q4 || type == Q5_1) {
+                    acc[r][g] = _mm512_fmadd_ps(_mm512_mul_ps(m, dx1), _mm512_set1_ps(xb1[at]), acc[r][g]);
+                    acc[r][g] = _mm512_fmadd_ps(_mm512_mul_ps(m, dx2), _mm512_set1_ps(xb2[at]), acc[r][g]);
+                }
+                if (type == Q4_K || type == Q5_K) {
+                    acc[r][g] = _mm512_fnmadd_ps(_mm512_mul_ps(m, dx1), offset1[g][r], acc[r][g]);
+                    acc[r][g] = _mm512_fnmadd_ps(_mm512_mul_ps(m, dx2), offset2[g][r], acc[r][g]);
+                }
+            }
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) _mm512_storeu_ps(out + (r * groups + g) * 16, acc[r][g]);
+}
+
 
 #endif

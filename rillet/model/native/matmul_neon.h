@@ -16,6 +16,8 @@
 #define TILE_GROUPS 1
 #define INT8_ROWS 4
 #define INT8_GROUPS(rows) ((rows) == 1 ? 2 : 1)
+#define INT8X2_ROWS 2
+#define INT8X2_GROUPS(rows) (0 * (rows) + 1)
 
 static inline float32x4_t half4(const uint8_t *p) { return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(p))); }
 
@@ -70,6 +72,35 @@ static void quantize_block(const float *x, int8_t *q, float *dx, float *sx) {
     }
     *dx = amax / 127.0f;
     *sx = *dx * (float)vaddvq_s32(sum);
+}
+
+/* INT8X2 mode: B floats rounded to int8 q with its scale d, the sums of q per 32 values (as floats) in
+ * sums, and (where rest is not NULL) what is left, rest = x - d q in one fma: the portable C's steps,
+ * four values at a time. */
+static void quantize_part(const float *x, int B, int8_t *q, float *d, float *sums, float *rest) {
+    float32x4_t a = vdupq_n_f32(0.0f);
+    for (int k = 0; k < B; k += 4) a = vmaxnmq_f32(a, vabsq_f32(vld1q_f32(x + k)));
+    const float amax = vmaxnmvq_f32(a);
+    const float inv = amax != 0.0f ? 127.0f / amax : 0.0f;
+    *d = amax / 127.0f;
+    for (int k = 0; k < B; k += 16) {
+        if (k % 32 == 0) sums[k / 32] = 0.0f;
+        int32x4_t i[4];
+        for (int j = 0; j < 4; j++) {
+            const float32x4_t v = vld1q_f32(x + k + 4 * j);
+            i[j] = vcvtnq_s32_f32(vmulq_n_f32(v, inv));
+            if (rest != NULL) vst1q_f32(rest + k + 4 * j, vfmsq_n_f32(v, vcvtq_f32_s32(i[j]), *d));
+        }
+        const int16x8_t h0 = vcombine_s16(vmovn_s32(i[0]), vmovn_s32(i[1])), h1 = vcombine_s16(vmovn_s32(i[2]), vmovn_s32(i[3]));
+        vst1q_s8(q + k, vcombine_s8(vmovn_s16(h0), vmovn_s16(h1)));
+        sums[k / 32] += (float)vaddvq_s32(vaddq_s32(vaddq_s32(i[0], i[1]), vaddq_s32(i[2], i[3])));
+    }
+}
+
+static void quantize_block2(const float *x, int B, int8_t *q1, int8_t *q2, float *d1, float *d2, float *b1, float *b2) {
+    float rest[256];
+    quantize_part(x, B, q1, d1, b1, rest);
+    quantize_part(rest, B, q2, d2, b2, NULL);
 }
 
 /* a and b of sub-block s for rows n0..n0 + 3 of a group of G rows, from its block header h. */
@@ -266,6 +297,80 @@ INLINE void int8_rows(int type, int rows, int groups, const int8_t *xq, const fl
                         vst1q_f32(o, acc);
                     }
                 }
+            }
+        }
+    }
+}
+
+/* INT8X2 mode, rows (1..INT8X2_ROWS) rows of x (both roundings xq1, xq2, their scales per block of the
+ * type xd1, xd2, their sums per 32 xb1, xb2) times one group; out [rows][16]. Each sub-block's two
+ * integer sums scaled by its sc in integers, the block's float steps the portable C path's lane by lane. */
+INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const int8_t *xq2, const float *xd1,
+                        const float *xd2, const float *xb1, const float *xb2, int64_t K, const uint8_t *w,
+                        int64_t group_bytes, float *out) {
+    (void)groups; /* INT8X2_GROUPS: 1 */
+    const int B = block_values(type), per_block = B / 32;
+    for (int n = 0; n < rows * 16; n += 4) vst1q_f32(out + n, vdupq_n_f32(0.0f));
+    for (int64_t v0 = 0; v0 < K; v0 += B) {
+        const uint8_t *header = w + v0 / B * block_bytes(INT8X2, type);
+        prefetch_groups(w, 1, group_bytes, header - w, block_bytes(INT8X2, type));
+        int32x4_t a1[INT8X2_ROWS][4], a2[INT8X2_ROWS][4];
+        float32x4_t offset1[INT8X2_ROWS][4], offset2[INT8X2_ROWS][4];
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < 4; j++)
+                a1[r][j] = a2[r][j] = vdupq_n_s32(0), offset1[r][j] = offset2[r][j] = vdupq_n_f32(0.0f);
+        for (int c = 0; c < per_block; c++) {
+            const uint8_t *values = header + header_bytes(INT8X2, type) + c * run_bytes(type);
+            int32x4_t s1[INT8X2_ROWS][4], s2[INT8X2_ROWS][4];
+            for (int h = 0; h < 2; h++) {
+                if (h == 0 || type == Q6_K)
+                    for (int r = 0; r < rows; r++)
+                        for (int j = 0; j < 4; j++) s1[r][j] = s2[r][j] = vdupq_n_s32(0);
+                for (int t = 0; t < 4; t++) {
+                    const int64_t at = v0 + 32 * c + 16 * h + 4 * t;
+                    int8x16_t q[4];
+                    int8_run(type, values, h, t, q);
+                    for (int r = 0; r < rows; r++) {
+                        const int8x16_t x1 = broadcast4(xq1 + r * K + at), x2 = broadcast4(xq2 + r * K + at);
+                        for (int j = 0; j < 4; j++) s1[r][j] = add_products(s1[r][j], q[j], x1), s2[r][j] = add_products(s2[r][j], q[j], x2);
+                    }
+                }
+                if (type != Q6_K && h == 0) continue;
+                const int s = type == Q6_K ? 2 * c + h : c;
+                for (int j = 0; j < 4; j++) {
+                    int32x4_t scale = vdupq_n_s32(1);
+                    if (has_sub_scales(type)) {
+                        const int16x8_t wide = type == Q6_K ? vmovl_s8(vreinterpret_s8_u8(load4(header + scale_field(type, GROUP, s) + 4 * j)))
+                                                            : vreinterpretq_s16_u16(vmovl_u8(load4(header + scale_field(type, GROUP, s) + 4 * j)));
+                        scale = vmovl_s16(vget_low_s16(wide));
+                    }
+                    for (int r = 0; r < rows; r++)
+                        a1[r][j] = vmlaq_s32(a1[r][j], s1[r][j], scale), a2[r][j] = vmlaq_s32(a2[r][j], s2[r][j], scale);
+                    if (type != Q4_K && type != Q5_K) continue;
+                    const float32x4_t m = u8x4_floats(header + min_field(GROUP, s) + 4 * j);
+                    for (int r = 0; r < rows; r++) {
+                        offset1[r][j] = vfmaq_n_f32(offset1[r][j], m, xb1[r * (K / 32) + v0 / 32 + c]);
+                        offset2[r][j] = vfmaq_n_f32(offset2[r][j], m, xb2[r * (K / 32) + v0 / 32 + c]);
+                    }
+                }
+            }
+        }
+        for (int j = 0; j < 4; j++) {
+            const float32x4_t d = half4(header + 8 * j), m = half4(header + offset_field(GROUP) + 8 * j);
+            for (int r = 0; r < rows; r++) {
+                const int64_t block = r * (K / B) + v0 / B, at = r * (K / 32) + v0 / 32;
+                float *o = out + r * 16 + 4 * j;
+                float32x4_t acc = vfmaq_f32(vld1q_f32(o), vmulq_n_f32(d, xd1[block]), vcvtq_f32_s32(a1[r][j]));
+                acc = vfmaq_f32(acc, vmulq_n_f32(d, xd2[block]), vcvtq_f32_s32(a2[r][j]));
+                if (type == Q4 || type == Q5_1) {
+                    acc = vfmaq_n_f32(acc, vmulq_n_f32(m, xd1[block]), xb1[at]);
+                    acc = vfmaq_n_f32(acc, vmulq_n_f32(m, xd2[block]), xb2[at]);
+                }
+                if (type == Q4_K || type == Q5_K) {
+                    acc = vfmsq_f32(acc, vmulq_n_f32(m, xd1[block]), offset1[r][j]);
+                    acc = vfmsq_f32(acc, vmulq_n_f32(m, xd2[block]), offset2[r][j]);
+                }
+                vst1q_f32(o, acc);
             }
         }
     }

@@ -14,6 +14,8 @@
 #define FLOAT_GROUPS(rows) (0 * (rows) + 1)
 #define INT8_ROWS 1
 #define INT8_GROUPS(rows) (0 * (rows) + 1)
+#define INT8X2_ROWS 1
+#define INT8X2_GROUPS(rows) (0 * (rows) + 1)
 
 /* The sum of a block of 32 float32 activations, in the vector paths' tree order. */
 static float block_sum(const float *x) {
@@ -32,6 +34,26 @@ static void quantize_block(const float *x, int8_t *q, float *dx, float *sx) {
     for (int k = 0; k < 32; k++) sum += q[k] = (int8_t)nearbyintf(x[k] * inv);
     *dx = amax / 127.0f;
     *sx = *dx * (float)sum;
+}
+
+/* INT8X2 mode: a block of B floats rounded twice (matmul_table.h): q1, q2, their scales d1, d2 and the
+ * sums of each per 32 values, b1 and b2 (integers, as floats). */
+static void quantize_block2(const float *x, int B, int8_t *q1, int8_t *q2, float *d1, float *d2, float *b1, float *b2) {
+    float amax = 0.0f, rest[256];
+    for (int k = 0; k < B; k++) amax = fmaxf(amax, fabsf(x[k]));
+    float inv = amax != 0.0f ? 127.0f / amax : 0.0f;
+    *d1 = amax / 127.0f;
+    for (int k = 0; k < B; k++) q1[k] = (int8_t)nearbyintf(x[k] * inv), rest[k] = fmaf(-*d1, (float)q1[k], x[k]);
+    amax = 0.0f;
+    for (int k = 0; k < B; k++) amax = fmaxf(amax, fabsf(rest[k]));
+    inv = amax != 0.0f ? 127.0f / amax : 0.0f;
+    *d2 = amax / 127.0f;
+    for (int k = 0; k < B; k++) q2[k] = (int8_t)nearbyintf(rest[k] * inv);
+    for (int c = 0; c < B / 32; c++) {
+        int s1 = 0, s2 = 0;
+        for (int k = 32 * c; k < 32 * c + 32; k++) s1 += q1[k], s2 += q2[k];
+        b1[c] = (float)s1, b2[c] = (float)s2;
+    }
 }
 
 /* a and b of sub-block s for row n of a group of G rows, from its block header h. */
@@ -112,6 +134,62 @@ static void int8_rows(int t, int rows, int groups, const int8_t *xq, const float
                     scale_of(t, GROUP, header, n, s, &a, &offset);
                     acc = fmaf(a * dx, (float)(sums[0] + sums[1]), acc);
                     if (has_offset(t)) acc = fmaf(offset, xs[r * blocks + b], acc);
+                }
+                out[(r * groups + g) * GROUP + n] = acc;
+            }
+}
+
+/* rows rows of x (both roundings xq1, xq2 [rows][K], their scales xd1, xd2 [rows][K / block_values] and
+ * their sums per 32 values xb1, xb2 [rows][K / 32]) times groups groups of W in INT8X2 mode; out
+ * [rows][groups * 16]. */
+static void int8x2_rows(int t, int rows, int groups, const int8_t *xq1, const int8_t *xq2, const float *xd1,
+                        const float *xd2, const float *xb1, const float *xb2, int64_t K, const uint8_t *w,
+                        int64_t group_bytes, float *out) {
+    const int64_t per_block = block_values(t) / 32;
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++)
+            for (int n = 0; n < GROUP; n++) {
+                float acc = 0.0f;
+                for (int64_t v0 = 0; v0 < K; v0 += block_values(t)) {
+                    const int64_t block = v0 / block_values(t);
+                    int a1 = 0, a2 = 0;
+                    float offset1 = 0.0f, offset2 = 0.0f;
+                    for (int64_t c = 0; c < per_block; c++) {
+                        INT8_RUN(t, w + g * group_bytes, v0 / 32 + c);
+                        int sums[2][2] = {{0, 0}, {0, 0}};
+                        for (int k = 0; k < 32; k++) {
+                            const int q = int8_value(t, values, n, k);
+                            sums[0][k / 16] += q * xq1[r * K + v0 + 32 * c + k];
+                            sums[1][k / 16] += q * xq2[r * K + v0 + 32 * c + k];
+                        }
+                        for (int h = 0; h < 2; h++) {
+                            if (t != Q6_K && h == 0) continue;
+                            const int s = t == Q6_K ? 2 * (int)c + h : (int)c;
+                            const int j1 = t == Q6_K ? sums[0][h] : sums[0][0] + sums[0][1];
+                            const int j2 = t == Q6_K ? sums[1][h] : sums[1][0] + sums[1][1];
+                            const int sc = t == Q6_K ? (int8_t)header[scale_field(t, GROUP, s) + n]
+                                         : has_sub_scales(t) ? header[scale_field(t, GROUP, s) + n] : 1;
+                            a1 += sc * j1, a2 += sc * j2;
+                            if (t == Q4_K || t == Q5_K) {
+                                const float m = (float)header[min_field(GROUP, s) + n];
+                                offset1 = fmaf(m, xb1[r * (K / 32) + v0 / 32 + c], offset1);
+                                offset2 = fmaf(m, xb2[r * (K / 32) + v0 / 32 + c], offset2);
+                            }
+                        }
+                    }
+                    const uint8_t *header = w + g * group_bytes + block * block_bytes(INT8X2, t);
+                    const float d = half_to_float(header + 2 * n), m = half_to_float(header + offset_field(GROUP) + 2 * n);
+                    const float dx1 = xd1[r * (K / block_values(t)) + block], dx2 = xd2[r * (K / block_values(t)) + block];
+                    acc = fmaf(d * dx1, (float)a1, acc);
+                    acc = fmaf(d * dx2, (float)a2, acc);
+                    if (t == Q4 || t == Q5_1) {
+                        acc = fmaf(m * dx1, xb1[r * (K / 32) + v0 / 32], acc);
+                        acc = fmaf(m * dx2, xb2[r * (K / 32) + v0 / 32], acc);
+                    }
+                    if (t == Q4_K || t == Q5_K) {
+                        acc = fmaf(-(m * dx1), offset1, acc);
+                        acc = fmaf(-(m * dx2), offset2, acc);
+                    }
                 }
                 out[(r * groups + g) * GROUP + n] = acc;
             }

@@ -17,6 +17,15 @@
  *   INT8: each block of 32 values of a row of x is rounded to dx = max|x| / 127, xq = round(x / dx)
  *       in -127..127, sx = dx * sum(xq); a sub-block adds (a dx) * sum((q - bias) xq) + b sx, the
  *       integer sum exact: llama.cpp's way, faster and not exact.
+ *   INT8X2: each block of the type's own block_values of a row of x is rounded twice, x = dx1 xq1 +
+ *       dx2 xq2 + e: xq1 as in INT8, then the rest r = x - dx1 xq1 (one fma) rounded the same way to
+ *       xq2 (so |e| <= max|r| / 254 <= max|x| / 64516: about 16 bits). Per block of the type, in
+ *       integers, Aj = sum over its sub-blocks of sc * sum((q - bias) xqj) (sc = 1 for the types
+ *       without sub-block scales), and the output adds (d dx1) A1, then (d dx2) A2, then the offset of
+ *       the same rounded x: (m dx1) sum(xq1), then (m dx2) sum(xq2) per 32 values (Q4, Q5_1), or
+ *       -(dmin dxj) Bj with Bj = the sum over sub-blocks of m sum(xqj) (Q4_K, Q5_K), exact in float32.
+ *       The weight's two terms then see one x, so their errors cancel as in the file's own dequantized
+ *       weight. As exact as float16 weights, at the speed of integer dot products.
  *
  * W is packed in groups of G = 16 output rows (N padded with zero rows to a multiple of G); for each
  * group its K / block_values blocks follow one another, each a header then its values. The header holds each field for the G rows side by side:
@@ -26,7 +35,7 @@
  *   else S / 2 pairs of G bytes (byte n of pair j: the low 4 bits of q(n, 2j) | those of q(n, 2j + 1) << 4);
  *   then for 5-bit q S / 8 runs of G bytes (bit t of byte n of run c: bit 4 of q(n, 8c + t)), for
  *   6-bit q S / 4 runs (bits 2t, 2t + 1 of byte n of run c: bits 4, 5 of q(n, 4c + t)).
- * In INT8 mode, 32 values after 32 values:
+ * In INT8 and INT8X2 mode, 32 values after 32 values:
  *   8-bit q: eight runs of 4G bytes (byte 4n + i of run t: q(n, 4t + i));
  *   else four runs of 4G bytes (byte 4n + i of run t: the low 4 bits of q(n, 4t + i) | those of
  *   q(n, 16 + 4t + i) << 4); then for 5-bit q 4G bytes (bit u of byte 4n + i: bit 4 of q(n, 4u + i)),
@@ -42,7 +51,7 @@
 
 /* The block types as packed: one per layout (Q4_0 and Q4_1 share Q4's). */
 enum block_type { Q4, Q8, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K };
-enum activations { FLOAT32, INT8 };
+enum activations { FLOAT32, INT8, INT8X2 };
 
 /* X(type, kernel name, the GGUF types it multiplies): the entries, in each activation mode. */
 #define BLOCK_TYPES(X)                                                                                     \
@@ -74,12 +83,13 @@ INLINE int row_header_bytes(int t) {
 
 /* Rows packed together, and the bytes of a packed block (of block_values(t) values for GROUP rows). */
 #define GROUP 16
-INLINE int header_bytes(int mode, int t) { return 0 * mode + GROUP * row_header_bytes(t); }
+INLINE int header_bytes(int mode, int t) { return 0 * mode + GROUP * row_header_bytes(t); } /* the same in every mode */
 INLINE int sub_bytes(int t) { return sub_values(t) * GROUP * bits(t) / 8; } /* FLOAT32 mode: a sub-block's values */
-INLINE int run_bytes(int t) { return 32 * GROUP * bits(t) / 8; }           /* INT8 mode: 32 values' */
-INLINE int64_t block_bytes(int mode, int t) {
+INLINE int run_bytes(int t) { return 32 * GROUP * bits(t) / 8; }           /* INT8, INT8X2 mode: 32 values' */
+INLINE int64_t block_bytes(int mode, int t) { /* the same in every mode */
     return header_bytes(mode, t) + block_values(t) * GROUP * bits(t) / 8;
 }
+INLINE int has_sub_scales(int t) { return t == Q4_K || t == Q5_K || t == Q6_K; }
 
 /* Where the header fields of a group of G rows start: m (Q4, Q5_1) or dmin (Q4_K, Q5_K) after d,
  * sub-block s's sc and (Q4_K, Q5_K) m. */
