@@ -208,7 +208,7 @@ INLINE void float_rows(int t, int rows, int groups, const float *x, int64_t K, c
         for (int i = 0; i < rows * groups * 16; i++) out[i] = 0.0f;
     for (int64_t v0 = 0; v0 < K; v0 += S) {
         FLOAT_SUB_BLOCK(t, w, v0);
-        if (s == 0) prefetch_groups(w, groups, group_bytes, block - w, block_bytes(FLOAT32, t));
+        prefetch_chunk(w, groups, group_bytes, block - w, block_bytes(FLOAT32, t), s, block_values(t) / sub_values(t));
         __m256 p[FLOAT_ROWS][4][2];
         for (int g = 0; g < groups; g++) {
             for (int r = 0; r < rows; r++) p[r][g][0] = p[r][g][1] = _mm256_setzero_ps();
@@ -291,7 +291,7 @@ INLINE void int8_rows(int type, int rows, int groups, const int8_t *xq, const fl
         for (int g = 0; g < groups; g++) acc[r][g][0] = acc[r][g][1] = _mm256_setzero_ps();
     for (int64_t b = 0; b < blocks; b++) {
         INT8_RUN(type, w, b);
-        if (b % per_block == 0) prefetch_groups(w, groups, group_bytes, header - w, block_bytes(INT8, type));
+        prefetch_chunk(w, groups, group_bytes, header - w, block_bytes(INT8, type), (int)(b % per_block), per_block);
         __m256i sum[INT8_ROWS][2][2], total[INT8_ROWS][2][2];
         for (int r = 0; r < rows; r++)
             for (int g = 0; g < groups; g++) total[r][g][0] = total[r][g][1] = _mm256_setzero_si256();
@@ -392,13 +392,14 @@ INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const
             for (int r = 0; r < rows; r++) acc[r] = _mm256_setzero_ps();
             for (int64_t v0 = 0; v0 < K; v0 += B) {
                 const uint8_t *header = w + g * group_bytes + v0 / B * block_bytes(INT8X2, type);
-                if (i == 0) prefetch_groups(w + g * group_bytes, 1, group_bytes, v0 / B * block_bytes(INT8X2, type), block_bytes(INT8X2, type));
                 __m256i a1[INT8X2_ROWS], a2[INT8X2_ROWS];
                 __m256 offset1[INT8X2_ROWS], offset2[INT8X2_ROWS];
                 for (int r = 0; r < rows; r++)
                     a1[r] = a2[r] = _mm256_setzero_si256(), offset1[r] = offset2[r] = _mm256_setzero_ps();
                 for (int c = 0; c < per_block; c++) {
                     const uint8_t *values = header + header_bytes(INT8X2, type) + c * run_bytes(type);
+                    if (i == 0) prefetch_chunk(w + g * group_bytes, 1, group_bytes, v0 / B * block_bytes(INT8X2, type),
+                                               block_bytes(INT8X2, type), c, per_block);
                     __m256i s1[INT8X2_ROWS], s2[INT8X2_ROWS], t1[INT8X2_ROWS], t2[INT8X2_ROWS];
                     for (int h = 0; h < 2; h++) {
                         if (h == 0 || type == Q6_K)

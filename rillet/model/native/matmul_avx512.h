@@ -65,7 +65,7 @@ INLINE void float_rows(int t, int rows, int groups, const float *x, int64_t K, c
         for (int g = 0; g < groups; g++) acc[r][g] = _mm512_setzero_ps();
     for (int64_t v0 = 0; v0 < K; v0 += S) {
         FLOAT_SUB_BLOCK(t, w, v0);
-        if (s == 0) prefetch_groups(w, groups, group_bytes, block - w, block_bytes(FLOAT32, t));
+        prefetch_chunk(w, groups, group_bytes, block - w, block_bytes(FLOAT32, t), s, block_values(t) / sub_values(t));
         __m512 p[FLOAT_ROWS][4];
         for (int g = 0; g < groups; g++) {
             for (int r = 0; r < rows; r++) p[r][g] = _mm512_setzero_ps();
@@ -172,7 +172,7 @@ INLINE void int8_rows(int type, int rows, int groups, const int8_t *xq, const fl
         for (int g = 0; g < groups; g++) acc[r][g] = _mm512_setzero_ps();
     for (int64_t b = 0; b < blocks; b++) {
         INT8_RUN(type, w, b);
-        if (b % per_block == 0) prefetch_groups(w, groups, group_bytes, header - w, block_bytes(INT8, type));
+        prefetch_chunk(w, groups, group_bytes, header - w, block_bytes(INT8, type), (int)(b % per_block), per_block);
         __m512i sum[INT8_ROWS][2];
         for (int r = 0; r < rows; r++)
             for (int g = 0; g < groups; g++) sum[r][g] = _mm512_setzero_si512();
@@ -259,7 +259,6 @@ INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const
         for (int g = 0; g < groups; g++) acc[r][g] = _mm512_setzero_ps();
     for (int64_t v0 = 0; v0 < K; v0 += B) {
         const uint8_t *header = w + v0 / B * block_bytes(INT8X2, type);
-        prefetch_groups(w, groups, group_bytes, header - w, block_bytes(INT8X2, type));
         __m512i a1[2][INT8X2_ROWS], a2[2][INT8X2_ROWS];
         __m512 offset1[2][INT8X2_ROWS], offset2[2][INT8X2_ROWS];
         for (int g = 0; g < groups; g++)
@@ -267,6 +266,7 @@ INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const
                 a1[g][r] = a2[g][r] = _mm512_setzero_si512(), offset1[g][r] = offset2[g][r] = _mm512_setzero_ps();
         for (int c = 0; c < per_block; c++) {
             const uint8_t *values = header + header_bytes(INT8X2, type) + c * run_bytes(type);
+            prefetch_chunk(w, groups, group_bytes, header - w, block_bytes(INT8X2, type), c, per_block);
             __m512i s1[2][INT8X2_ROWS], s2[2][INT8X2_ROWS];
             for (int h = 0; h < 2; h++) {
                 if (h == 0 || type == Q6_K)

@@ -170,7 +170,7 @@ INLINE void float_rows(int t, int rows, int groups, const float *x, int64_t K, c
     for (int n = 0; n < groups * 16; n += 4) vst1q_f32(out + n, vdupq_n_f32(0.0f));
     for (int64_t v0 = 0; v0 < K; v0 += S) {
         FLOAT_SUB_BLOCK(t, w, v0);
-        if (s == 0) prefetch_groups(w, groups, group_bytes, block - w, block_bytes(FLOAT32, t));
+        prefetch_chunk(w, groups, group_bytes, block - w, block_bytes(FLOAT32, t), s, block_values(t) / sub_values(t));
         float32x4_t p[4][4];
         for (int g = 0; g < groups; g++) {
             for (int i = 0; i < 4; i++) p[g][i] = vdupq_n_f32(0.0f);
@@ -266,7 +266,7 @@ INLINE void int8_rows(int type, int rows, int groups, const int8_t *xq, const fl
     for (int n = 0; n < rows * groups * 16; n += 4) vst1q_f32(out + n, vdupq_n_f32(0.0f));
     for (int64_t b = 0; b < blocks; b++) {
         INT8_RUN(type, w, b);
-        if (b % per_block == 0) prefetch_groups(w, groups, group_bytes, header - w, block_bytes(INT8, type));
+        prefetch_chunk(w, groups, group_bytes, header - w, block_bytes(INT8, type), (int)(b % per_block), per_block);
         int32x4_t sum[INT8_ROWS][2][4];
         for (int h = 0; h < 2; h++) {
             if (h == 0 || type == Q6_K)
@@ -313,7 +313,6 @@ INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const
     for (int n = 0; n < rows * 16; n += 4) vst1q_f32(out + n, vdupq_n_f32(0.0f));
     for (int64_t v0 = 0; v0 < K; v0 += B) {
         const uint8_t *header = w + v0 / B * block_bytes(INT8X2, type);
-        prefetch_groups(w, 1, group_bytes, header - w, block_bytes(INT8X2, type));
         int32x4_t a1[INT8X2_ROWS][4], a2[INT8X2_ROWS][4];
         float32x4_t offset1[INT8X2_ROWS][4], offset2[INT8X2_ROWS][4];
         for (int r = 0; r < rows; r++)
@@ -321,6 +320,7 @@ INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const
                 a1[r][j] = a2[r][j] = vdupq_n_s32(0), offset1[r][j] = offset2[r][j] = vdupq_n_f32(0.0f);
         for (int c = 0; c < per_block; c++) {
             const uint8_t *values = header + header_bytes(INT8X2, type) + c * run_bytes(type);
+            prefetch_chunk(w, 1, group_bytes, header - w, block_bytes(INT8X2, type), c, per_block);
             int32x4_t s1[INT8X2_ROWS][4], s2[INT8X2_ROWS][4];
             for (int h = 0; h < 2; h++) {
                 if (h == 0 || type == Q6_K)
