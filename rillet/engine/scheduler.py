@@ -4,9 +4,15 @@ Prefill chunks and decodes share one token budget: a sequence asks for all the t
 has not computed yet (its prompt, or the one token it just sampled), and gets as many as the
 budget allows. When the KV pool runs out, the most recently admitted running sequence is
 preempted: its blocks are freed and it is recomputed later from its tokens.
+
+Waiting requests are admitted in order, each with all its choices at once (they share the
+prompt's blocks). A request whose choices do not fit in the free sequence slots does not hold up
+the smaller ones behind it: they may go first, but only until it has been overtaken by
+max_num_seqs sequences; then the queue waits for it, so that it is not starved in turn.
 """
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -95,10 +101,14 @@ class Scheduler:
         return budget
 
     def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
-        while self.waiting and budget > 0:
-            seq = self.waiting[0]
+        index = 0
+        while index < len(self.waiting) and budget > 0:
+            seq = self.waiting[index]
             if self._num_running_slots() + 1 + seq.pending_forks > self.max_num_seqs:
-                return
+                if seq.num_overtaken >= self.max_num_seqs:
+                    return  # it has waited its turn: nothing behind it goes first now
+                index += 1
+                continue
             num_hit_tokens = self.block_manager.claim_cached_prefix(seq)
             num_new = min(seq.num_uncomputed_tokens, budget)
             if not self.block_manager.allocate_slots(seq, num_new):
@@ -106,7 +116,9 @@ class Scheduler:
                 self.block_manager.free(seq)
                 return
             self.block_manager.record_prefix_lookup(seq, num_hit_tokens)
-            self.waiting.popleft()
+            del self.waiting[index]
+            for passed in itertools.islice(self.waiting, index):
+                passed.num_overtaken += 1 + seq.pending_forks
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             out.scheduled.append((seq, num_new))

@@ -45,6 +45,8 @@ class Sequence:
     finish_reason: str | None = None
     # Choices that still have to be forked off this one once its prompt is computed (n > 1).
     pending_forks: int = 0
+    # Sequences admitted ahead of it while it waited for slots for its choices (scheduler.py).
+    num_overtaken: int = 0
     # Its place in the request's grammar (a TokenConstraint), when the request has one.
     constraint: object | None = None
 

@@ -115,3 +115,43 @@ def test_a_waiting_sequences_prefix_hits_are_counted_once_however_long_it_waits(
     assert second.status is SequenceStatus.RUNNING
     # Each sequence counted once: the full blocks before its last token, 5 each; second found all 5.
     assert (bm.prefix_cache_queries, bm.prefix_cache_hits) == (5 + 5, 5)
+
+
+def test_a_request_whose_choices_do_not_fit_yet_does_not_hold_up_a_small_one_behind_it():
+    bm = BlockManager(num_blocks=64, block_size=4)
+    scheduler = Scheduler(bm, max_num_seqs=4, max_num_batched_tokens=100)
+    running = [make_seq([k, 2, 3]) for k in (1, 2)]
+    for seq in running:
+        scheduler.add(seq)
+    run_step(scheduler)
+    many = make_seq([5, 6, 7])
+    many.pending_forks = 2  # n = 3: three slots at once, and two are free
+    small = make_seq([8, 9])
+    scheduler.add(many)
+    scheduler.add(small)
+    step = run_step(scheduler)
+    assert small.seq_id in step and many.seq_id not in step
+    assert many.status is SequenceStatus.WAITING and many.num_overtaken == 1
+
+
+def test_a_waiting_request_is_overtaken_by_at_most_max_num_seqs_sequences_then_served_first():
+    bm = BlockManager(num_blocks=64, block_size=4)
+    scheduler = Scheduler(bm, max_num_seqs=2, max_num_batched_tokens=100)
+    holder = make_seq([1, 2, 3])
+    scheduler.add(holder)
+    run_step(scheduler)
+    pair = make_seq([4, 5, 6])
+    pair.pending_forks = 1  # n = 2: needs both slots
+    scheduler.add(pair)
+    overtaking = []
+    for k in range(3):
+        small = make_seq([10 + k, 2])
+        scheduler.add(small)
+        step = run_step(scheduler)
+        if small.seq_id in step:
+            overtaking.append(small)
+            scheduler.finish(small)
+    assert len(overtaking) == 2 and pair.num_overtaken == 2  # the third small one waits behind the pair
+    scheduler.finish(holder)
+    step = run_step(scheduler)
+    assert pair.seq_id in step and pair.status is SequenceStatus.RUNNING
