@@ -1,7 +1,8 @@
 """Chooses the next token of every sampling sequence in the batch at once.
 
 Order of transforms, as OpenAI documents them: logit_bias, then presence and frequency
-penalties over the tokens generated so far, then temperature (0 is greedy), then top_p. A grammar's
+penalties over the tokens generated so far, then temperature (below GREEDY_BELOW_TEMPERATURE, 0 among
+them, it is greedy), then top_p. A grammar's
 token mask (constrained decoding) comes after the penalties: what it forbids stays forbidden,
 whatever the bias.
 """
@@ -32,10 +33,10 @@ class Sampler:
         self._apply_penalties(logits, params, output_token_ids)
         if masks is not None:
             masks.apply(logits)
-        greedy = torch.tensor([p.temperature == 0.0 for p in params], device=logits.device)
+        greedy = torch.tensor([p.greedy for p in params], device=logits.device)
         if bool(greedy.all()):
             return logits.argmax(dim=-1).tolist()
-        temperature = torch.tensor([p.temperature or 1.0 for p in params], device=logits.device)
+        temperature = torch.tensor([1.0 if p.greedy else p.temperature for p in params], device=logits.device)
         probs = torch.softmax(logits / temperature.unsqueeze(1), dim=-1)
         probs = self._apply_top_p(probs, params)
         sampled = self._draw(probs, generators)

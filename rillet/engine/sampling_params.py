@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Below this temperature sampling is greedy, as in vLLM: dividing the logits by 1e-300 overflows
+# them to infinities, whose softmax is NaN, and the draw then lands anywhere in the vocabulary.
+GREEDY_BELOW_TEMPERATURE = 1e-5
+
 
 @dataclass(slots=True)
 class SamplingParams:
@@ -23,4 +27,4 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW_TEMPERATURE

@@ -81,3 +81,12 @@ def test_stop_string_spanning_two_tokens_never_appears_in_any_chunk(http):
     assert stream_text(chunks) == expected
     assert all(stop not in line for line in lines)
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_a_tiny_temperature_answers_as_temperature_zero(client):
+    """`"temperature": 1e-300` once overflowed the logits and answered "ectableectable..."."""
+    greedy = client.chat.completions.create(**chat_body("Name three colors.", max_tokens=12, temperature=0))
+    for temperature in (1e-300, 1e-9):
+        tiny = client.chat.completions.create(**chat_body("Name three colors.", max_tokens=12,
+                                                          temperature=temperature, seed=1))
+        assert tiny.choices[0].message.content == greedy.choices[0].message.content

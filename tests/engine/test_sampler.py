@@ -29,6 +29,16 @@ def test_temperature_zero_is_argmax():
     assert sample([[0.1, 3.0, 2.9], [5.0, 1.0, 0.0]], [SamplingParams(temperature=0)] * 2) == [1, 0]
 
 
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324, 1e-6])
+def test_a_temperature_below_the_greedy_bound_is_argmax_alone_and_beside_a_sampled_row(temperature):
+    """1e-300 once overflowed the logits: a softmax of infinities, and a draw anywhere."""
+    logits = [[0.1, 3.0, 2.9, -1.0]] * 64
+    tiny = SamplingParams(temperature=temperature)
+    assert sample(logits, [tiny] * 64) == [1] * 64
+    chosen = sample([*logits, *logits], [tiny] * 64 + [SamplingParams(temperature=1.0)] * 64)
+    assert chosen[:64] == [1] * 64 and len(set(chosen[64:])) > 1
+
+
 def test_temperature_one_follows_softmax():
     logits = [math.log(0.5), math.log(0.3), math.log(0.2)]
     freq = frequencies(logits, SamplingParams(temperature=1.0))
