@@ -1,6 +1,7 @@
 """A tokenizer built from the GGUF's own vocabulary and merges with the `tokenizers` library."""
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -157,6 +158,66 @@ class Tokenizer:
             self._byte_of_char = {char: byte for byte, char in _byte_level_alphabet().items()}
         self._sentencepiece = kind == "sentencepiece"
 
+    @property
+    def max_chars_per_token(self) -> int | None:
+        """The most characters of text one token can stand for, of those the tokenizer keeps (see
+        fewest_tokens); None where it gives no such bound."""
+        bound = self._size_bound
+        return None if bound is None else bound[0]
+
+    def fewest_tokens(self, text: str) -> int | None:
+        """The fewest tokens `text` can be, found from its length alone: its characters that every
+        tokenization keeps, over max_chars_per_token. None where the tokenizer may read several
+        characters as one token's worth and less (a normalizer that drops or replaces them, a
+        pre-tokenizer that drops whitespace, unknown characters fused into one token or dropped)."""
+        bound = self._size_bound
+        if bound is None:
+            return None
+        per_token, dropped = bound
+        kept = len(text) - sum(text.count(char) for char in dropped)
+        return -(-kept // per_token)
+
+    @functools.cached_property
+    def _size_bound(self) -> tuple[int, frozenset[str]] | None:
+        """(max_chars_per_token, the characters that become no token at all), or None."""
+        config = json.loads(self._backend.to_str())
+        model = config.get("model") or {}
+        factor = _normalizer_factor(config.get("normalizer"))
+        dropped = self._dropped_chars(model)
+        added_tokens = config.get("added_tokens", [])
+        if factor is None or dropped is None or _drops_text(config.get("pre_tokenizer")) or self._fuses_unknown(model) \
+                or any(token.get("lstrip") or token.get("rstrip") for token in added_tokens):  # they take in blanks
+            return None
+        longest = max((len(self.token_bytes(i)) for i in range(self.vocab_size)), default=1)
+        added = max((len(token["content"]) for token in added_tokens), default=1)
+        return factor * max(longest, added, 1), dropped
+
+    def _fuses_unknown(self, model: dict) -> bool:
+        """Whether a run of characters outside the vocabulary can become a single token."""
+        if model.get("type") == "BPE":
+            return model.get("unk_token") is not None and bool(model.get("fuse_unk")) \
+                and not self._falls_back_to_bytes(model)
+        if model.get("type") == "Unigram":  # it fuses unknown characters, always
+            return model.get("unk_id") is not None and not self._falls_back_to_bytes(model)
+        return True  # WordPiece reads a long word as one [UNK], WordLevel any unknown word
+
+    def _dropped_chars(self, model: dict) -> frozenset[str] | None:
+        """The characters that become no token: a byte-level vocabulary may lack some bytes' tokens
+        (SmolLM2's lacks six ASCII control characters', such as \x16), and BPE drops what it has no
+        token for. None where a character of several bytes could vanish, or where it cannot be told."""
+        if self._byte_of_char is not None:
+            vocabulary = set(self._tokens)
+            missing = {byte for char, byte in self._byte_of_char.items() if char not in vocabulary}
+            if any(0x80 <= byte < 0xC0 for byte in missing):  # a continuation byte: some whole characters
+                return None
+            return frozenset(chr(byte) for byte in missing if byte < 0x80)
+        if model.get("type") == "BPE" and model.get("unk_token") is None and not self._falls_back_to_bytes(model):
+            return None
+        return frozenset()
+
+    def _falls_back_to_bytes(self, model: dict) -> bool:
+        return bool(model.get("byte_fallback")) and self._backend.token_to_id("<0x00>") is not None
+
     def encode(self, text: str) -> list[int]:
         ids = self._backend.encode(text, add_special_tokens=False).ids
         if self.add_bos_token and self.bos_token_id is not None and (not ids or ids[0] != self.bos_token_id):
@@ -185,6 +246,47 @@ class Tokenizer:
                 return bytes([int(token[3:5], 16)])
             return token.replace(_SPACE, " ").encode()
         return self.decode([token_id], skip_special_tokens=False).encode()
+
+
+# Normalizers that never make a text shorter, and those that compose characters: one composed
+# character stands for at most 4 code points (U+1F82 is four in NFD).
+_KEEPS_LENGTH = frozenset({"Prepend", "NFD", "NFKD", "Lowercase"})
+_COMPOSES = frozenset({"NFC", "NFKC"})
+
+
+def _normalizer_factor(normalizer: dict | None) -> int | None:
+    """How many characters of the text one character after the normalizer may stand for; None
+    where it may drop characters or replace them with fewer."""
+    if normalizer is None:
+        return 1
+    kind = normalizer.get("type")
+    if kind == "Sequence":
+        factor = 1
+        for step in normalizer.get("normalizers", []):
+            step_factor = _normalizer_factor(step)
+            if step_factor is None:
+                return None
+            factor *= step_factor
+        return factor
+    if kind in _KEEPS_LENGTH:
+        return 1
+    if kind in _COMPOSES:
+        return 4
+    pattern = (normalizer.get("pattern") or {}).get("String")
+    if kind == "Replace" and pattern is not None and len(normalizer.get("content", "")) >= len(pattern):
+        return 1
+    return None
+
+
+def _drops_text(pre_tokenizer: dict | None) -> bool:
+    """Whether the pre-tokenizer (or one in its sequence) leaves characters out of every token."""
+    if pre_tokenizer is None:
+        return False
+    kind = pre_tokenizer.get("type")
+    if kind == "Sequence":
+        return any(_drops_text(step) for step in pre_tokenizer.get("pretokenizers", []))
+    return kind in ("Whitespace", "WhitespaceSplit", "BertPreTokenizer", "CharDelimiterSplit") or \
+        (kind == "Split" and pre_tokenizer.get("behavior") == "Removed")
 
 
 def _byte_level_alphabet() -> dict[int, str]:

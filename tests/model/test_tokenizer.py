@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import functools
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rillet.model import default_model_path
 from rillet.model.gguf_file import open_gguf
@@ -92,3 +96,65 @@ def test_a_qwen2_byte_level_vocabulary_splits_as_transformers_does(tmp_path):
         assert ours.encode(text) == reference(text)["input_ids"], text
     # Every digit its own piece, where Llama 3's split keeps runs of three.
     assert len(ours.encode("1234567890")) == 10
+
+
+# -- the most characters a token stands for: the server's bound on a prompt's size before tokenizing --
+
+LONG_RUNS = ["#" * 1000, " " * 1000, "\n" * 500, "-=" * 400, "a " * 800, "𝕏" * 300, "e\u0301" * 400,
+             "0" + "\x16" * 81, "\x16\x04" * 500]  # control characters SmolLM2 has no token for
+
+
+def test_no_token_of_the_default_model_stands_for_more_than_max_chars_per_token(ours):
+    tokenizer = ours.tokenizer
+    assert tokenizer.max_chars_per_token == max(len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size))
+    for text in SAMPLES + LONG_RUNS:
+        assert tokenizer.fewest_tokens(text) <= len(tokenizer.encode(text)), repr(text)
+    assert tokenizer.fewest_tokens("a " * 1000) == 25 and tokenizer.fewest_tokens("\x16" * 1000) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=1, max_size=300) | st.builds(lambda s, n: s * n, st.text(min_size=1, max_size=4),
+                                                    st.integers(1, 200)))
+def test_a_text_never_holds_more_characters_than_its_tokens_can_stand_for(text):
+    """Hypothesis found "0" and 81 of "\x16", which SmolLM2 reads as one token: the bound counts only
+    the characters that every tokenization keeps."""
+    tokenizer = _default_tokenizer()
+    assert tokenizer.fewest_tokens(text) <= len(tokenizer.encode(text))
+
+
+def test_the_sentencepiece_bound_holds(sentencepiece_gguf):
+    tokenizer = Tokenizer.from_gguf(open_gguf(sentencepiece_gguf))
+    assert tokenizer.max_chars_per_token is not None
+    for text in SAMPLES + LONG_RUNS:
+        assert tokenizer.fewest_tokens(text) <= len(tokenizer.encode(text)), repr(text)
+
+
+def test_a_tokenizer_that_can_shrink_text_has_its_bound_widened_or_none():
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import models, normalizers, pre_tokenizers
+
+    vocab = {"a": 0, "b": 1, "abc": 2, "<unk>": 3}  # an unknown character is one <unk>: 1 character, 5 letters
+
+    def built(normalizer=None, pre_tokenizer=None, model=None) -> Tokenizer:
+        backend = Backend(model or models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+        if normalizer is not None:
+            backend.normalizer = normalizer
+        if pre_tokenizer is not None:
+            backend.pre_tokenizer = pre_tokenizer
+        return Tokenizer(backend, list(vocab), None, None, False, frozenset())
+
+    assert built().max_chars_per_token == 5
+    assert built(normalizers.NFC()).max_chars_per_token == 20  # a composed character is up to 4 in NFD
+    spaces = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    assert built(spaces).max_chars_per_token == 5
+    assert built(normalizers.StripAccents()).max_chars_per_token is None
+    assert built(pre_tokenizer=pre_tokenizers.Whitespace()).max_chars_per_token is None
+    assert built(model=models.BPE(vocab={"a": 0, "<unk>": 1}, merges=[], unk_token="<unk>",
+                                  fuse_unk=True)).max_chars_per_token is None
+    # Without an unknown token, BPE drops what it has no token for: no bound from the length alone.
+    assert built(model=models.BPE(vocab={"a": 0}, merges=[])).max_chars_per_token is None
+
+
+@functools.cache
+def _default_tokenizer() -> Tokenizer:
+    return Tokenizer.from_gguf(open_gguf(default_model_path()))
