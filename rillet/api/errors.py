@@ -27,15 +27,26 @@ class ErrorSpec:
 
 class ErrorKind(enum.Enum):
     INVALID_REQUEST = ErrorSpec(422, "invalid_request_error", None)
+    # A request head the HTTP parser refused (a malformed request line or header).
+    INVALID_HTTP = ErrorSpec(400, "invalid_request_error", "invalid_http_request")
+    # A body that is not UTF-8, or a string in it with a lone surrogate (\ud800): no tokenizer reads it
+    # (rillet/api/body_limit.py).
+    INVALID_UNICODE = ErrorSpec(400, "invalid_request_error", "invalid_unicode")
     UNSUPPORTED_PARAMETER = ErrorSpec(422, "invalid_request_error", "unsupported_parameter")
     CONTEXT_LENGTH_EXCEEDED = ErrorSpec(400, "invalid_request_error", "context_length_exceeded")
     UNSUPPORTED_SCHEMA = ErrorSpec(400, "invalid_request_error", "unsupported_schema")
     INVALID_API_KEY = ErrorSpec(401, "invalid_request_error", "invalid_api_key")
     MODEL_NOT_ALLOWED = ErrorSpec(403, "invalid_request_error", "model_not_allowed")
+    METRICS_NOT_ALLOWED = ErrorSpec(403, "invalid_request_error", "metrics_not_allowed")
+    # A Host this loopback server does not answer to: a DNS-rebinding page (rillet/api/request_head.py).
+    HOST_NOT_ALLOWED = ErrorSpec(403, "invalid_request_error", "host_not_allowed")
     MODEL_NOT_FOUND = ErrorSpec(404, "invalid_request_error", "model_not_found")
     ROUTE_NOT_FOUND = ErrorSpec(404, "invalid_request_error", "not_found")
     METHOD_NOT_ALLOWED = ErrorSpec(405, "invalid_request_error", "method_not_allowed")
+    # The request head or body did not arrive in time (rillet/api/http_server.py, body_limit.py).
+    REQUEST_TIMEOUT = ErrorSpec(408, "invalid_request_error", "request_timeout")
     REQUEST_TOO_LARGE = ErrorSpec(413, "invalid_request_error", "request_too_large")
+    HEADERS_TOO_LARGE = ErrorSpec(431, "invalid_request_error", "request_headers_too_large")
     # OpenAI names the exhausted limit in `type`.
     RATE_LIMIT_REQUESTS = ErrorSpec(429, "requests", "rate_limit_exceeded")
     RATE_LIMIT_TOKENS = ErrorSpec(429, "tokens", "rate_limit_exceeded")
@@ -118,12 +129,20 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, APIError):  # raised by a bound on the body as it was read (body_limit.py)
+            return exc.__cause__.response()
         if exc.status_code == 404:
             error = APIError(ErrorKind.ROUTE_NOT_FOUND, f"no route {request.method} {request.url.path}")
-        elif exc.status_code == 405:
-            error = APIError(ErrorKind.METHOD_NOT_ALLOWED, f"method {request.method} not allowed on {request.url.path}")
+        elif exc.status_code == 405:  # Starlette names the methods the route has in Allow
+            error = APIError(ErrorKind.METHOD_NOT_ALLOWED, f"method {request.method} not allowed on {request.url.path}",
+                             headers=exc.headers)
+        elif exc.status_code == 408:
+            error = APIError(ErrorKind.REQUEST_TIMEOUT, str(exc.detail), headers=exc.headers)
         elif exc.status_code == 413:
             error = APIError(ErrorKind.REQUEST_TOO_LARGE, str(exc.detail))
+        elif isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI's 400 for a body it could not decode
+            error = APIError(ErrorKind.INVALID_UNICODE, f"the body is not valid UTF-8: {exc.__cause__.reason} "
+                             f"at byte {exc.__cause__.start}")
         else:
             error = APIError(ErrorKind.INVALID_REQUEST, str(exc.detail))
         return error.response()
