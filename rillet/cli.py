@@ -22,7 +22,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def build_parser() -> argparse.ArgumentParser:
     from rillet.api import admission
-    from rillet.api.body_limit import DEFAULT_MAX_REQUEST_BYTES
+    from rillet.api.body_limit import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_REQUEST_BYTES
     from rillet.engine.engine_process import RestartPolicy
     from rillet.model.weight_formats import DEFAULT_WEIGHT_FORMAT, WEIGHT_FORMATS
 
@@ -89,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-request-bytes", type=_positive_int, default=DEFAULT_MAX_REQUEST_BYTES, metavar="N",
                         help="largest request body; a larger one is a 413, refused before it is read "
                         f"(default: {DEFAULT_MAX_REQUEST_BYTES}, 4 MiB)")
+    limits.add_argument("--max-seqs-per-request", type=_positive_int, default=None, metavar="N",
+                        help="the largest n (choices) of one request; more is a 422 (default: a quarter of "
+                        "--max-num-seqs, so that one request leaves room for others)")
+    limits.add_argument("--max-seqs-per-key", type=_positive_int, default=None, metavar="N",
+                        help="sequences one API key may have in flight; its further requests wait in the queue "
+                        "(default: half of --max-num-seqs; an open server has no keys, and no such share)")
+    limits.add_argument("--body-timeout", type=_positive_float, default=DEFAULT_BODY_TIMEOUT, metavar="SECONDS",
+                        help="a request's body must arrive within this long of its head, or it is a 408 "
+                        f"(default: {DEFAULT_BODY_TIMEOUT:g})")
     restarts = RestartPolicy()
     serve.add_argument("--engine-restarts", type=int, default=restarts.max_restarts, metavar="N",
                        help="how often a dead engine process is replaced within --engine-restart-window; one "
@@ -128,6 +137,30 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def admission_limits(args: argparse.Namespace, max_num_seqs: int):
+    """The admission bounds of the flags, with the sequence shares' defaults; raises ValueError
+    for shares that could never let a request run."""
+    from rillet.api import admission
+
+    per_request, per_key = admission.default_sequence_shares(max_num_seqs)
+    per_request = args.max_seqs_per_request or min(per_request, args.max_seqs_per_key or per_request)
+    per_key = args.max_seqs_per_key or max(per_key, per_request)
+    if per_request > max_num_seqs:
+        raise ValueError(f"--max-seqs-per-request {per_request} is more than --max-num-seqs {max_num_seqs}")
+    if per_key < per_request:
+        raise ValueError(f"--max-seqs-per-key {per_key} is less than --max-seqs-per-request {per_request}: "
+                         "a request of that many choices could never run")
+    return admission.AdmissionLimits(args.max_queued_requests, args.max_queued_tokens, args.queue_timeout,
+                                     per_request, per_key)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["chat"]:  # before anything imports torch or the engine, which a chat does not need
@@ -161,6 +194,11 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     if keys.is_open:
         print("rillet: no API key configured: the server is open to anyone who can reach it", file=sys.stderr)
+    try:
+        admission_limits(args, args.max_num_seqs)
+    except ValueError as error:
+        print(f"rillet: error: {error}", file=sys.stderr)
+        return 2
     config = EngineConfig(
         device=args.device, kv_cache_dtype=args.kv_cache_dtype, block_size=args.block_size,
         kv_cache_tokens=args.kv_cache_tokens, max_num_seqs=args.max_num_seqs,
@@ -218,7 +256,6 @@ async def _serve(engine, front, max_context_len: int, name: str, fingerprint: st
                  args: argparse.Namespace) -> int:
     import uvicorn
 
-    from rillet.api import admission
     from rillet.api.app import create_app
     from rillet.api.rate_limit import RateLimiter
     from rillet.api.served_model import ServedModel
@@ -229,9 +266,9 @@ async def _serve(engine, front, max_context_len: int, name: str, fingerprint: st
     public_paths = frozenset(path for path, public in (("/metrics", args.public_metrics),
                                                        ("/openapi.json", args.public_openapi)) if public)
     app = create_app(engine, served, keys, RateLimiter(args.rate_limit_rpm, args.rate_limit_tpm),
-                     admission.AdmissionLimits(args.max_queued_requests, args.max_queued_tokens, args.queue_timeout),
-                     max_request_bytes=args.max_request_bytes, public_paths=public_paths,
-                     playground=not args.no_playground, cors_origins=tuple(args.cors_origin))
+                     admission_limits(args, config.max_num_seqs), max_request_bytes=args.max_request_bytes,
+                     public_paths=public_paths, playground=not args.no_playground,
+                     cors_origins=tuple(args.cors_origin), body_timeout=args.body_timeout)
     server = _graceful_server_class()(uvicorn.Config(
         app, host=args.host, port=args.port, log_level="warning", access_log=False,
         timeout_graceful_shutdown=args.shutdown_grace))

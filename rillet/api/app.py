@@ -8,13 +8,14 @@ from prometheus_client import CollectorRegistry
 from rillet.api.access_log import AccessLogMiddleware
 from rillet.api.admission import Admission, AdmissionLimits
 from rillet.api.auth import AuthMiddleware, KeyStore, api_key_of, check_model_allowed
-from rillet.api.body_limit import DEFAULT_MAX_REQUEST_BYTES, BodySizeLimitMiddleware
+from rillet.api.body_limit import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_REQUEST_BYTES, BodySizeLimitMiddleware
 from rillet.api.chat import router as chat_router
 from rillet.api.cors import add_cors
 from rillet.api.errors import APIError, ErrorKind, install_error_handlers
 from rillet.api.logprobs import LogprobFormatter
 from rillet.api.metrics import ApiMetrics, EngineCollector, metrics_router
 from rillet.api.playground import playground_router
+from rillet.api.prompt import PromptEncoder
 from rillet.api.rate_limit import RateLimiter, RateLimitMiddleware
 from rillet.api.served_model import ServedModel
 
@@ -22,16 +23,18 @@ from rillet.api.served_model import ServedModel
 def create_app(engine, served: ServedModel, keys: KeyStore | None = None, rate_limiter: RateLimiter | None = None,
                admission_limits: AdmissionLimits | None = None, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
                public_paths: frozenset[str] = frozenset(), playground: bool = True,
-               cors_origins: tuple[str, ...] = (), collectors: tuple = ()) -> FastAPI:
+               cors_origins: tuple[str, ...] = (), collectors: tuple = (),
+               body_timeout: float = DEFAULT_BODY_TIMEOUT) -> FastAPI:
     """public_paths: of /metrics and /openapi.json, those that stay open on a server with keys;
     playground: serve the chat page at /; cors_origins: the web origins that may call the API
     from a browser (none: no CORS); collectors: more Prometheus collectors for /metrics (a
-    cluster's per-replica figures)."""
+    cluster's per-replica figures); body_timeout: the seconds a request body may take to arrive."""
     app = FastAPI(title="rillet", description="OpenAI-compatible chat completions", docs_url=None, redoc_url=None)
     app.state.engine = engine
     app.state.served = served
     app.state.rate_limiter = rate_limiter or RateLimiter()
     app.state.admission = admission = Admission(admission_limits)
+    app.state.prompt_encoder = PromptEncoder(served.tokenizer)
     registry = CollectorRegistry()
     registry.register(EngineCollector(engine.stats))
     for collector in collectors:
@@ -40,9 +43,9 @@ def create_app(engine, served: ServedModel, keys: KeyStore | None = None, rate_l
     metrics.queued_requests.set_function(lambda: admission.num_waiting_requests)
     metrics.queued_prompt_tokens.set_function(lambda: admission.num_waiting_tokens)
     # The last added runs first: CORS (a preflight carries no key), request id and access log, then
-    # the key, then its request count and rate-limit headers, then the bound on the body: all before
+    # the key, then its request count and rate-limit headers, then the bounds on the body: all before
     # the route reads the body.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_request_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_request_bytes, timeout=body_timeout)
     app.add_middleware(RateLimitMiddleware, limiter=app.state.rate_limiter)
     app.add_middleware(AuthMiddleware, store=keys or KeyStore([]), public_paths=public_paths)
     app.add_middleware(AccessLogMiddleware, metrics=metrics)

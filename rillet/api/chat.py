@@ -29,11 +29,13 @@ from rillet.api.framing import (
 )
 from rillet.api.metrics import ApiMetrics
 from rillet.api.output import Completion
-from rillet.api.prompt import encode_prompt, render_prompt
+from rillet.api.admission import AdmissionLimits
+from rillet.api.prompt import check_prompt_size, render_prompt
 from rillet.api.rate_limit import Reservation
 from rillet.api.sampling import check_supported, sampling_params
 from rillet.api.schemas import ChatCompletionRequest
 from rillet.api.served_model import ServedModel
+from rillet.api.shares import Share
 from rillet.api.structured_output import answer_grammar
 from rillet.api.tools import ToolPlan, tool_plan
 from rillet.engine.outputs import RequestOutput
@@ -61,7 +63,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     check_model_allowed(key, body.model)
     if body.model != served.name:
         raise APIError(ErrorKind.MODEL_NOT_FOUND, f"the model {body.model!r} does not exist", "model")
-    plan = await asyncio.to_thread(_plan, body, served)
+    plan = await _plan(body, request)
     prompt, params = plan.prompt_token_ids, plan.params
     if not engine.is_alive:
         raise APIError(ErrorKind.ENGINE_UNAVAILABLE, "the engine is not running")
@@ -73,11 +75,12 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     record.completion_id, record.prompt_tokens = completion.request_id, len(prompt)
     reservation = request.app.state.rate_limiter.reserve(
         key, _tokens_to_reserve(len(prompt), params, served.max_context_len))
+    share = request.app.state.admission.shares.claim(key.key_id if key else None, params.n)
     outputs = engine.generate(completion.request_id, prompt, params)
-    first = await _admit(request, outputs, len(prompt), reservation, record)
+    first = await _admit(request, outputs, len(prompt), reservation, share, record)
     if first is _DISCONNECTED:
         return JSONResponse({}, status_code=499)
-    outputs = _observed(first, outputs, completion, record, request.app.state.metrics, reservation)
+    outputs = _observed(first, outputs, completion, record, request.app.state.metrics, reservation, share)
     if body.stream:
         return EventStreamResponse(stream_events(completion, outputs, record),
                                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -90,32 +93,45 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     return whole_response(completion)
 
 
-def _plan(body: ChatCompletionRequest, served: ServedModel) -> Plan:
-    """Validation, the answer's grammar, the prompt: everything before the engine, off the event loop."""
+async def _plan(body: ChatCompletionRequest, request: Request) -> Plan:
+    """Validation, the answer's grammar, the prompt: everything before the engine, off the event
+    loop; a long prompt text is refused from its size before it is tokenized."""
+    served: ServedModel = request.app.state.served
+    tools, params, text = await asyncio.to_thread(_prepare, body, served, request.app.state.admission.limits)
+    prompt = await request.app.state.prompt_encoder.encode(text)
+    _check_context(len(prompt), params, served.max_context_len)
+    return Plan(prompt, params, tools)
+
+
+def _prepare(body: ChatCompletionRequest, served: ServedModel, limits: AdmissionLimits) -> tuple:
     check_supported(body)
     tools = tool_plan(body)
     params = sampling_params(body, served.tokenizer.vocab_size, answer_grammar(body, tools))
-    if params.n > served.max_num_seqs:
-        raise APIError(ErrorKind.INVALID_REQUEST, f"n is {params.n}, but this server runs at most "
-                       f"{served.max_num_seqs} sequences at once", "n")
-    prompt = encode_prompt(render_prompt(body, tools, served), served)
-    _check_context(len(prompt.token_ids), params, served.max_context_len)
-    return Plan(prompt.token_ids, params, tools)
+    most = limits.seqs_per_request(served.max_num_seqs)
+    if params.n > most:
+        raise APIError(ErrorKind.INVALID_REQUEST, f"n is {params.n}, but this server runs at most {most} sequences "
+                       "for one request", "n")
+    text = render_prompt(body, tools, served)
+    check_prompt_size(text, served)
+    return tools, params, text
 
 
 async def _admit(request: Request, outputs: AsyncIterator[RequestOutput], num_prompt_tokens: int,
-                 reservation: Reservation, record: RequestRecord) -> RequestOutput | object:
+                 reservation: Reservation, share: Share, record: RequestRecord) -> RequestOutput | object:
     """Waits in the admission queue for the first output. A request that never gets one keeps
-    nothing of its rate-limit reservation."""
+    nothing of its rate-limit reservation, nor of its key's share of sequences."""
+    admission = request.app.state.admission
     try:
-        first = await _unless_disconnected(request, request.app.state.admission.first_output(outputs, num_prompt_tokens))
+        first = await _unless_disconnected(request, admission.first_output(outputs, num_prompt_tokens, share))
     except BaseException as error:
         reservation.settle(0)
+        share.release()
         if isinstance(error, Exception):
             raise engine_error(record.request_id, error) from None
         raise
     if first is _DISCONNECTED:
         reservation.settle(0)
+        share.release()
     else:
         record.on_output(request.app.state.metrics)
     return first
@@ -136,8 +152,10 @@ def _check_context(num_prompt_tokens: int, params: SamplingParams, max_context_l
 
 
 async def _observed(first: RequestOutput, outputs: AsyncIterator[RequestOutput], completion: Completion,
-                    record: RequestRecord, metrics: ApiMetrics, reservation: Reservation) -> AsyncIterator[RequestOutput]:
-    """The request's outputs, first one included; times each, and settles the rate limit at the end."""
+                    record: RequestRecord, metrics: ApiMetrics, reservation: Reservation,
+                    share: Share) -> AsyncIterator[RequestOutput]:
+    """The request's outputs, first one included; times each, and settles the rate limit and gives
+    back the key's share of sequences at the end."""
     finished = first.finished
     try:
         async with contextlib.aclosing(outputs):
@@ -153,6 +171,7 @@ async def _observed(first: RequestOutput, outputs: AsyncIterator[RequestOutput],
         record.completion_tokens = completion.num_completion_tokens
         record.finish_reasons = [choice.finish_reason for choice in completion.choices]
         reservation.settle(completion.num_prompt_tokens + completion.num_completion_tokens)
+        share.release()
 
 
 _DISCONNECTED = object()

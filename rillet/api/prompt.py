@@ -8,8 +8,8 @@ and the messages' calls and results, as Hugging Face templates expect them.
 """
 from __future__ import annotations
 
+import asyncio
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from rillet.api.errors import APIError, ErrorKind
@@ -17,11 +17,10 @@ from rillet.api.schemas import ChatCompletionRequest, ChatMessage, FunctionCall
 from rillet.api.served_model import ServedModel
 from rillet.api.tools import ToolPlan, call_markup, generic_tools_prompt, tools_for_template
 from rillet.model.errors import ChatTemplateError
+from rillet.model.loader import release_freed_memory
 
-
-@dataclass(slots=True)
-class Prompt:
-    token_ids: list[int]
+# A prompt text longer than this is tokenized under PromptEncoder's bound (one at a time, by default).
+BIG_PROMPT_CHARS = 64 * 1024
 
 
 def render_prompt(request: ChatCompletionRequest, plan: ToolPlan | None, served: ServedModel) -> str:
@@ -44,8 +43,39 @@ def render_prompt(request: ChatCompletionRequest, plan: ToolPlan | None, served:
         raise APIError(ErrorKind.INVALID_REQUEST, str(error), "messages") from None
 
 
-def encode_prompt(text: str, served: ServedModel) -> Prompt:
-    return Prompt(served.tokenizer.encode(text))
+def check_prompt_size(text: str, served: ServedModel) -> None:
+    """A text longer than the context could hold at the tokenizer's most characters a token is a
+    400 before it is tokenized: a 4 MiB body of "a " was once 2 million tokens and a gigabyte."""
+    if served.max_prompt_chars is None or len(text) <= served.max_prompt_chars:
+        return
+    fewest = served.tokenizer.fewest_tokens(text)  # less the characters that become no token
+    if fewest is not None and fewest > served.max_context_len:
+        raise APIError(ErrorKind.CONTEXT_LENGTH_EXCEEDED,
+                       f"this model's context holds {served.max_context_len} tokens; the messages have at least "
+                       f"{fewest} ({len(text)} characters, and no token of this model stands for more than "
+                       f"{served.tokenizer.max_chars_per_token})", "messages")
+
+
+class PromptEncoder:
+    """Tokenizes prompt texts off the event loop. Those over BIG_PROMPT_CHARS take turns, at most
+    `max_big` at once, so that a few of them never hold every worker thread (nor their memory
+    each) while a small request waits behind them."""
+
+    def __init__(self, tokenizer, max_big: int = 1) -> None:
+        self.tokenizer = tokenizer
+        self._big = asyncio.Semaphore(max_big)
+
+    async def encode(self, text: str) -> list[int]:
+        if len(text) <= BIG_PROMPT_CHARS:
+            return await asyncio.to_thread(self.tokenizer.encode, text)
+        async with self._big:
+            return await asyncio.to_thread(self._encode_big, text)
+
+    def _encode_big(self, text: str) -> list[int]:
+        try:
+            return self.tokenizer.encode(text)
+        finally:
+            release_freed_memory()  # the tokenizer's per-token buffers, hundreds of MB for the longest
 
 
 def _template_message(index: int, message: ChatMessage, native_tools: bool) -> dict[str, Any]:

@@ -16,3 +16,12 @@ class ServedModel:
     # Identifies the model file and the engine configuration; stable across requests.
     fingerprint: str
     created: int
+    # The longest prompt text that could fit the context: max_context_len times the most characters
+    # one token stands for (the tokenizer's max_chars_per_token); None where the tokenizer gives no
+    # such bound. Left out, it is found from the tokenizer.
+    max_prompt_chars: int | None = None
+
+    def __post_init__(self) -> None:
+        per_token = getattr(self.tokenizer, "max_chars_per_token", None)
+        if self.max_prompt_chars is None and per_token:
+            self.max_prompt_chars = self.max_context_len * per_token

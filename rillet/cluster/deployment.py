@@ -19,6 +19,7 @@ from ray.serve.config import RequestRouterConfig
 
 from rillet.api.admission import AdmissionLimits
 from rillet.api.auth import KeyStore
+from rillet.api.body_limit import DEFAULT_BODY_TIMEOUT
 from rillet.cluster.replica import EngineReplica, ReplicaSettings
 
 APP_NAME = "rillet"
@@ -46,6 +47,7 @@ class IngressSettings:
     max_num_seqs: int
     config_description: str
     router_kwargs: dict = field(default_factory=dict)
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
 
 
 @serve.ingress()
@@ -87,7 +89,8 @@ def _build_app(engine, settings: IngressSettings, model: dict, front):
     return create_app(engine, served, settings.keys, RateLimiter(settings.rate_limit_rpm, settings.rate_limit_tpm),
                       settings.admission_limits, max_request_bytes=settings.max_request_bytes,
                       public_paths=settings.public_paths, playground=settings.playground,
-                      cors_origins=settings.cors_origins, collectors=(ReplicaCollector(engine),))
+                      cors_origins=settings.cors_origins, collectors=(ReplicaCollector(engine),),
+                      body_timeout=settings.body_timeout)
 
 
 def build_application(replica_settings: ReplicaSettings, ingress_settings: IngressSettings, num_replicas: int,

@@ -10,7 +10,6 @@ import signal
 import sys
 import threading
 
-from rillet.api.admission import AdmissionLimits
 from rillet.cluster.proxy_headers import PROXY_CALLBACK
 from rillet.cluster.replica import ReplicaSettings
 from rillet.engine.engine_process import RestartPolicy
@@ -26,6 +25,7 @@ def serve_cluster(args: argparse.Namespace, keys, config, model_path: str, serve
     except ImportError:
         print("rillet: error: --replicas needs Ray Serve: pip install 'rillet[cluster]'", file=sys.stderr)
         return 1
+    from rillet.cli import admission_limits
     from rillet.cluster.deployment import APP_NAME, IngressSettings, build_application
 
     cpus_per_replica = args.cpus_per_replica or config.resolved_num_threads()
@@ -38,10 +38,10 @@ def serve_cluster(args: argparse.Namespace, keys, config, model_path: str, serve
     ingress_settings = IngressSettings(
         served_name=served_name, model_path=model_path, keys=keys, rate_limit_rpm=args.rate_limit_rpm,
         rate_limit_tpm=args.rate_limit_tpm,
-        admission_limits=AdmissionLimits(args.max_queued_requests, args.max_queued_tokens, args.queue_timeout),
+        admission_limits=admission_limits(args, config.max_num_seqs),
         max_request_bytes=args.max_request_bytes, public_paths=public_paths, playground=not args.no_playground,
         cors_origins=tuple(args.cors_origin), max_num_seqs=config.max_num_seqs,
-        config_description=config.describe())
+        config_description=config.describe(), body_timeout=args.body_timeout)
     # Serve's controller, proxy and replicas are started by this job and inherit its environment:
     # the proxy's x-request-id made as a single server's (proxy_headers.py), and each Serve process
     # running its router and user code on its one event loop instead of a thread of their own,

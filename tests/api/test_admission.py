@@ -144,8 +144,10 @@ def assert_refused_for_n_then_served_and_idle(server, n: int, most: int) -> None
     assert cpu_seconds(engine) - before < 0.2, "the engine process spins while it has nothing to do"
 
 
-def test_n_over_max_num_seqs_with_the_defaults_is_422_and_the_next_request_is_served(server):
-    assert_refused_for_n_then_served_and_idle(server, n=65, most=64)
+def test_n_over_the_share_of_one_request_with_the_defaults_is_422_and_the_next_request_is_served(server):
+    """--max-seqs-per-request defaults to a quarter of --max-num-seqs (64): n 64 once took every sequence."""
+    assert_refused_for_n_then_served_and_idle(server, n=17, most=16)
+    assert_refused_for_n_then_served_and_idle(server, n=64, most=16)
 
 
 def test_n_over_max_num_seqs_of_1_is_422_and_the_next_request_is_served(one_at_a_time):
