@@ -1,5 +1,6 @@
 """API keys: who may call /v1/* (and /metrics and /openapi.json, unless opened), and which models
-each key may use.
+each key may use. Reading /metrics needs a key marked for it (`metrics = true` in the keys file):
+its figures describe every key's traffic, not only the reader's.
 
 Keys are kept only as SHA-256 hashes and compared in constant time. With no key configured
 the server is open.
@@ -27,6 +28,8 @@ class ApiKey:
     # Requests and tokens per minute; None: the server's defaults, 0: no limit for this key.
     rpm: int | None = None
     tpm: int | None = None
+    # May read /metrics.
+    metrics: bool = False
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -84,7 +87,7 @@ def _read_keys_file(path: Path, earlier: list[ApiKey]) -> list[ApiKey]:
 
 
 def _key_entry(entry: dict, where: str, index: int, earlier: list[ApiKey]) -> ApiKey:
-    unknown = set(entry) - {"id", "key", "key_sha256", "models", "rpm", "tpm"}
+    unknown = set(entry) - {"id", "key", "key_sha256", "models", "rpm", "tpm", "metrics"}
     if unknown:
         raise KeyConfigError(f"{where} has unsupported settings {sorted(unknown)}")
     key_id = entry.get("id", f"file-key-{index + 1}")
@@ -109,8 +112,11 @@ def _key_entry(entry: dict, where: str, index: int, earlier: list[ApiKey]) -> Ap
             raise KeyConfigError(f"{where}: the id {key_id!r} is used by another key")
         if hmac.compare_digest(other.key_sha256, digest):
             raise KeyConfigError(f"{where} has the same key as the key with id {other.key_id!r}")
+    metrics = entry.get("metrics", False)
+    if not isinstance(metrics, bool):
+        raise KeyConfigError(f"{where}.metrics must be true or false")
     return ApiKey(key_id, digest, None if models is None else frozenset(models),
-                  _limit(entry, "rpm", where), _limit(entry, "tpm", where))
+                  _limit(entry, "rpm", where), _limit(entry, "tpm", where), metrics)
 
 
 def _limit(entry: dict, name: str, where: str) -> int | None:
@@ -121,7 +127,8 @@ def _limit(entry: dict, name: str, where: str) -> int | None:
 
 
 # Outside /v1/*, the paths that need a key on a server with keys, unless opened by a flag.
-KEYED_PATHS = frozenset({"/metrics", "/openapi.json"})
+METRICS_PATH = "/metrics"
+KEYED_PATHS = frozenset({METRICS_PATH, "/openapi.json"})
 
 
 class AuthMiddleware:
@@ -143,6 +150,11 @@ class AuthMiddleware:
             key = self.store.find(presented.strip()) if scheme.lower() == "bearer" else None
             if key is None:
                 error = APIError(ErrorKind.INVALID_API_KEY, "missing or invalid API key: send Authorization: Bearer KEY")
+                await error.response()(scope, receive, send)
+                return
+            if scope["path"] == METRICS_PATH and not key.metrics:
+                error = APIError(ErrorKind.METRICS_NOT_ALLOWED, "this API key may not read /metrics: mark it with "
+                                 "metrics = true in the keys file")
                 await error.response()(scope, receive, send)
                 return
             scope.setdefault("state", {})["api_key"] = key

@@ -1,11 +1,11 @@
 """Rate limits per API key: requests per minute and tokens per minute, each a token bucket.
 
 A bucket holds up to one minute's allowance and refills continuously at a sixtieth of it a
-second. Every /v1 request a key sends takes one request, valid or not, before its body is read
-(RateLimitMiddleware), so a flood of bad requests costs little. A chat completion then reserves
-its tokens (the prompt plus every token it may generate) before it reaches the engine; when it
-ends, the tokens it did not use go back. On an open server (no keys) one pair of buckets serves
-every client.
+second. Every /v1 request a key sends (and every read of /metrics and /openapi.json) takes one
+request, valid or not, before its body is read (RateLimitMiddleware), so a flood of bad requests
+costs little. A chat completion then reserves its tokens (the prompt plus every token it may
+generate) before it reaches the engine; when it ends, the tokens it did not use go back. On an
+open server (no keys) one pair of buckets serves every client.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from starlette.datastructures import MutableHeaders
 
-from rillet.api.auth import ApiKey
+from rillet.api.auth import KEYED_PATHS, ApiKey
 from rillet.api.errors import APIError, ErrorKind
 
 OPEN_SERVER_ID = "open"
@@ -150,15 +150,16 @@ def _choose(per_key: int | None, default: int | None) -> int | None:
 
 
 class RateLimitMiddleware:
-    """Takes one request from the caller's key for every /v1 request, before anything reads its
-    body (a 429 when none is left), and adds the key's x-ratelimit-* headers to the response."""
+    """Takes one request from the caller's key for every /v1 request, and every read of /metrics and
+    /openapi.json (whose answers cost more than most), before anything reads its body (a 429 when
+    none is left), and adds the key's x-ratelimit-* headers to the response."""
 
     def __init__(self, app, limiter: RateLimiter) -> None:
         self.app = app
         self.limiter = limiter
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if scope["type"] != "http" or not (scope["path"].startswith("/v1/") or scope["path"] in KEYED_PATHS):
             await self.app(scope, receive, send)
             return
         limits = self.limiter.limits_for(scope.get("state", {}).get("api_key"))

@@ -28,6 +28,12 @@ models = ["some-other-model"]
 [[keys]]
 id = "hashed"
 key_sha256 = "{hashlib.sha256(b"sk-from-hash").hexdigest()}"
+
+[[keys]]
+id = "monitoring"
+key = "sk-metrics"
+metrics = true
+rpm = 2
 ''')
     running = RunningServer(["--api-key", "sk-from-flag", "--api-keys-file", str(keys_file),
                              "--kv-cache-tokens", "2048"], env={"RILLET_API_KEYS": "sk-from-env, sk-second-env"})
@@ -97,9 +103,20 @@ def test_metrics_and_openapi_need_a_key_on_a_server_with_keys(keyed_server):
     for path in ("/metrics", "/openapi.json"):
         refused = httpx.get(f"{keyed_server.base_url}{path}")
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
-        allowed = httpx.get(f"{keyed_server.base_url}{path}", headers={"Authorization": "Bearer sk-from-flag"})
-        assert allowed.status_code == 200
-        assert ("rillet_kv_blocks_total" if path == "/metrics" else '"openapi"') in allowed.text
+    allowed = httpx.get(f"{keyed_server.base_url}/openapi.json", headers={"Authorization": "Bearer sk-from-flag"})
+    assert allowed.status_code == 200 and '"openapi"' in allowed.text
+
+
+def test_metrics_need_a_key_marked_for_them_and_are_rate_limited_like_the_rest(keyed_server):
+    """Any valid key once read /metrics: every key's traffic, and as often as it liked."""
+    for key in ("sk-from-flag", "sk-from-hash"):
+        refused = httpx.get(f"{keyed_server.base_url}/metrics", headers={"Authorization": f"Bearer {key}"})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "metrics_not_allowed"
+    reads = [httpx.get(f"{keyed_server.base_url}/metrics", headers={"Authorization": "Bearer sk-metrics"})
+             for _ in range(3)]
+    assert [read.status_code for read in reads] == [200, 200, 429]  # its rpm of 2
+    assert "rillet_kv_blocks_total" in reads[0].text and reads[0].headers["x-ratelimit-limit-requests"] == "2"
+    assert reads[2].json()["error"]["code"] == "rate_limit_exceeded"
 
 
 def test_metrics_and_openapi_stay_open_on_an_open_server(http):
@@ -110,6 +127,7 @@ SHA = hashlib.sha256(b"k").hexdigest()
 
 
 @pytest.mark.parametrize("entries, message", [
+    ('[[keys]]\nid = "a"\nkey = "x"\nmetrics = "yes"\n', r"keys\[0\] \(id 'a'\)\.metrics must be true or false"),
     ('[[keys]]\nid = "a"\nkey_sha256 = "not-hex"\n', r"keys\[0\] \(id 'a'\)\.key_sha256 must be 64 hexadecimal"),
     (f'[[keys]]\nkey_sha256 = "{SHA[:-2]}"\n', r"keys\[0\] \(id 'file-key-1'\)\.key_sha256 must be 64"),
     ('[[keys]]\nid = "a"\nkey = "x"\nmodels = "SmolLM2-135M-Instruct"\n', r"keys\[0\] \(id 'a'\)\.models must be a list"),

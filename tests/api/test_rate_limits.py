@@ -49,6 +49,11 @@ rpm = 0
 id = "bad-requests"
 key = "sk-rpm-4-bad"
 rpm = 4
+
+[[keys]]
+id = "schema-reader"
+key = "sk-rpm-2-schema"
+rpm = 2
 ''')
     running = RunningServer(["--api-keys-file", str(keys_file), "--api-key", "sk-defaults",
                              "--rate-limit-rpm", "1000", "--kv-cache-tokens", "4096", "--public-metrics"])
@@ -151,7 +156,7 @@ def test_every_request_counts_valid_or_not_and_the_limit_is_checked_before_the_b
                 send(json.dumps(chat_body(max_tokens=1, n=0)).encode()).status_code]
     assert statuses == [422, 422, 200, 422]
     # The fifth request's head announces a body that never comes: the 429 is sent without reading it.
-    status, body = send_head_only(limited_server.port, "POST /v1/chat/completions HTTP/1.1\nHost: x\n"
+    status, body = send_head_only(limited_server.port, "POST /v1/chat/completions HTTP/1.1\nHost: 127.0.0.1\n"
                                   "Authorization: Bearer sk-rpm-4-bad\nContent-Type: application/json\n"
                                   "Content-Length: 1000\n")
     assert status == 429 and body["error"]["type"] == "requests"
@@ -229,3 +234,12 @@ def test_keys_file_limits(tmp_path):
     bad.write_text('[[keys]]\nkey = "x"\nrpm = -1\n')
     with pytest.raises(KeyConfigError, match="rpm"):
         KeyStore.from_settings([], str(bad))
+
+
+def test_the_openapi_schema_takes_from_the_same_bucket(limited_server):
+    """/openapi.json (and /metrics) answered as often as asked, a key's limits notwithstanding."""
+    def get(path: str) -> httpx.Response:
+        return httpx.get(f"{limited_server.base_url}{path}", headers={"Authorization": "Bearer sk-rpm-2-schema"})
+
+    statuses = [get("/openapi.json").status_code, get("/v1/models").status_code, get("/openapi.json").status_code]
+    assert statuses == [200, 200, 429]
