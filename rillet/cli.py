@@ -21,7 +21,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rillet.api import admission
+    from rillet.api import admission, http_server
     from rillet.api.body_limit import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_REQUEST_BYTES
     from rillet.engine.engine_process import RestartPolicy
     from rillet.model.weight_formats import DEFAULT_WEIGHT_FORMAT, WEIGHT_FORMATS
@@ -95,9 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-seqs-per-key", type=_positive_int, default=None, metavar="N",
                         help="sequences one API key may have in flight; its further requests wait in the queue "
                         "(default: half of --max-num-seqs; an open server has no keys, and no such share)")
+    limits.add_argument("--header-timeout", type=_positive_float, default=http_server.DEFAULT_HEADER_TIMEOUT,
+                        metavar="SECONDS", help="a request's head must arrive within this long of its connection "
+                        f"(or of the answer before it), or the connection is closed (default: "
+                        f"{http_server.DEFAULT_HEADER_TIMEOUT:g})")
     limits.add_argument("--body-timeout", type=_positive_float, default=DEFAULT_BODY_TIMEOUT, metavar="SECONDS",
                         help="a request's body must arrive within this long of its head, or it is a 408 "
                         f"(default: {DEFAULT_BODY_TIMEOUT:g})")
+    limits.add_argument("--max-connections", type=_positive_int, default=http_server.DEFAULT_MAX_CONNECTIONS,
+                        metavar="N", help="connections held at once; one more is answered with a 503 at once "
+                        f"(default: {http_server.DEFAULT_MAX_CONNECTIONS}, or fewer where the open-file limit, "
+                        "raised to its hard limit at start, is lower)")
     restarts = RestartPolicy()
     serve.add_argument("--engine-restarts", type=int, default=restarts.max_restarts, metavar="N",
                        help="how often a dead engine process is replaced within --engine-restart-window; one "
@@ -114,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     browsers.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                           help="let web pages of this origin (such as https://app.example.com) call the API "
                           "from a browser; repeatable, * for any (default: none)")
+    browsers.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                          help="a host name the server answers to besides localhost and IP addresses; a server on "
+                          "a loopback address (or any server given one) answers any other Host with a 403, "
+                          "against DNS rebinding; repeatable, * for any (default: none)")
     cluster = serve.add_argument_group("more than one machine (Ray Serve; pip install 'rillet[cluster]')")
     cluster.add_argument("--replicas", type=_positive_int, default=None, metavar="N",
                          help="serve through Ray Serve with N engine replicas, each its own model and KV cache, "
@@ -254,10 +266,10 @@ def _start_engine(path: str, args: argparse.Namespace, config):
 
 async def _serve(engine, front, max_context_len: int, name: str, fingerprint: str, keys, config,
                  args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from rillet.api import http_server
     from rillet.api.app import create_app
     from rillet.api.rate_limit import RateLimiter
+    from rillet.api.request_head import HostCheck
     from rillet.api.served_model import ServedModel
 
     served = ServedModel(name=name, tokenizer=front.tokenizer, chat_template=front.chat_template,
@@ -268,10 +280,17 @@ async def _serve(engine, front, max_context_len: int, name: str, fingerprint: st
     app = create_app(engine, served, keys, RateLimiter(args.rate_limit_rpm, args.rate_limit_tpm),
                      admission_limits(args, config.max_num_seqs), max_request_bytes=args.max_request_bytes,
                      public_paths=public_paths, playground=not args.no_playground,
-                     cors_origins=tuple(args.cors_origin), body_timeout=args.body_timeout)
-    server = _graceful_server_class()(uvicorn.Config(
-        app, host=args.host, port=args.port, log_level="warning", access_log=False,
-        timeout_graceful_shutdown=args.shutdown_grace))
+                     cors_origins=tuple(args.cors_origin),
+                     host_check=HostCheck.for_server(args.host, args.allowed_host), body_timeout=args.body_timeout)
+    file_limit = http_server.raise_file_limit()
+    max_connections = http_server.connection_cap(args.max_connections, file_limit)
+    if max_connections < args.max_connections:
+        print(f"rillet: the open-file limit of {file_limit} holds {max_connections} connections at once, "
+              f"fewer than --max-connections {args.max_connections}", file=sys.stderr, flush=True)
+    http_server.install_log_limits()
+    server = _graceful_server_class()(http_server.server_config(
+        app, args.host, args.port, http_server.ConnectionLimits(args.header_timeout, max_connections),
+        args.shutdown_grace))
     gave_up = []
 
     def give_up() -> None:

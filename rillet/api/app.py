@@ -17,18 +17,20 @@ from rillet.api.metrics import ApiMetrics, EngineCollector, metrics_router
 from rillet.api.playground import playground_router
 from rillet.api.prompt import PromptEncoder
 from rillet.api.rate_limit import RateLimiter, RateLimitMiddleware
+from rillet.api.request_head import HostCheck, RequestHeadMiddleware
 from rillet.api.served_model import ServedModel
 
 
 def create_app(engine, served: ServedModel, keys: KeyStore | None = None, rate_limiter: RateLimiter | None = None,
                admission_limits: AdmissionLimits | None = None, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
                public_paths: frozenset[str] = frozenset(), playground: bool = True,
-               cors_origins: tuple[str, ...] = (), collectors: tuple = (),
+               cors_origins: tuple[str, ...] = (), collectors: tuple = (), host_check: HostCheck | None = None,
                body_timeout: float = DEFAULT_BODY_TIMEOUT) -> FastAPI:
     """public_paths: of /metrics and /openapi.json, those that stay open on a server with keys;
     playground: serve the chat page at /; cors_origins: the web origins that may call the API
     from a browser (none: no CORS); collectors: more Prometheus collectors for /metrics (a
-    cluster's per-replica figures); body_timeout: the seconds a request body may take to arrive."""
+    cluster's per-replica figures); host_check: the Host names answered (None: any); body_timeout:
+    the seconds a request body may take to arrive."""
     app = FastAPI(title="rillet", description="OpenAI-compatible chat completions", docs_url=None, redoc_url=None)
     app.state.engine = engine
     app.state.served = served
@@ -42,14 +44,15 @@ def create_app(engine, served: ServedModel, keys: KeyStore | None = None, rate_l
     app.state.metrics = metrics = ApiMetrics(registry)
     metrics.queued_requests.set_function(lambda: admission.num_waiting_requests)
     metrics.queued_prompt_tokens.set_function(lambda: admission.num_waiting_tokens)
-    # The last added runs first: CORS (a preflight carries no key), request id and access log, then
-    # the key, then its request count and rate-limit headers, then the bounds on the body: all before
-    # the route reads the body.
+    # The last added runs first: the request's head (its headers' count, its Host), CORS (a preflight
+    # carries no key), request id and access log, then the key, then its request count and rate-limit
+    # headers, then the bounds on the body: all before the route reads the body.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_request_bytes, timeout=body_timeout)
     app.add_middleware(RateLimitMiddleware, limiter=app.state.rate_limiter)
     app.add_middleware(AuthMiddleware, store=keys or KeyStore([]), public_paths=public_paths)
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
     add_cors(app, cors_origins)
+    app.add_middleware(RequestHeadMiddleware, host_check=host_check)
     app.state.logprob_formatter = LogprobFormatter(served.tokenizer)
     install_error_handlers(app)
     app.include_router(chat_router)

@@ -20,6 +20,7 @@ from ray.serve.config import RequestRouterConfig
 from rillet.api.admission import AdmissionLimits
 from rillet.api.auth import KeyStore
 from rillet.api.body_limit import DEFAULT_BODY_TIMEOUT
+from rillet.api.request_head import HostCheck
 from rillet.cluster.replica import EngineReplica, ReplicaSettings
 
 APP_NAME = "rillet"
@@ -47,6 +48,8 @@ class IngressSettings:
     max_num_seqs: int
     config_description: str
     router_kwargs: dict = field(default_factory=dict)
+    # The Host names answered (rillet/api/request_head.py); None: any.
+    host_check: HostCheck | None = None
     body_timeout: float = DEFAULT_BODY_TIMEOUT
 
 
@@ -90,7 +93,7 @@ def _build_app(engine, settings: IngressSettings, model: dict, front):
                       settings.admission_limits, max_request_bytes=settings.max_request_bytes,
                       public_paths=settings.public_paths, playground=settings.playground,
                       cors_origins=settings.cors_origins, collectors=(ReplicaCollector(engine),),
-                      body_timeout=settings.body_timeout)
+                      host_check=settings.host_check, body_timeout=settings.body_timeout)
 
 
 def build_application(replica_settings: ReplicaSettings, ingress_settings: IngressSettings, num_replicas: int,

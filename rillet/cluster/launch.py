@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 
+from rillet.api.request_head import HostCheck
 from rillet.cluster.proxy_headers import PROXY_CALLBACK
 from rillet.cluster.replica import ReplicaSettings
 from rillet.engine.engine_process import RestartPolicy
@@ -41,7 +42,8 @@ def serve_cluster(args: argparse.Namespace, keys, config, model_path: str, serve
         admission_limits=admission_limits(args, config.max_num_seqs),
         max_request_bytes=args.max_request_bytes, public_paths=public_paths, playground=not args.no_playground,
         cors_origins=tuple(args.cors_origin), max_num_seqs=config.max_num_seqs,
-        config_description=config.describe(), body_timeout=args.body_timeout)
+        config_description=config.describe(), host_check=HostCheck.for_server(args.host, args.allowed_host),
+        body_timeout=args.body_timeout)
     # Serve's controller, proxy and replicas are started by this job and inherit its environment:
     # the proxy's x-request-id made as a single server's (proxy_headers.py), and each Serve process
     # running its router and user code on its one event loop instead of a thread of their own,

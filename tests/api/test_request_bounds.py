@@ -18,7 +18,7 @@ def assert_invalid(response, param: str, says: str) -> None:
 
 
 def test_a_body_announced_over_the_limit_is_413_before_it_is_read(server):
-    status, body = send_head_only(server.port, "POST /v1/chat/completions HTTP/1.1\nHost: x\n"
+    status, body = send_head_only(server.port, "POST /v1/chat/completions HTTP/1.1\nHost: 127.0.0.1\n"
                                   f"Content-Type: application/json\nContent-Length: {DEFAULT_MAX_REQUEST_BYTES + 1}\n")
     assert status == 413
     assert body["error"]["code"] == "request_too_large" and str(DEFAULT_MAX_REQUEST_BYTES) in body["error"]["message"]
