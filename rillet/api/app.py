@@ -14,6 +14,7 @@ from rillet.api.cors import add_cors
 from rillet.api.errors import APIError, ErrorKind, install_error_handlers
 from rillet.api.logprobs import LogprobFormatter
 from rillet.api.metrics import ApiMetrics, EngineCollector, metrics_router
+from rillet.api.openapi import HEALTH_RESPONSES, install_openapi
 from rillet.api.playground import playground_router
 from rillet.api.prompt import PromptEncoder
 from rillet.api.rate_limit import RateLimiter, RateLimitMiddleware
@@ -76,10 +77,11 @@ def create_app(engine, served: ServedModel, keys: KeyStore | None = None, rate_l
             raise APIError(ErrorKind.MODEL_NOT_FOUND, f"the model {model_id!r} does not exist", "model")
         return model_card()
 
-    @app.get("/health")
+    @app.get("/health", responses=HEALTH_RESPONSES)
     async def health(request: Request) -> JSONResponse:
         if engine.is_alive:
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "unavailable"}, status_code=503)
 
+    install_openapi(app, served, admission.limits)
     return app

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 # Caps on the fields whose size costs the server work on every request or every step (the README
 # lists them). Beyond one, the request is a 422 naming the field.
@@ -13,6 +13,21 @@ MAX_STOP_SEQUENCES = 4
 MAX_STOP_SEQUENCE_CHARS = 128
 MAX_USER_CHARS = 256
 MAX_TOOLS = 128
+
+# The schema /openapi.json shows of `stop`: the bounds its validator below enforces, with its wording.
+_STOP_SCHEMA = {"anyOf": [
+    {"type": "string", "maxLength": MAX_STOP_SEQUENCE_CHARS},
+    {"type": "array", "items": {"type": "string", "maxLength": MAX_STOP_SEQUENCE_CHARS},
+     "maxItems": MAX_STOP_SEQUENCES},
+    {"type": "null"}]}
+
+
+def _only(*accepted: dict) -> WithJsonSchema:
+    """The schema of a documented parameter that rillet accepts only at its default (sampling.py
+    refuses the rest with a 422 naming it): its accepted values, or null."""
+    return WithJsonSchema({"anyOf": [*accepted, {"type": "null"}],
+                           "description": "Not supported by this server yet: accepted only at its default"})
+
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
@@ -121,7 +136,7 @@ class ChatCompletionRequest(BaseModel):
     n: Annotated[int, Field(ge=1, le=128)] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
+    stop: Annotated[str | list[str] | None, WithJsonSchema(_STOP_SCHEMA)] = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
@@ -140,14 +155,15 @@ class ChatCompletionRequest(BaseModel):
     response_format: ResponseFormat | None = None
     # Documented by OpenAI, validated here, and refused with 422 unless left at their defaults
     # (see UNSUPPORTED_PARAMETERS in rillet/api/sampling.py).
-    service_tier: str | None = None
-    store: bool | None = None
-    metadata: dict[str, str] | None = None
-    modalities: list[str] | None = None
-    audio: dict[str, Any] | None = None
-    prediction: dict[str, Any] | None = None
-    reasoning_effort: str | None = None
-    web_search_options: dict[str, Any] | None = None
+    service_tier: Annotated[str | None, _only({"type": "string", "enum": ["auto", "default"]})] = None
+    store: Annotated[bool | None, _only({"type": "boolean", "enum": [False]})] = None
+    metadata: Annotated[dict[str, str] | None, _only({"type": "object", "maxProperties": 0})] = None
+    modalities: Annotated[list[str] | None, _only({"type": "array", "items": {"type": "string", "enum": ["text"]},
+                                                   "minItems": 1, "maxItems": 1})] = None
+    audio: Annotated[dict[str, Any] | None, _only()] = None
+    prediction: Annotated[dict[str, Any] | None, _only()] = None
+    reasoning_effort: Annotated[str | None, _only()] = None
+    web_search_options: Annotated[dict[str, Any] | None, _only()] = None
 
     @field_validator("stop")
     @classmethod
