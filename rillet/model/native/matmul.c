@@ -74,8 +74,8 @@ const char *matmul_isa(void) { return RILLET_ISA_NAME; }
 
 /* A batch's activations, prepared once per call: float32 rows and their sums per 32 values (FLOAT32),
  * rounded to int8 with their scales and scaled sums per 32 (INT8), rounded twice with the scales per
- * block of the type and each rounding's integer sums per 32 (INT8X2: xq, xd, xb the first, xq2, xd2,
- * xb2 the second). */
+ * block of the type and each rounding's integer sums per 16 values, held as floats (INT8X2: xq, xd, xb
+ * the first, xq2, xd2, xb2 the second). */
 typedef struct {
     const float *x, *xsum;
     const int8_t *xq, *xq2;
@@ -107,7 +107,7 @@ static void int8x2_direct(int t, int rows, int groups, const activations_t *a, i
                           const uint8_t *w, int64_t group_bytes, float *out) {
     const int64_t scales = K / block_values(t);
     const int8_t *xq1 = a->xq + m * K, *xq2 = a->xq2 + m * K;
-    const float *xd1 = a->xd + m * scales, *xd2 = a->xd2 + m * scales, *xb1 = a->xb + m * (K / 32), *xb2 = a->xb2 + m * (K / 32);
+    const float *xd1 = a->xd + m * scales, *xd2 = a->xd2 + m * scales, *xb1 = a->xb + m * (K / 16), *xb2 = a->xb2 + m * (K / 16);
 #define CALL(R, G) int8x2_rows(T, R, G, xq1, xq2, xd1, xd2, xb1, xb2, K, w, group_bytes, out)
 #define CASE(type) { enum { T = type }; BY_ROWS(INT8X2_ROWS, INT8X2_GROUPS, CALL) }
     BY_TYPE(CASE)
@@ -231,7 +231,7 @@ static int matmul(int mode, int t, const float *x, int64_t M, int64_t K, const u
         missing |= (xq = malloc((size_t)(M * K))) == NULL || (xq2 = malloc((size_t)(M * K))) == NULL;
         missing |= (xd = malloc((size_t)(M * scales) * sizeof(float))) == NULL;
         missing |= (xd2 = malloc((size_t)(M * scales) * sizeof(float))) == NULL;
-        missing |= (xb = malloc((size_t)(M * blocks) * sizeof(float))) == NULL || (xb2 = malloc((size_t)(M * blocks) * sizeof(float))) == NULL;
+        missing |= (xb = malloc((size_t)(M * K / 16) * sizeof(float))) == NULL || (xb2 = malloc((size_t)(M * K / 16) * sizeof(float))) == NULL;
     }
     if (missing) {
         free(xsum), free(xq), free(xd), free(xs), free(xq2), free(xd2), free(xb), free(xb2);
@@ -257,7 +257,7 @@ static int matmul(int mode, int t, const float *x, int64_t M, int64_t K, const u
         if (mode == INT8X2) {
 #pragma omp for schedule(static) nowait
             for (int64_t i = 0; i < M * scales; i++)
-                quantize_block2(x + i * B, (int)B, xq + i * B, xq2 + i * B, xd + i, xd2 + i, xb + i * B / 32, xb2 + i * B / 32);
+                quantize_block2(x + i * B, (int)B, xq + i * B, xq2 + i * B, xd + i, xd2 + i, xb + i * B / 16, xb2 + i * B / 16);
         }
 #pragma omp barrier
         if (mode != FLOAT32 || M <= FLOAT_ROWS_LIMIT) {

@@ -53,7 +53,7 @@ static void quantize_block(const float *x, int8_t *q, float *dx, float *sx) {
     *sx = d * (float)_mm_cvtsi128_si32(t);
 }
 
-/* INT8X2 mode: B floats rounded to int8 q with its scale d, the sums of q per 32 values (as floats) in
+/* INT8X2 mode: B floats rounded to int8 q with its scale d, the sums of q per 16 values (as floats) in
  * sums, and (where rest is not NULL) what is left, rest = x - d q in one fma: the portable C's steps,
  * 8 values at a time. */
 static void quantize_part(const float *x, int B, int8_t *q, float *d, float *sums, float *rest) {
@@ -75,10 +75,12 @@ static void quantize_part(const float *x, int B, int8_t *q, float *d, float *sum
         }
         const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
         _mm256_storeu_si256((__m256i *)(q + k), _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
-        const __m256i s = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
-        __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-        t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
-        sums[k / 32] = (float)_mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1)));
+        for (int half = 0; half < 2; half++) {
+            const __m256i s = _mm256_add_epi32(i[2 * half], i[2 * half + 1]);
+            __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+            t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+            sums[k / 16 + half] = (float)_mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1)));
+        }
     }
 }
 
@@ -379,7 +381,7 @@ INLINE void add_run8(int type, int rows, __m256i q, const int8_t *xq, int64_t K,
 }
 
 /* INT8X2 mode, rows (1..INT8X2_ROWS) rows of x (both roundings xq1, xq2, their scales per block of the
- * type xd1, xd2, their sums per 32 xb1, xb2) times groups (1..INT8X2_GROUPS) groups, each in two halves
+ * type xd1, xd2, their sums per 16 xb1, xb2) times groups (1..INT8X2_GROUPS) groups, each in two halves
  * of 8 rows; out [rows][groups * 16]. 16-bit sums as int8_rows keeps them, widened per sub-block and
  * scaled by its sc in integers (vpmulld); the block's float steps are the portable C path's lane by lane. */
 INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const int8_t *xq2, const float *xd1,
@@ -427,20 +429,21 @@ INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const
                         if (type != Q4_K && type != Q5_K) continue;
                         const __m256 m = u8_floats(load8(header + min_field(GROUP, s) + 8 * i));
                         for (int r = 0; r < rows; r++) {
-                            offset1[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(xb1[r * (K / 32) + v0 / 32 + c]), offset1[r]);
-                            offset2[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(xb2[r * (K / 32) + v0 / 32 + c]), offset2[r]);
+                            const int64_t at = r * (K / 16) + v0 / 16 + 2 * c;
+                            offset1[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(xb1[at] + xb1[at + 1]), offset1[r]);
+                            offset2[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(xb2[at] + xb2[at + 1]), offset2[r]);
                         }
                     }
                 }
                 const __m256 d = half8(header + 16 * i), m = half8(header + offset_field(GROUP) + 16 * i);
                 for (int r = 0; r < rows; r++) {
-                    const int64_t block = r * (K / B) + v0 / B, at = r * (K / 32) + v0 / 32;
+                    const int64_t block = r * (K / B) + v0 / B, at = r * (K / 16) + v0 / 16;
                     const __m256 dx1 = _mm256_set1_ps(xd1[block]), dx2 = _mm256_set1_ps(xd2[block]);
                     acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(d, dx1), _mm256_cvtepi32_ps(a1[r]), acc[r]);
                     acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(d, dx2), _mm256_cvtepi32_ps(a2[r]), acc[r]);
                     if (type == Q4 || type == Q5_1) {
-                        acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(m, dx1), _mm256_set1_ps(xb1[at]), acc[r]);
-                        acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(m, dx2), _mm256_set1_ps(xb2[at]), acc[r]);
+                        acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(m, dx1), _mm256_set1_ps(xb1[at] + xb1[at + 1]), acc[r]);
+                        acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(m, dx2), _mm256_set1_ps(xb2[at] + xb2[at + 1]), acc[r]);
                     }
                     if (type == Q4_K || type == Q5_K) {
                         acc[r] = _mm256_fnmadd_ps(_mm256_mul_ps(m, dx1), offset1[r], acc[r]);

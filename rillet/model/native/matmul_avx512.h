@@ -232,22 +232,21 @@ INLINE void int8_rows(int type, int rows, int groups, const int8_t *xq, const fl
         for (int g = 0; g < groups; g++) _mm512_storeu_ps(out + (r * groups + g) * 16, acc[r][g]);
 }
 
-/* The products of run t of half h with x's integers xq (at the run's first value, row stride K) for rows
- * rows, added to sum: bias (Q5_0, Q6_K) subtracted as bias * sum(xq), 8-bit q multiplied as |q| times x
- * with q's sign (x is never -128, so negating it is exact). */
+/* INT8X2 mode: what is added to q to make it an unsigned byte for vpdpbusd (8-bit q: q + 128, its bits
+ * with the top one flipped), and what the unsigned sums then take off per value of x: that plus the
+ * bias, times the sum of x's integers (of 16 values, held as floats). */
+INLINE int unsigned_shift(int type) { return bits(type) == 8 ? 128 : 0; }
+INLINE int sum_shift(int type) { return unsigned_shift(type) + bias(type); }
+
+/* The products of run t of half h (q, unsigned: see unsigned_shift) with x's integers xq (at the run's
+ * first value, row stride K) for rows rows, added to sum. */
 INLINE void add_run16(int type, int rows, __m512i q, const int8_t *xq, int64_t K, __m512i sum[]) {
-    const __m512i magnitude = bits(type) == 8 ? _mm512_abs_epi8(q) : q;
-    const __mmask64 negative = bits(type) == 8 ? _mm512_movepi8_mask(q) : 0;
-    for (int r = 0; r < rows; r++) {
-        const __m512i xt = broadcast4x16(xq + r * K);
-        const __m512i x = bits(type) == 8 ? _mm512_mask_sub_epi8(xt, negative, _mm512_setzero_si512(), xt) : xt;
-        sum[r] = _mm512_dpbusd_epi32(sum[r], magnitude, x);
-        if (bias(type)) sum[r] = _mm512_sub_epi32(sum[r], _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8((char)bias(type)), xt));
-    }
+    const __m512i u = unsigned_shift(type) ? _mm512_xor_si512(q, _mm512_set1_epi8((char)0x80)) : q;
+    for (int r = 0; r < rows; r++) sum[r] = _mm512_dpbusd_epi32(sum[r], u, broadcast4x16(xq + r * K));
 }
 
 /* INT8X2 mode, rows (1..INT8X2_ROWS) rows of x (both roundings xq1, xq2, their scales per block of the
- * type xd1, xd2, their sums per 32 xb1, xb2) times groups (1..2) groups; out [rows][groups * 16]. Each
+ * type xd1, xd2, their sums per 16 xb1, xb2) times groups (1..2) groups; out [rows][groups * 16]. Each
  * sub-block's two integer sums are scaled by its sc in integers (vpmulld), the block's float steps are
  * the portable C path's lane by lane. */
 INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const int8_t *xq2, const float *xd1,
@@ -283,6 +282,15 @@ INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const
                 }
                 if (type != Q6_K && h == 0) continue;
                 const int s = type == Q6_K ? 2 * c + h : c;
+                if (sum_shift(type)) /* the sums over this sub-block's values of x, times the shift */
+                    for (int r = 0; r < rows; r++) {
+                        const float *b1 = xb1 + r * (K / 16) + v0 / 16 + 2 * c, *b2 = xb2 + r * (K / 16) + v0 / 16 + 2 * c;
+                        const int n1 = (int)(type == Q6_K ? b1[h] : b1[0] + b1[1]), n2 = (int)(type == Q6_K ? b2[h] : b2[0] + b2[1]);
+                        for (int g = 0; g < groups; g++) {
+                            s1[g][r] = _mm512_sub_epi32(s1[g][r], _mm512_set1_epi32(sum_shift(type) * n1));
+                            s2[g][r] = _mm512_sub_epi32(s2[g][r], _mm512_set1_epi32(sum_shift(type) * n2));
+                        }
+                    }
                 for (int g = 0; g < groups; g++) {
                     const uint8_t *group = header + g * group_bytes;
                     const __m128i sc = has_sub_scales(type) ? load16(group + scale_field(type, GROUP, s)) : _mm_setzero_si128();
@@ -294,8 +302,9 @@ INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const
                     if (type != Q4_K && type != Q5_K) continue;
                     const __m512 m = u8_floats16(load16(group + min_field(GROUP, s)));
                     for (int r = 0; r < rows; r++) {
-                        offset1[g][r] = _mm512_fmadd_ps(m, _mm512_set1_ps(xb1[r * (K / 32) + v0 / 32 + c]), offset1[g][r]);
-                        offset2[g][r] = _mm512_fmadd_ps(m, _mm512_set1_ps(xb2[r * (K / 32) + v0 / 32 + c]), offset2[g][r]);
+                        const int64_t at = r * (K / 16) + v0 / 16 + 2 * c;
+                        offset1[g][r] = _mm512_fmadd_ps(m, _mm512_set1_ps(xb1[at] + xb1[at + 1]), offset1[g][r]);
+                        offset2[g][r] = _mm512_fmadd_ps(m, _mm512_set1_ps(xb2[at] + xb2[at + 1]), offset2[g][r]);
                     }
                 }
             }
@@ -304,13 +313,13 @@ INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const
             const uint8_t *group = header + g * group_bytes;
             const __m512 d = half16(group), m = has_offset(type) ? half16(group + offset_field(GROUP)) : d;
             for (int r = 0; r < rows; r++) {
-                const int64_t block = r * (K / B) + v0 / B, at = r * (K / 32) + v0 / 32;
+                const int64_t block = r * (K / B) + v0 / B, at = r * (K / 16) + v0 / 16;
                 const __m512 dx1 = _mm512_set1_ps(xd1[block]), dx2 = _mm512_set1_ps(xd2[block]);
                 acc[r][g] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx1), _mm512_cvtepi32_ps(a1[g][r]), acc[r][g]);
                 acc[r][g] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx2), _mm512_cvtepi32_ps(a2[g][r]), acc[r][g]);
                 if (type == Q4 || type == Q5_1) {
-                    acc[r][g] = _mm512_fmadd_ps(_mm512_mul_ps(m, dx1), _mm512_set1_ps(xb1[at]), acc[r][g]);
-                    acc[r][g] = _mm512_fmadd_ps(_mm512_mul_ps(m, dx2), _mm512_set1_ps(xb2[at]), acc[r][g]);
+                    acc[r][g] = _mm512_fmadd_ps(_mm512_mul_ps(m, dx1), _mm512_set1_ps(xb1[at] + xb1[at + 1]), acc[r][g]);
+                    acc[r][g] = _mm512_fmadd_ps(_mm512_mul_ps(m, dx2), _mm512_set1_ps(xb2[at] + xb2[at + 1]), acc[r][g]);
                 }
                 if (type == Q4_K || type == Q5_K) {
                     acc[r][g] = _mm512_fnmadd_ps(_mm512_mul_ps(m, dx1), offset1[g][r], acc[r][g]);

@@ -74,7 +74,7 @@ static void quantize_block(const float *x, int8_t *q, float *dx, float *sx) {
     *sx = *dx * (float)vaddvq_s32(sum);
 }
 
-/* INT8X2 mode: B floats rounded to int8 q with its scale d, the sums of q per 32 values (as floats) in
+/* INT8X2 mode: B floats rounded to int8 q with its scale d, the sums of q per 16 values (as floats) in
  * sums, and (where rest is not NULL) what is left, rest = x - d q in one fma: the portable C's steps,
  * four values at a time. */
 static void quantize_part(const float *x, int B, int8_t *q, float *d, float *sums, float *rest) {
@@ -84,7 +84,6 @@ static void quantize_part(const float *x, int B, int8_t *q, float *d, float *sum
     const float inv = amax != 0.0f ? 127.0f / amax : 0.0f;
     *d = amax / 127.0f;
     for (int k = 0; k < B; k += 16) {
-        if (k % 32 == 0) sums[k / 32] = 0.0f;
         int32x4_t i[4];
         for (int j = 0; j < 4; j++) {
             const float32x4_t v = vld1q_f32(x + k + 4 * j);
@@ -93,7 +92,7 @@ static void quantize_part(const float *x, int B, int8_t *q, float *d, float *sum
         }
         const int16x8_t h0 = vcombine_s16(vmovn_s32(i[0]), vmovn_s32(i[1])), h1 = vcombine_s16(vmovn_s32(i[2]), vmovn_s32(i[3]));
         vst1q_s8(q + k, vcombine_s8(vmovn_s16(h0), vmovn_s16(h1)));
-        sums[k / 32] += (float)vaddvq_s32(vaddq_s32(vaddq_s32(i[0], i[1]), vaddq_s32(i[2], i[3])));
+        sums[k / 16] = (float)vaddvq_s32(vaddq_s32(vaddq_s32(i[0], i[1]), vaddq_s32(i[2], i[3])));
     }
 }
 
@@ -303,7 +302,7 @@ INLINE void int8_rows(int type, int rows, int groups, const int8_t *xq, const fl
 }
 
 /* INT8X2 mode, rows (1..INT8X2_ROWS) rows of x (both roundings xq1, xq2, their scales per block of the
- * type xd1, xd2, their sums per 32 xb1, xb2) times one group; out [rows][16]. Each sub-block's two
+ * type xd1, xd2, their sums per 16 xb1, xb2) times one group; out [rows][16]. Each sub-block's two
  * integer sums scaled by its sc in integers, the block's float steps the portable C path's lane by lane. */
 INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const int8_t *xq2, const float *xd1,
                         const float *xd2, const float *xb1, const float *xb2, int64_t K, const uint8_t *w,
@@ -349,8 +348,9 @@ INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const
                     if (type != Q4_K && type != Q5_K) continue;
                     const float32x4_t m = u8x4_floats(header + min_field(GROUP, s) + 4 * j);
                     for (int r = 0; r < rows; r++) {
-                        offset1[r][j] = vfmaq_n_f32(offset1[r][j], m, xb1[r * (K / 32) + v0 / 32 + c]);
-                        offset2[r][j] = vfmaq_n_f32(offset2[r][j], m, xb2[r * (K / 32) + v0 / 32 + c]);
+                        const int64_t at = r * (K / 16) + v0 / 16 + 2 * c;
+                        offset1[r][j] = vfmaq_n_f32(offset1[r][j], m, xb1[at] + xb1[at + 1]);
+                        offset2[r][j] = vfmaq_n_f32(offset2[r][j], m, xb2[at] + xb2[at + 1]);
                     }
                 }
             }
@@ -358,13 +358,13 @@ INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const
         for (int j = 0; j < 4; j++) {
             const float32x4_t d = half4(header + 8 * j), m = half4(header + offset_field(GROUP) + 8 * j);
             for (int r = 0; r < rows; r++) {
-                const int64_t block = r * (K / B) + v0 / B, at = r * (K / 32) + v0 / 32;
+                const int64_t block = r * (K / B) + v0 / B, at = r * (K / 16) + v0 / 16;
                 float *o = out + r * 16 + 4 * j;
                 float32x4_t acc = vfmaq_f32(vld1q_f32(o), vmulq_n_f32(d, xd1[block]), vcvtq_f32_s32(a1[r][j]));
                 acc = vfmaq_f32(acc, vmulq_n_f32(d, xd2[block]), vcvtq_f32_s32(a2[r][j]));
                 if (type == Q4 || type == Q5_1) {
-                    acc = vfmaq_n_f32(acc, vmulq_n_f32(m, xd1[block]), xb1[at]);
-                    acc = vfmaq_n_f32(acc, vmulq_n_f32(m, xd2[block]), xb2[at]);
+                    acc = vfmaq_n_f32(acc, vmulq_n_f32(m, xd1[block]), xb1[at] + xb1[at + 1]);
+                    acc = vfmaq_n_f32(acc, vmulq_n_f32(m, xd2[block]), xb2[at] + xb2[at + 1]);
                 }
                 if (type == Q4_K || type == Q5_K) {
                     acc = vfmsq_f32(acc, vmulq_n_f32(m, xd1[block]), offset1[r][j]);

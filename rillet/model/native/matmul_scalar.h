@@ -37,7 +37,7 @@ static void quantize_block(const float *x, int8_t *q, float *dx, float *sx) {
 }
 
 /* INT8X2 mode: a block of B floats rounded twice (matmul_table.h): q1, q2, their scales d1, d2 and the
- * sums of each per 32 values, b1 and b2 (integers, as floats). */
+ * sums of each per 16 values, b1 and b2 (integers, as floats). */
 static void quantize_block2(const float *x, int B, int8_t *q1, int8_t *q2, float *d1, float *d2, float *b1, float *b2) {
     float amax = 0.0f, rest[256];
     for (int k = 0; k < B; k++) amax = fmaxf(amax, fabsf(x[k]));
@@ -49,9 +49,9 @@ static void quantize_block2(const float *x, int B, int8_t *q1, int8_t *q2, float
     inv = amax != 0.0f ? 127.0f / amax : 0.0f;
     *d2 = amax / 127.0f;
     for (int k = 0; k < B; k++) q2[k] = (int8_t)nearbyintf(rest[k] * inv);
-    for (int c = 0; c < B / 32; c++) {
+    for (int c = 0; c < B / 16; c++) {
         int s1 = 0, s2 = 0;
-        for (int k = 32 * c; k < 32 * c + 32; k++) s1 += q1[k], s2 += q2[k];
+        for (int k = 16 * c; k < 16 * c + 16; k++) s1 += q1[k], s2 += q2[k];
         b1[c] = (float)s1, b2[c] = (float)s2;
     }
 }
@@ -140,7 +140,7 @@ static void int8_rows(int t, int rows, int groups, const int8_t *xq, const float
 }
 
 /* rows rows of x (both roundings xq1, xq2 [rows][K], their scales xd1, xd2 [rows][K / block_values] and
- * their sums per 32 values xb1, xb2 [rows][K / 32]) times groups groups of W in INT8X2 mode; out
+ * their sums per 16 values xb1, xb2 [rows][K / 16]) times groups groups of W in INT8X2 mode; out
  * [rows][groups * 16]. */
 static void int8x2_rows(int t, int rows, int groups, const int8_t *xq1, const int8_t *xq2, const float *xd1,
                         const float *xd2, const float *xb1, const float *xb2, int64_t K, const uint8_t *w,
@@ -172,8 +172,9 @@ static void int8x2_rows(int t, int rows, int groups, const int8_t *xq1, const in
                             a1 += sc * j1, a2 += sc * j2;
                             if (t == Q4_K || t == Q5_K) {
                                 const float m = (float)header[min_field(GROUP, s) + n];
-                                offset1 = fmaf(m, xb1[r * (K / 32) + v0 / 32 + c], offset1);
-                                offset2 = fmaf(m, xb2[r * (K / 32) + v0 / 32 + c], offset2);
+                                const int64_t at = r * (K / 16) + v0 / 16 + 2 * c;
+                                offset1 = fmaf(m, xb1[at] + xb1[at + 1], offset1);
+                                offset2 = fmaf(m, xb2[at] + xb2[at + 1], offset2);
                             }
                         }
                     }
@@ -183,8 +184,9 @@ static void int8x2_rows(int t, int rows, int groups, const int8_t *xq1, const in
                     acc = fmaf(d * dx1, (float)a1, acc);
                     acc = fmaf(d * dx2, (float)a2, acc);
                     if (t == Q4 || t == Q5_1) {
-                        acc = fmaf(m * dx1, xb1[r * (K / 32) + v0 / 32], acc);
-                        acc = fmaf(m * dx2, xb2[r * (K / 32) + v0 / 32], acc);
+                        const int64_t at = r * (K / 16) + v0 / 16;
+                        acc = fmaf(m * dx1, xb1[at] + xb1[at + 1], acc);
+                        acc = fmaf(m * dx2, xb2[at] + xb2[at + 1], acc);
                     }
                     if (t == Q4_K || t == Q5_K) {
                         acc = fmaf(-(m * dx1), offset1, acc);
