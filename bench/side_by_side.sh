@@ -20,6 +20,7 @@
 #   PEER=../shared/peers/llama-cpp-python.sh   (the older peer, which answers one request at a time)
 #   PEER_ARGS="..."                  (more flags for the peer)
 #   RESULTS=run1.jsonl CHART=run1.png bash bench/side_by_side.sh   (where the lines and chart go, from the repo root)
+#   LONG_PROMPT_REPEATS=0 bash bench/side_by_side.sh                (no long prompt: the streams only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-1}
@@ -68,8 +69,10 @@ measure() {  # name port concurrency...
   echo "{\"server\": \"$name\", \"rss_mb_loaded\": $(rss_mb "$pid")}"
   $PY bench/serve.py --base-url "http://127.0.0.1:$port/v1" --model $NAME \
     --concurrency "$@" --rounds "$ROUNDS" --max-tokens $MAX_TOKENS | sed "s/^{/{\"server\": \"$name\", /"
-  $PY bench/long_prompt.py --base-url "http://127.0.0.1:$port/v1" --model $NAME \
-    --repeats 3 | sed "s/^{/{\"server\": \"$name\", /"
+  if [ "${LONG_PROMPT_REPEATS:-3}" -gt 0 ]; then
+    $PY bench/long_prompt.py --base-url "http://127.0.0.1:$port/v1" --model $NAME \
+      --repeats "${LONG_PROMPT_REPEATS:-3}" | sed "s/^{/{\"server\": \"$name\", /"
+  fi
 }
 
 run() {  # every JSON line of the run, on stdout

@@ -9,8 +9,11 @@ quantized: matrices the GGUF file stores in a block type with a native kernel (Q
     stay in those blocks and are multiplied at exactly the float32 values the file dequantizes to,
     reading a quarter of float16's bytes. Other matrices (other block types, safetensors folders, a
     device without the kernel) use float16, and the model's weight_format names them (describe_weights).
-quantized-int8: the same blocks, but each block of 32 activations is rounded to int8 (scale
-    max|x| / 127) and multiplied as integers, as llama.cpp does; faster, and no longer exact (README,
+quantized-int8x2 (the default): the same blocks times activations rounded twice to int8 (each block,
+    then what that rounding left), integer products at about 16 bits of the activations: within 1e-4 of
+    the exact product, as close to float32 as float16 weights are (bench/quality.py).
+quantized-int8: the same blocks, but each block of 32 activations is rounded to int8 once (scale
+    max|x| / 127) and multiplied as integers, as llama.cpp does; fastest, and no longer exact (README,
     "Speed and accuracy", gives the cost).
 """
 from __future__ import annotations
