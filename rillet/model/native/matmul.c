@@ -43,6 +43,14 @@ _Static_assert(TILE_ROWS <= 8 && TILE_GROUPS <= 4, "out holds 8 rows of 4 groups
 
 const char *matmul_isa(void) { return RILLET_ISA_NAME; }
 
+/* INT8X2's activations (matmul_table.h): a block of B floats rounded to q1 with its scale d1, and what
+ * that left rounded to q2 with d2; the sums of each per 16 values in b1, b2. */
+static void quantize_block2(const float *x, int B, int8_t *q1, int8_t *q2, float *d1, float *d2, float *b1, float *b2) {
+    float rest[256];
+    quantize_part(x, B, q1, d1, b1, rest);
+    quantize_part(rest, B, q2, d2, b2, NULL);
+}
+
 /* Each (type, rows, groups) a copy of its own, unrolled with its sums in registers: T, R and G are
  * constants in each. MAX_GROUPS(R) bounds the groups a call of R rows takes. */
 #define BY_TYPE(CASE)                                                                                      \

@@ -84,12 +84,6 @@ static void quantize_part(const float *x, int B, int8_t *q, float *d, float *sum
     }
 }
 
-static void quantize_block2(const float *x, int B, int8_t *q1, int8_t *q2, float *d1, float *d2, float *b1, float *b2) {
-    float rest[256];
-    quantize_part(x, B, q1, d1, b1, rest);
-    quantize_part(rest, B, q2, d2, b2, NULL);
-}
-
 /* a and b of sub-block s for rows n0..n0 + 7 of a group of G rows, from its block header h. */
 INLINE void scales8(int t, int G, const uint8_t *h, int s, int n0, __m256 *a, __m256 *b) {
     *a = half8(h + 2 * n0), *b = _mm256_setzero_ps();
@@ -301,8 +295,6 @@ INLINE void int8_rows(int type, int rows, int groups, const int8_t *xq, const fl
             if (h == 0 || bits(type) > 4)
                 for (int r = 0; r < rows; r++)
                     for (int g = 0; g < groups; g++) sum[r][g][0] = sum[r][g][1] = _mm256_setzero_si256();
-            /* Unrolled, the 5- and 6-bit planes' shifts are constants (about 10% faster for them); 4- and
-             * 8-bit q are not: unrolled, GCC computes every product first and spills them. */
 #define RUN(t)                                                                                               \
     {                                                                                                        \
         __m256i xt[INT8_ROWS], xb[INT8_ROWS];                                                                \
@@ -324,13 +316,7 @@ INLINE void int8_rows(int type, int rows, int groups, const int8_t *xq, const fl
                 }                                                                                            \
             }                                                                                                \
     }
-            if (bits(type) == 4 || bits(type) == 8) {
-#pragma GCC unroll 1
-                for (int t = 0; t < 4; t++) RUN(t)
-            } else {
-#pragma GCC unroll 4
-                for (int t = 0; t < 4; t++) RUN(t)
-            }
+            FOR_EACH_RUN(type, RUN)
 #undef RUN
             if (bits(type) == 8 || (bits(type) == 4 && h == 0)) continue;
             for (int g = 0; g < groups; g++)

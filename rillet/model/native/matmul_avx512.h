@@ -199,13 +199,7 @@ INLINE void int8_rows(int type, int rows, int groups, const int8_t *xq, const fl
             }                                                                                                \
         }                                                                                                    \
     }
-            if (bits(type) == 4 || bits(type) == 8) {
-#pragma GCC unroll 1
-                for (int t = 0; t < 4; t++) RUN(t)
-            } else {
-#pragma GCC unroll 4
-                for (int t = 0; t < 4; t++) RUN(t)
-            }
+            FOR_EACH_RUN(type, RUN)
 #undef RUN
             if (type != Q6_K) continue;
             for (int g = 0; g < groups; g++) {

@@ -96,12 +96,6 @@ static void quantize_part(const float *x, int B, int8_t *q, float *d, float *sum
     }
 }
 
-static void quantize_block2(const float *x, int B, int8_t *q1, int8_t *q2, float *d1, float *d2, float *b1, float *b2) {
-    float rest[256];
-    quantize_part(x, B, q1, d1, b1, rest);
-    quantize_part(rest, B, q2, d2, b2, NULL);
-}
-
 /* a and b of sub-block s for rows n0..n0 + 3 of a group of G rows, from its block header h. */
 INLINE void scales4(int t, int G, const uint8_t *h, int s, int n0, float32x4_t *a, float32x4_t *b) {
     *a = half4(h + 2 * n0), *b = vdupq_n_f32(0.0f);

@@ -36,23 +36,21 @@ static void quantize_block(const float *x, int8_t *q, float *dx, float *sx) {
     *sx = *dx * (float)sum;
 }
 
-/* INT8X2 mode: a block of B floats rounded twice (matmul_table.h): q1, q2, their scales d1, d2 and the
- * sums of each per 16 values, b1 and b2 (integers, as floats). */
-static void quantize_block2(const float *x, int B, int8_t *q1, int8_t *q2, float *d1, float *d2, float *b1, float *b2) {
-    float amax = 0.0f, rest[256];
+/* INT8X2 mode: B floats rounded to int8 q with its scale d, the sums of q per 16 values (integers, as
+ * floats) in sums, and (where rest is not NULL) what is left, rest = x - d q in one fma. */
+static void quantize_part(const float *x, int B, int8_t *q, float *d, float *sums, float *rest) {
+    float amax = 0.0f;
     for (int k = 0; k < B; k++) amax = fmaxf(amax, fabsf(x[k]));
-    float inv = amax != 0.0f ? 127.0f / amax : 0.0f;
-    *d1 = amax / 127.0f;
-    for (int k = 0; k < B; k++) q1[k] = (int8_t)nearbyintf(x[k] * inv), rest[k] = fmaf(-*d1, (float)q1[k], x[k]);
-    amax = 0.0f;
-    for (int k = 0; k < B; k++) amax = fmaxf(amax, fabsf(rest[k]));
-    inv = amax != 0.0f ? 127.0f / amax : 0.0f;
-    *d2 = amax / 127.0f;
-    for (int k = 0; k < B; k++) q2[k] = (int8_t)nearbyintf(rest[k] * inv);
+    const float inv = amax != 0.0f ? 127.0f / amax : 0.0f;
+    *d = amax / 127.0f;
+    for (int k = 0; k < B; k++) {
+        q[k] = (int8_t)nearbyintf(x[k] * inv);
+        if (rest != NULL) rest[k] = fmaf(-*d, (float)q[k], x[k]);
+    }
     for (int c = 0; c < B / 16; c++) {
-        int s1 = 0, s2 = 0;
-        for (int k = 16 * c; k < 16 * c + 16; k++) s1 += q1[k], s2 += q2[k];
-        b1[c] = (float)s1, b2[c] = (float)s2;
+        int sum = 0;
+        for (int k = 16 * c; k < 16 * c + 16; k++) sum += q[k];
+        sums[c] = (float)sum;
     }
 }
 

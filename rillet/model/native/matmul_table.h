@@ -97,6 +97,16 @@ INLINE int offset_field(int G) { return 2 * G; }
 INLINE int scale_field(int t, int G, int s) { return t == Q6_K ? 2 * G + G * s : 4 * G + G * s; }
 INLINE int min_field(int G, int s) { return 12 * G + G * s; }
 
+/* RUN(t) for the four runs t of a half of 32 values (INT8 mode), unrolled where the 5- and 6-bit planes'
+ * shifts then become constants (about 10% faster for them), not for 4- and 8-bit q: unrolled, GCC computes
+ * every product first and spills them. */
+#define FOR_EACH_RUN(type, RUN)                                                                            \
+    if (bits(type) == 4 || bits(type) == 8) {                                                              \
+        _Pragma("GCC unroll 1") for (int t = 0; t < 4; t++) RUN(t)                                         \
+    } else {                                                                                               \
+        _Pragma("GCC unroll 4") for (int t = 0; t < 4; t++) RUN(t)                                         \
+    }
+
 /* In a group's packed blocks w: the block that holds value v0, the index s of v0's sub-block in it and
  * that sub-block (FLOAT32 mode); the block (its header) that holds run b of 32 values and that run's
  * values (INT8 mode). */
