@@ -21,6 +21,8 @@
 #   PEER_ARGS="..."                  (more flags for the peer)
 #   RESULTS=run1.jsonl CHART=run1.png bash bench/side_by_side.sh   (where the lines and chart go, from the repo root)
 #   LONG_PROMPT_REPEATS=0 bash bench/side_by_side.sh                (no long prompt: the streams only)
+#   CLIENT_NICE=19 bash bench/side_by_side.sh   (the load generator at a lower priority than both servers:
+#                                                 on a 2-core machine it shares their cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-1}
@@ -67,7 +69,7 @@ measure() {  # name port concurrency...
   shift 2
   wait_ready "$port"
   echo "{\"server\": \"$name\", \"rss_mb_loaded\": $(rss_mb "$pid")}"
-  $PY bench/serve.py --base-url "http://127.0.0.1:$port/v1" --model $NAME \
+  nice -n "${CLIENT_NICE:-0}" $PY bench/serve.py --base-url "http://127.0.0.1:$port/v1" --model $NAME \
     --concurrency "$@" --rounds "$ROUNDS" --max-tokens $MAX_TOKENS | sed "s/^{/{\"server\": \"$name\", /"
   if [ "${LONG_PROMPT_REPEATS:-3}" -gt 0 ]; then
     $PY bench/long_prompt.py --base-url "http://127.0.0.1:$port/v1" --model $NAME \
