@@ -3,7 +3,7 @@ for each activation mode (the layout matmul_table.h describes: groups of output 
 
 Every type's weight is a (q - bias) + b for an integer q of 4 to 8 bits, with a and b per sub-block
 (32 values; 16 for Q6_K) as gguf's dequantization computes them in float32:
-    Q4_0: a = d, b = -8 d (exact in float16)     Q4_1: a = d, b = m     Q8_0: a = d (q signed)
+    Q4_0: a = d, b = -8 d (computed, exact in float32)     Q4_1: a = d, b = m     Q8_0: a = d (q signed)
     Q5_0: a = d, bias 16        Q5_1: a = d, b = m
     Q4_K, Q5_K: a = d sc, b = -(dmin m)        Q6_K: a = d sc, bias 32
 d, m and dmin are float16 per block (a super-block of 256 values for the K types); sc and m are
@@ -45,9 +45,8 @@ def fields(ggml_type: str, blocks: np.ndarray) -> tuple[list[np.ndarray], np.nda
     if ggml_type == "Q8_0":
         return [half(0)], blocks[..., 2:34].view(np.int8)
     if ggml_type in ("Q4_0", "Q4_1"):
-        header = [half(0), half(2)] if ggml_type == "Q4_1" else [half(0), (half(0).astype(np.float32) * -8).astype(np.float16)]
-        start = 4 if ggml_type == "Q4_1" else 2
-        return header, nibbles(blocks[..., start:start + 16], 16)
+        header = [half(0), half(2)] if ggml_type == "Q4_1" else [half(0)]  # Q4_0's b = -8 d: the kernels compute it
+        return header, nibbles(blocks[..., 2 * len(header):2 * len(header) + 16], 16)
     if ggml_type in ("Q5_0", "Q5_1"):
         header = [half(0)] if ggml_type == "Q5_0" else [half(0), half(2)]
         start = 2 * len(header)
@@ -68,6 +67,14 @@ def fields(ggml_type: str, blocks: np.ndarray) -> tuple[list[np.ndarray], np.nda
                 >> np.array([0, 2, 4, 6], np.uint8)[:, None]) & 3  # [half, shift, 32]
         return [half(208), blocks[..., 192:208].view(np.int8)], low | (high.reshape(low.shape) << 4)
     raise ValueError(f"no packing for {ggml_type}")
+
+
+def block_offset(ggml_type: str, header: list[np.ndarray]) -> np.ndarray | None:
+    """A legacy type's b per block, float32 (Q4_1: m; Q4_0: -8 d, which pack() leaves to the kernels), or
+    None for the types without one."""
+    if ggml_type == "Q4_0":
+        return header[0].astype(np.float32) * -8
+    return header[1].astype(np.float32) if len(header) > 1 else None
 
 
 def pack(ggml_type: str, blocks: np.ndarray, mode: str, group: int) -> np.ndarray:

@@ -66,8 +66,8 @@ class QuantizedWeight:
         header, q = block_packing.fields(self.ggml_type, blocks)
         # d * q is exact in float32, so d * q + m rounds once, as the file's dequantization does.
         values = header[0].astype(np.float32) * q.astype(np.float32)
-        if len(header) > 1:
-            values += header[1].astype(np.float32)
+        if (offset := block_packing.block_offset(self.ggml_type, header)) is not None:
+            values += offset
         return torch.from_numpy(values.reshape(len(ids), self.in_features))
 
     def pack(self, kernel: BlockKernel) -> torch.Tensor:

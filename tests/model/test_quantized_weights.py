@@ -134,6 +134,21 @@ def test_a_rows_result_does_not_depend_on_the_rows_batched_with_it(ggml_type, we
         assert torch.equal(linear(x[start:stop]), batched[start:stop])
 
 
+# Bytes a kernel reads beyond the file's, per block of the file: the K types' 6-bit scales and mins (12
+# bytes) held as bytes (16). Nothing else: at one row the product is bound by the bytes it reads.
+UNPACKED_SCALE_BYTES = {"Q4_K": 4, "Q5_K": 4}
+
+
+@pytest.mark.parametrize("weight_format", FORMATS)
+@pytest.mark.parametrize("ggml_type", TYPES)
+def test_a_kernel_reads_no_more_bytes_than_the_file_holds(ggml_type, weight_format):
+    kernel_or_skip(ggml_type, weight_format)
+    kernel = kernels()[(ggml_type, weight_format)]
+    weight = quantized(ggml_type, 2 * kernel.group, 512)
+    count = weight.shape[0] * weight.shape[1] // gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[ggml_type]][0]
+    assert weight.pack(kernel).numel() == weight.blocks.numel() + count * UNPACKED_SCALE_BYTES.get(ggml_type, 0)
+
+
 @pytest.mark.parametrize("ggml_type", TYPES)
 def test_looked_up_rows_are_the_dequantized_rows(ggml_type):
     weight = quantized(ggml_type, 20, 512)

@@ -56,6 +56,7 @@ static void quantize_block2(const float *x, int B, int8_t *q1, int8_t *q2, float
 #define BY_TYPE(CASE)                                                                                      \
     switch (t) {                                                                                           \
     case Q4: CASE(Q4); break;                                                                              \
+    case Q4_0: CASE(Q4_0); break;                                                                          \
     case Q8: CASE(Q8); break;                                                                              \
     case Q5_0: CASE(Q5_0); break;                                                                          \
     case Q5_1: CASE(Q5_1); break;                                                                          \

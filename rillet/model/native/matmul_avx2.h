@@ -88,6 +88,7 @@ static void quantize_part(const float *x, int B, int8_t *q, float *d, float *sum
 INLINE void scales8(int t, int G, const uint8_t *h, int s, int n0, __m256 *a, __m256 *b) {
     *a = half8(h + 2 * n0), *b = _mm256_setzero_ps();
     if (t == Q4 || t == Q5_1) *b = half8(h + offset_field(G) + 2 * n0);
+    if (t == Q4_0) *b = _mm256_mul_ps(*a, _mm256_set1_ps(-8.0f));
     if (t == Q4_K || t == Q5_K) {
         *a = _mm256_mul_ps(*a, u8_floats(load8(h + scale_field(t, G, s) + n0)));
         *b = _mm256_xor_ps(_mm256_set1_ps(-0.0f), _mm256_mul_ps(half8(h + offset_field(G) + 2 * n0),
@@ -421,13 +422,14 @@ INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const
                         }
                     }
                 }
-                const __m256 d = half8(header + 16 * i), m = half8(header + offset_field(GROUP) + 16 * i);
+                const __m256 d = half8(header + 16 * i);
+                const __m256 m = type == Q4_0 ? _mm256_mul_ps(d, _mm256_set1_ps(-8.0f)) : half8(header + offset_field(GROUP) + 16 * i);
                 for (int r = 0; r < rows; r++) {
                     const int64_t block = r * (K / B) + v0 / B, at = r * (K / 16) + v0 / 16;
                     const __m256 dx1 = _mm256_set1_ps(xd1[block]), dx2 = _mm256_set1_ps(xd2[block]);
                     acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(d, dx1), _mm256_cvtepi32_ps(a1[r]), acc[r]);
                     acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(d, dx2), _mm256_cvtepi32_ps(a2[r]), acc[r]);
-                    if (type == Q4 || type == Q5_1) {
+                    if (block_offset(type)) {
                         acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(m, dx1), _mm256_set1_ps(xb1[at] + xb1[at + 1]), acc[r]);
                         acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(m, dx2), _mm256_set1_ps(xb2[at] + xb2[at + 1]), acc[r]);
                     }

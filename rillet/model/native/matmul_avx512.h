@@ -38,7 +38,8 @@ INLINE void pair_floats16(int t, const uint8_t *sub, int j, __m512 w[2]) {
 /* a (ab[0]) and b (ab[1]) of sub-block s for the 16 rows of a FLOAT32 group, from its block header h. */
 INLINE void scales16(int t, const uint8_t *h, int s, __m512 ab[2]) {
     ab[0] = half16(h);
-    ab[1] = t == Q4 || t == Q5_1 ? half16(h + offset_field(16)) : _mm512_setzero_ps();
+    ab[1] = t == Q4 || t == Q5_1 ? half16(h + offset_field(16))
+          : t == Q4_0 ? _mm512_mul_ps(ab[0], _mm512_set1_ps(-8.0f)) : _mm512_setzero_ps();
     if (t == Q4_K || t == Q5_K) {
         const __m512i sign = _mm512_set1_epi32(INT32_MIN);
         ab[0] = _mm512_mul_ps(ab[0], u8_floats16(load16(h + scale_field(t, 16, s))));
@@ -305,13 +306,15 @@ INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const
         }
         for (int g = 0; g < groups; g++) {
             const uint8_t *group = header + g * group_bytes;
-            const __m512 d = half16(group), m = has_offset(type) ? half16(group + offset_field(GROUP)) : d;
+            const __m512 d = half16(group);
+            const __m512 m = type == Q4_0 ? _mm512_mul_ps(d, _mm512_set1_ps(-8.0f))
+                           : has_offset(type) ? half16(group + offset_field(GROUP)) : d;
             for (int r = 0; r < rows; r++) {
                 const int64_t block = r * (K / B) + v0 / B, at = r * (K / 16) + v0 / 16;
                 const __m512 dx1 = _mm512_set1_ps(xd1[block]), dx2 = _mm512_set1_ps(xd2[block]);
                 acc[r][g] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx1), _mm512_cvtepi32_ps(a1[g][r]), acc[r][g]);
                 acc[r][g] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx2), _mm512_cvtepi32_ps(a2[g][r]), acc[r][g]);
-                if (type == Q4 || type == Q5_1) {
+                if (block_offset(type)) {
                     acc[r][g] = _mm512_fmadd_ps(_mm512_mul_ps(m, dx1), _mm512_set1_ps(xb1[at] + xb1[at + 1]), acc[r][g]);
                     acc[r][g] = _mm512_fmadd_ps(_mm512_mul_ps(m, dx2), _mm512_set1_ps(xb2[at] + xb2[at + 1]), acc[r][g]);
                 }

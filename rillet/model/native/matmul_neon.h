@@ -100,6 +100,7 @@ static void quantize_part(const float *x, int B, int8_t *q, float *d, float *sum
 INLINE void scales4(int t, int G, const uint8_t *h, int s, int n0, float32x4_t *a, float32x4_t *b) {
     *a = half4(h + 2 * n0), *b = vdupq_n_f32(0.0f);
     if (t == Q4 || t == Q5_1) *b = half4(h + offset_field(G) + 2 * n0);
+    if (t == Q4_0) *b = vmulq_n_f32(*a, -8.0f);
     if (t == Q4_K || t == Q5_K) {
         *a = vmulq_f32(*a, u8x4_floats(h + scale_field(t, G, s) + n0));
         *b = vnegq_f32(vmulq_f32(half4(h + offset_field(G) + 2 * n0), u8x4_floats(h + min_field(G, s) + n0)));
@@ -350,13 +351,14 @@ INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const
             }
         }
         for (int j = 0; j < 4; j++) {
-            const float32x4_t d = half4(header + 8 * j), m = half4(header + offset_field(GROUP) + 8 * j);
+            const float32x4_t d = half4(header + 8 * j);
+            const float32x4_t m = type == Q4_0 ? vmulq_n_f32(d, -8.0f) : half4(header + offset_field(GROUP) + 8 * j);
             for (int r = 0; r < rows; r++) {
                 const int64_t block = r * (K / B) + v0 / B, at = r * (K / 16) + v0 / 16;
                 float *o = out + r * 16 + 4 * j;
                 float32x4_t acc = vfmaq_f32(vld1q_f32(o), vmulq_n_f32(d, xd1[block]), vcvtq_f32_s32(a1[r][j]));
                 acc = vfmaq_f32(acc, vmulq_n_f32(d, xd2[block]), vcvtq_f32_s32(a2[r][j]));
-                if (type == Q4 || type == Q5_1) {
+                if (block_offset(type)) {
                     acc = vfmaq_n_f32(acc, vmulq_n_f32(m, xd1[block]), xb1[at] + xb1[at + 1]);
                     acc = vfmaq_n_f32(acc, vmulq_n_f32(m, xd2[block]), xb2[at] + xb2[at + 1]);
                 }

@@ -58,6 +58,7 @@ static void quantize_part(const float *x, int B, int8_t *q, float *d, float *sum
 static void scale_of(int t, int G, const uint8_t *h, int n, int s, float *a, float *b) {
     *a = half_to_float(h + 2 * n), *b = 0.0f;
     if (t == Q4 || t == Q5_1) *b = half_to_float(h + offset_field(G) + 2 * n);
+    if (t == Q4_0) *b = -8.0f * *a;
     if (t == Q4_K || t == Q5_K)
         *a *= h[scale_field(t, G, s) + n], *b = -(half_to_float(h + offset_field(G) + 2 * n) * h[min_field(G, s) + n]);
     if (t == Q6_K) *a *= (int8_t)h[scale_field(t, G, s) + n];
@@ -177,11 +178,12 @@ static void int8x2_rows(int t, int rows, int groups, const int8_t *xq1, const in
                         }
                     }
                     const uint8_t *header = w + g * group_bytes + block * block_bytes(INT8X2, t);
-                    const float d = half_to_float(header + 2 * n), m = half_to_float(header + offset_field(GROUP) + 2 * n);
+                    const float d = half_to_float(header + 2 * n);
+                    const float m = t == Q4_0 ? -8.0f * d : half_to_float(header + offset_field(GROUP) + 2 * n);
                     const float dx1 = xd1[r * (K / block_values(t)) + block], dx2 = xd2[r * (K / block_values(t)) + block];
                     acc = fmaf(d * dx1, (float)a1, acc);
                     acc = fmaf(d * dx2, (float)a2, acc);
-                    if (t == Q4 || t == Q5_1) {
+                    if (block_offset(t)) {
                         const int64_t at = r * (K / 16) + v0 / 16;
                         acc = fmaf(m * dx1, xb1[at] + xb1[at + 1], acc);
                         acc = fmaf(m * dx2, xb2[at] + xb2[at + 1], acc);

@@ -5,7 +5,7 @@
  * Every type's weight is a (q - bias) + b: an integer q of `bits` bits (unsigned, or signed for 8
  * bits), with a scale a and, for the types with an offset, b per sub-block of values, as the file's
  * own dequantization computes them in float32:
- *   Q4 (from Q4_0 and Q4_1): a = d, b = m (Q4_0 is m = -8 d)     Q8 (Q8_0): a = d
+ *   Q4 (Q4_1): a = d, b = m       Q4_0: a = d, b = -8 d (computed: only d is packed)     Q8 (Q8_0): a = d
  *   Q5_0: a = d, bias 16        Q5_1: a = d, b = m
  *   Q4_K, Q5_K: a = d sc, b = -(dmin m)                           Q6_K: a = d sc, bias 32
  * with d, dmin, m float16 per block and sc, m 6-bit per sub-block (sc int8 for Q6_K); both products
@@ -29,7 +29,7 @@
  *
  * W is packed in groups of G = 16 output rows (N padded with zero rows to a multiple of G); for each
  * group its K / block_values blocks follow one another, each a header then its values. The header holds each field for the G rows side by side:
- *   d[G] (float16); Q4, Q5_1: m[G]; Q4_K, Q5_K: dmin[G], sc[8][G], m[8][G] (uint8); Q6_K: sc[16][G] (int8).
+ *   d[G] (float16); Q4, Q5_1: m[G] (Q4_0: none, m = -8 d); Q4_K, Q5_K: dmin[G], sc[8][G], m[8][G] (uint8); Q6_K: sc[16][G] (int8).
  * The values, in FLOAT32 mode, sub-block after sub-block (S values each):
  *   8-bit q: S runs of G bytes, run k the rows' q of value k;
  *   else S / 2 pairs of G bytes (byte n of pair j: the low 4 bits of q(n, 2j) | those of q(n, 2j + 1) << 4);
@@ -49,13 +49,13 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
-/* The block types as packed: one per layout (Q4_0 and Q4_1 share Q4's). */
-enum block_type { Q4, Q8, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K };
+/* The block types as packed: one per layout. */
+enum block_type { Q4, Q4_0, Q8, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K };
 enum activations { FLOAT32, INT8, INT8X2 };
 
 /* X(type, kernel name, the GGUF types it multiplies): the entries, in each activation mode. */
 #define BLOCK_TYPES(X)                                                                                     \
-    X(Q4, "q4", "Q4_0 Q4_1") X(Q8, "q8", "Q8_0") X(Q5_0, "q5_0", "Q5_0") X(Q5_1, "q5_1", "Q5_1")                \
+    X(Q4, "q4", "Q4_1") X(Q4_0, "q4_0", "Q4_0") X(Q8, "q8", "Q8_0") X(Q5_0, "q5_0", "Q5_0") X(Q5_1, "q5_1", "Q5_1")                \
     X(Q4_K, "q4_k", "Q4_K") X(Q5_K, "q5_k", "Q5_K") X(Q6_K, "q6_k", "Q6_K")
 
 /* An entry of the table, MATMUL_KERNELS in matmul.c (rillet/model/native/__init__.py's _Entry reads it). */
@@ -73,12 +73,15 @@ typedef struct {
  * the header's bytes per row. */
 INLINE int block_values(int t) { return t == Q4_K || t == Q5_K || t == Q6_K ? 256 : 32; }
 INLINE int sub_values(int t) { return t == Q6_K ? 16 : 32; }
-INLINE int bits(int t) { return t == Q4 || t == Q4_K ? 4 : t == Q8 ? 8 : t == Q6_K ? 6 : 5; }
+INLINE int bits(int t) { return t == Q4 || t == Q4_0 || t == Q4_K ? 4 : t == Q8 ? 8 : t == Q6_K ? 6 : 5; }
 INLINE int bias(int t) { return t == Q5_0 ? 16 : t == Q6_K ? 32 : 0; }
-INLINE int has_offset(int t) { return t == Q4 || t == Q5_1 || t == Q4_K || t == Q5_K; }
+INLINE int has_offset(int t) { return t == Q4 || t == Q4_0 || t == Q5_1 || t == Q4_K || t == Q5_K; }
+/* Whether b is one per block (Q4, Q5_1: m in the header; Q4_0: -8 d, computed from d, exact in float32),
+ * not per sub-block from the super-block's dmin (Q4_K, Q5_K). */
+INLINE int block_offset(int t) { return t == Q4 || t == Q4_0 || t == Q5_1; }
 INLINE int is_signed(int t) { return bias(t) != 0 || bits(t) == 8; } /* q - bias can be negative */
 INLINE int row_header_bytes(int t) {
-    return t == Q8 || t == Q5_0 ? 2 : t == Q4 || t == Q5_1 ? 4 : t == Q6_K ? 18 : 20;
+    return t == Q8 || t == Q5_0 || t == Q4_0 ? 2 : t == Q4 || t == Q5_1 ? 4 : t == Q6_K ? 18 : 20;
 }
 
 /* Rows packed together, and the bytes of a packed block (of block_values(t) values for GROUP rows). */
