@@ -57,7 +57,7 @@ class LLMEngine:
         self.block_manager = BlockManager(num_pages, config.block_size, config.enable_prefix_caching, self.kv_layout)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.runner = ModelRunner(model, num_pages, config.block_size, getattr(torch, config.kv_cache_dtype),
-                                  self.device, self.kv_layout)
+                                  self.device, self.kv_layout, max_num_seqs=config.max_num_seqs)
         self.sampler = Sampler(self.device)
         self.grammars = GrammarCompiler(tokenizer)
         # A lone sequence must always fit in the KV pool, or preemption could never make room.
