@@ -63,9 +63,10 @@ def shape_config(name: str, layer_windows: tuple[int | None, ...] = ()) -> Model
                        tie_word_embeddings=tied, layer_windows=layer_windows)
 
 
-def random_model(config: ModelConfig, device: str, weight_format: str = "float16", seed: int = 0,
-                 dtype: torch.dtype = torch.float16) -> DecoderModel:
-    """A decoder of config's shape with random weights (std 0.02, norms 1), made on device in dtype."""
+def random_weights(config: ModelConfig, device: str = "cpu", dtype: torch.dtype = torch.float16,
+                   seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights of config's shape, as the loader names them: matrices of std 0.02 in dtype
+    (made on device), norms of 1 in float32."""
     generator = torch.Generator(device=device).manual_seed(seed)
     c = config
 
@@ -89,8 +90,15 @@ def random_model(config: ModelConfig, device: str, weight_format: str = "float16
                     prefix + "mlp.gate_proj.weight": matrix(c.intermediate_size, c.hidden_size),
                     prefix + "mlp.up_proj.weight": matrix(c.intermediate_size, c.hidden_size),
                     prefix + "mlp.down_proj.weight": matrix(c.hidden_size, c.intermediate_size)}
+    return weights
+
+
+def random_model(config: ModelConfig, device: str, weight_format: str = "float16", seed: int = 0,
+                 dtype: torch.dtype = torch.float16) -> DecoderModel:
+    """A decoder of config's shape with random_weights, made on device."""
+    weights = random_weights(config, device, dtype, seed)
     with torch.device(device):
-        return DecoderModel(c, weights, weight_format).eval()
+        return DecoderModel(config, weights, weight_format).eval()
 
 
 class _Tokenizer:
