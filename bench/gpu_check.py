@@ -23,6 +23,7 @@ import json
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -188,12 +189,19 @@ def bench_shape(name: str, args, bandwidth: float) -> dict:
               "decode": []}
     for batch in args.batch:
         for graphs in (True, False):
-            figures = time_decode(engine, batch, args.prompt_tokens, args.decode_tokens, graphs)
+            try:
+                figures = time_decode(engine, batch, args.prompt_tokens, args.decode_tokens, graphs)
+            except Exception as error:  # one device run is all there is: say what broke, go on
+                print(json.dumps({"measure": "error", "shape": name, "batch": batch, "graphs": graphs,
+                                  "error": traceback.format_exc(limit=-8)}), flush=True)
+                result.setdefault("errors", []).append(f"batch {batch} graphs {graphs}: {error!r}")
+                engine = make_engine(model, args.device, max(args.batch), args.kv_cache_tokens)
+                continue
             contexts = figures.pop("contexts")
             read = engine_step.step_bytes(model, contexts, torch.float16)
+            gb_per_s = read["bytes"] / (figures["step_ms_median"] / 1000) / GB
             figures |= {"bytes_per_step": read["bytes"], "kv_bytes_per_step": read["kv_bytes"],
-                        "gb_per_s": round(read["bytes"] / (figures["step_ms_median"] / 1000) / GB, 1)}
-            figures["bandwidth_share"] = round(figures["gb_per_s"] / bandwidth, 3)
+                        "gb_per_s": round(gb_per_s, 1), "bandwidth_share": round(gb_per_s / bandwidth, 4)}
             result["decode"].append(figures)
             print(json.dumps({"measure": "decode", "shape": name, **figures}), flush=True)
     del engine, model
@@ -215,6 +223,8 @@ def summary(results: list[dict], bandwidth: float, device_name: str) -> dict:
         if 1 in best and len(best) > 1:
             top = max(best)
             entry[f"batch_{top}_over_batch_1"] = round(best[top]["tokens_per_s"] / best[1]["tokens_per_s"], 1)
+        if result.get("errors"):
+            entry["errors"] = result["errors"]
         figures[result["shape"]] = entry
     return {"measure": "summary", "device_name": device_name, "bandwidth_gb_per_s": round(bandwidth, 1),
             "shapes": figures}
@@ -241,7 +251,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps(lines[0]), flush=True)
     results = []
     for name in args.shapes:
-        results.append(bench_shape(name, args, bandwidth))
+        try:
+            results.append(bench_shape(name, args, bandwidth))
+        except Exception as error:
+            print(json.dumps({"measure": "error", "shape": name, "error": traceback.format_exc(limit=-8)}), flush=True)
+            results.append({"measure": "shape", "shape": name, "decode": [], "errors": [repr(error)]})
     lines += results
     lines.append(summary(results, bandwidth, device_name))
     print(json.dumps(lines[-1]), flush=True)
@@ -251,4 +265,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if any("errors" in figures for figures in main()["shapes"].values()) else 0)
