@@ -14,7 +14,9 @@ from pathlib import Path
 
 import openai
 
-DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+from rillet.config import DEFAULTS
+
+DEFAULT_BASE_URL = f"http://{DEFAULTS.host}:{DEFAULTS.port}/v1"
 PROMPT = ">>> "
 COMMANDS_HELP = """\
 /reset        forget the conversation (the system message stays)

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 
 from rillet.api.errors import APIError, ErrorKind
 from rillet.api.shares import KeyShares, Share
+from rillet.config import DEFAULTS
 from rillet.engine.outputs import RequestOutput
 
 RETRY_AFTER_SECONDS = 1
-DEFAULT_MAX_QUEUED_REQUESTS = 256
-DEFAULT_MAX_QUEUED_TOKENS = 65536
-DEFAULT_QUEUE_TIMEOUT = 60.0
+DEFAULT_MAX_QUEUED_REQUESTS = DEFAULTS.max_queued_requests
+DEFAULT_MAX_QUEUED_TOKENS = DEFAULTS.max_queued_tokens
+DEFAULT_QUEUE_TIMEOUT = DEFAULTS.queue_timeout
 
 
 @dataclass(slots=True)

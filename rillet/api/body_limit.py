@@ -22,9 +22,10 @@ import pydantic_core
 from starlette.exceptions import HTTPException
 
 from rillet.api.errors import APIError, ErrorKind
+from rillet.config import DEFAULTS
 
-DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
-DEFAULT_BODY_TIMEOUT = 30.0
+DEFAULT_MAX_REQUEST_BYTES = DEFAULTS.max_request_bytes
+DEFAULT_BODY_TIMEOUT = DEFAULTS.body_timeout
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _ESCAPE_LEN = 6  # \uXXXX: what of the last chunk is kept to find an escape cut in two
 

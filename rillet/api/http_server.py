@@ -32,13 +32,14 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from rillet.api.errors import APIError, ErrorKind
+from rillet.config import DEFAULTS
 
 log = logging.getLogger("rillet.http")
 
 MAX_HEAD_BYTES = 16 * 1024
 KEEP_ALIVE_SECONDS = 5
-DEFAULT_HEADER_TIMEOUT = 10.0
-DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_HEADER_TIMEOUT = DEFAULTS.header_timeout
+DEFAULT_MAX_CONNECTIONS = DEFAULTS.max_connections
 # The listen backlog; asyncio accepts up to this many connections in one turn of the loop, before
 # any of them is counted against the cap.
 LISTEN_BACKLOG = 256

@@ -3,7 +3,6 @@ application of deployment.py on Ray Serve, and waits for SIGTERM or SIGINT; then
 Serve down (and the local Ray it started), so that nothing of it is left running."""
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -13,12 +12,12 @@ import threading
 from rillet.api.request_head import HostCheck
 from rillet.cluster.proxy_headers import PROXY_CALLBACK
 from rillet.cluster.replica import ReplicaSettings
-from rillet.engine.engine_process import RestartPolicy
+from rillet.config import ServeConfig
 
 log = logging.getLogger("rillet.cluster")
 
 
-def serve_cluster(args: argparse.Namespace, keys, config, model_path: str, served_name: str,
+def serve_cluster(settings: ServeConfig, keys, config, model_path: str, served_name: str,
                   log_format: str) -> int:
     try:
         import ray
@@ -26,24 +25,23 @@ def serve_cluster(args: argparse.Namespace, keys, config, model_path: str, serve
     except ImportError:
         print("rillet: error: --replicas needs Ray Serve: pip install 'rillet[cluster]'", file=sys.stderr)
         return 1
-    from rillet.cli import admission_limits
     from rillet.cluster.deployment import APP_NAME, IngressSettings, build_application
 
-    cpus_per_replica = args.cpus_per_replica or config.resolved_num_threads()
+    cpus_per_replica = settings.cpus_per_replica or config.resolved_num_threads()
     gpus_per_replica = 1 if config.device.startswith("cuda") else 0
-    replica_settings = ReplicaSettings(model_path, args.weights, config,
-                                       RestartPolicy(max(0, args.engine_restarts), args.engine_restart_window),
-                                       args.log_level.upper(), log_format)
-    public_paths = frozenset(path for path, public in (("/metrics", args.public_metrics),
-                                                       ("/openapi.json", args.public_openapi)) if public)
+    replica_settings = ReplicaSettings(model_path, settings.weights, config,
+                                       settings.restart_policy(),
+                                       settings.log_level.upper(), log_format)
+    public_paths = frozenset(path for path, public in (("/metrics", settings.public_metrics),
+                                                       ("/openapi.json", settings.public_openapi)) if public)
     ingress_settings = IngressSettings(
-        served_name=served_name, model_path=model_path, keys=keys, rate_limit_rpm=args.rate_limit_rpm,
-        rate_limit_tpm=args.rate_limit_tpm,
-        admission_limits=admission_limits(args, config.max_num_seqs),
-        max_request_bytes=args.max_request_bytes, public_paths=public_paths, playground=not args.no_playground,
-        cors_origins=tuple(args.cors_origin), max_num_seqs=config.max_num_seqs,
-        config_description=config.describe(), host_check=HostCheck.for_server(args.host, args.allowed_host),
-        body_timeout=args.body_timeout)
+        served_name=served_name, model_path=model_path, keys=keys, rate_limit_rpm=settings.rate_limit_rpm,
+        rate_limit_tpm=settings.rate_limit_tpm,
+        admission_limits=settings.admission_limits(),
+        max_request_bytes=settings.max_request_bytes, public_paths=public_paths, playground=settings.playground,
+        cors_origins=settings.cors_origin, max_num_seqs=config.max_num_seqs,
+        config_description=config.describe(), host_check=HostCheck.for_server(settings.host, settings.allowed_host),
+        body_timeout=settings.body_timeout)
     # Serve's controller, proxy and replicas are started by this job and inherit its environment:
     # the proxy's x-request-id made as a single server's (proxy_headers.py), and each Serve process
     # running its router and user code on its one event loop instead of a thread of their own,
@@ -52,26 +50,26 @@ def serve_cluster(args: argparse.Namespace, keys, config, model_path: str, serve
     runtime_env = {"env_vars": {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": PROXY_CALLBACK,
                                 "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
                                 "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}}
-    if args.ray_address:
-        ray.init(address=args.ray_address, namespace="rillet", logging_level=args.log_level.upper(),
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, namespace="rillet", logging_level=settings.log_level.upper(),
                  runtime_env=runtime_env)
     else:
         # A local Ray of this machine's cores, or of as many as the replicas ask for.
-        ray.init(num_cpus=max(os.cpu_count() or 1, args.replicas * cpus_per_replica), namespace="rillet",
-                 include_dashboard=False, logging_level=args.log_level.upper(), runtime_env=runtime_env)
+        ray.init(num_cpus=max(os.cpu_count() or 1, settings.replicas * cpus_per_replica), namespace="rillet",
+                 include_dashboard=False, logging_level=settings.log_level.upper(), runtime_env=runtime_env)
     # After ray.init, whose own SIGTERM handler would end this process without shutting Serve down.
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda number, frame: stop.set())
     try:
-        serve.start(http_options={"host": args.host, "port": args.port}, proxy_location="HeadOnly")
-        print(f"rillet: starting {args.replicas} engine replicas ({cpus_per_replica:g} CPUs"
+        serve.start(http_options={"host": settings.host, "port": settings.port}, proxy_location="HeadOnly")
+        print(f"rillet: starting {settings.replicas} engine replicas ({cpus_per_replica:g} CPUs"
               f"{f', {gpus_per_replica} GPU' if gpus_per_replica else ''} each) on Ray Serve", file=sys.stderr,
               flush=True)
-        app = build_application(replica_settings, ingress_settings, args.replicas, cpus_per_replica, gpus_per_replica)
+        app = build_application(replica_settings, ingress_settings, settings.replicas, cpus_per_replica, gpus_per_replica)
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
-        print(f"rillet: serving {served_name} on http://{args.host}:{args.port}/v1 "
-              f"({args.replicas} replicas, Ray Serve)", file=sys.stderr, flush=True)
+        print(f"rillet: serving {served_name} on http://{settings.host}:{settings.port}/v1 "
+              f"({settings.replicas} replicas, Ray Serve)", file=sys.stderr, flush=True)
         while not stop.wait(0.5):
             pass
         print("rillet: stopping the Ray Serve application", file=sys.stderr, flush=True)

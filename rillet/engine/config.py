@@ -1,24 +1,27 @@
-"""Engine settings, chosen at startup."""
+"""Engine settings, chosen at startup; their defaults are rillet/config.py's."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
+from rillet.config import DEFAULTS
+
 
 @dataclass(slots=True)
 class EngineConfig:
-    device: str = "cpu"
+    device: str = DEFAULTS.device
     # Element type of the KV cache, a torch dtype's name; attention arithmetic is float32 either way on the CPU.
-    kv_cache_dtype: str = "float32"
-    block_size: int = 16
+    kv_cache_dtype: str = DEFAULTS.kv_cache_dtype
+    block_size: int = DEFAULTS.block_size
     # KV capacity in tokens, shared by all running sequences (rounded down to whole blocks).
-    kv_cache_tokens: int = 16384
-    max_num_seqs: int = 64
+    kv_cache_tokens: int = DEFAULTS.kv_cache_tokens
+    max_num_seqs: int = DEFAULTS.max_num_seqs
     # Token budget of one step, shared by prefill chunks and decodes.
-    max_num_batched_tokens: int = 256
-    enable_prefix_caching: bool = True
-    # Compute threads of the model step; None: every core but what the HTTP loop needs.
-    num_threads: int | None = None
+    max_num_batched_tokens: int = DEFAULTS.max_num_batched_tokens
+    enable_prefix_caching: bool = DEFAULTS.enable_prefix_caching
+    # Compute threads of the model step; None: one per core (the engine runs in its own process,
+    # and the HTTP process gives up CPU priority to it instead: --http-nice).
+    num_threads: int | None = DEFAULTS.num_threads
 
     @property
     def num_blocks(self) -> int:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Protocol
 
+from rillet.config import DEFAULTS
 from rillet.engine.config import EngineConfig
 from rillet.engine.engine_child import EngineReady, child_main
 from rillet.engine.engine_client import EngineClient, EngineDeadError
@@ -78,8 +79,8 @@ class ModelEngineSpec:
 class RestartPolicy:
     """A dead engine process is replaced up to max_restarts times within window_seconds."""
 
-    max_restarts: int = 3
-    window_seconds: float = 60.0
+    max_restarts: int = DEFAULTS.engine_restarts
+    window_seconds: float = DEFAULTS.engine_restart_window
 
 
 class EngineProcess(EngineClient):

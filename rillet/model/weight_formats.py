@@ -2,6 +2,8 @@
 each does); here so that the command line and the API process know them without importing torch."""
 from __future__ import annotations
 
+from rillet.config import DEFAULTS
+
 WEIGHT_FORMATS = ("quantized", "quantized-int8x2", "quantized-int8", "float16", "float32")
-DEFAULT_WEIGHT_FORMAT = "quantized-int8x2"  # bench/quality.py: the fastest within 1e-6 KL of float32
+DEFAULT_WEIGHT_FORMAT = DEFAULTS.weights
 BLOCK_FORMATS = ("quantized", "quantized-int8x2", "quantized-int8")  # the weight formats that keep a file's blocks

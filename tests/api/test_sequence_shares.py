@@ -100,16 +100,18 @@ def test_a_request_over_its_keys_share_waits_in_order_and_a_cancelled_one_lets_t
     (["--max-seqs-per-request", "40"], 40, 40),
 ])
 def test_the_sequence_shares_default_to_a_quarter_and_a_half_of_max_num_seqs(flags, per_request, per_key):
-    from rillet.cli import admission_limits, build_parser
+    from rillet.cli import build_parser
+    from rillet.config import ServeConfig
 
-    args = build_parser().parse_args(["serve", *flags])
-    limits = admission_limits(args, args.max_num_seqs)
+    limits = ServeConfig.from_args(build_parser().parse_args(["serve", *flags])).admission_limits()
     assert (limits.max_seqs_per_request, limits.max_seqs_per_key) == (per_request, per_key)
 
 
 def test_shares_that_could_never_run_a_request_stop_the_server_at_start():
-    from rillet.cli import admission_limits, build_parser
+    from rillet.cli import build_parser
+    from rillet.config import ServeConfig
 
-    args = build_parser().parse_args(["serve", "--max-seqs-per-request", "8", "--max-seqs-per-key", "4"])
+    settings = ServeConfig.from_args(build_parser().parse_args(["serve", "--max-seqs-per-request", "8",
+                                                                "--max-seqs-per-key", "4"]))
     with pytest.raises(ValueError, match="could never run"):
-        admission_limits(args, args.max_num_seqs)
+        settings.admission_limits()
