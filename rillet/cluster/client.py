@@ -16,7 +16,7 @@ from ray import exceptions as ray_errors
 from ray.serve import exceptions as serve_errors
 
 from rillet.cluster.router_registry import ROUTERS
-from rillet.engine.engine_client import EngineDeadError
+from rillet.engine.engine_client import EngineClient, EngineDeadError
 from rillet.engine.outputs import RequestOutput
 from rillet.engine.sampling_params import SamplingParams
 from rillet.engine.stats import EngineStats
@@ -29,7 +29,7 @@ RETRIES_BEFORE_FIRST_OUTPUT = 1
 _STAT_FIELDS = [f.name for f in fields(EngineStats)]
 
 
-class ClusterEngineClient:
+class ClusterEngineClient(EngineClient):
     def __init__(self, engine_handle) -> None:
         self._handle = engine_handle
         self._streaming = engine_handle.options(stream=True)

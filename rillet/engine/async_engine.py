@@ -12,9 +12,10 @@ import threading
 
 import torch
 
-from rillet.engine.engine_client import EngineClient, EngineDeadError
-from rillet.engine.engine_loop import STOP, run_engine_loop
+from rillet.engine.engine_client import EngineDeadError, LoopClient
+from rillet.engine.engine_loop import run_engine_loop
 from rillet.engine.llm_engine import LLMEngine
+from rillet.engine.messages import STOP, EngineCommand
 from rillet.engine.outputs import RequestOutput
 from rillet.engine.stats import EngineStats
 
@@ -23,12 +24,12 @@ __all__ = ["AsyncEngine", "EngineDeadError"]
 log = logging.getLogger("rillet.engine")
 
 
-class AsyncEngine(EngineClient):
+class AsyncEngine(LoopClient):
     def __init__(self, engine: LLMEngine, num_threads: int) -> None:
         super().__init__()
         self.engine = engine
         self._num_threads = num_threads
-        self._commands: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[EngineCommand] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._dead_error: BaseException | None = None
@@ -51,7 +52,7 @@ class AsyncEngine(EngineClient):
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    def _send_command(self, command: tuple) -> None:
+    def _send_command(self, command: EngineCommand) -> None:
         self._commands.put(command)
 
     # -- the engine thread ----------------------------------------------------------
@@ -70,12 +71,12 @@ class AsyncEngine(EngineClient):
 class _ThreadIO:
     """The loop's side: commands from a queue, results handed to the event loop."""
 
-    def __init__(self, commands: queue.SimpleQueue, loop: asyncio.AbstractEventLoop, client: EngineClient) -> None:
+    def __init__(self, commands: queue.SimpleQueue, loop: asyncio.AbstractEventLoop, client: LoopClient) -> None:
         self._commands = commands
         self._loop = loop
         self._client = client
 
-    def receive(self, block: bool) -> tuple | None:
+    def receive(self, block: bool) -> EngineCommand | None:
         try:
             return self._commands.get(block=block)
         except queue.Empty:

@@ -9,28 +9,26 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
-from rillet.engine.engine_loop import STOP, run_engine_loop
+from rillet.engine.engine_loop import run_engine_loop
+from rillet.engine.messages import (
+    STOP,
+    EngineCommand,
+    EngineDied,
+    EngineOutputs,
+    EngineReady,
+    EngineStartFailed,
+    RequestFailed,
+)
 from rillet.engine.outputs import RequestOutput
-from rillet.engine.stats import EngineStats
 from rillet.model.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from rillet.engine.llm_engine import LLMEngine
 
 log = logging.getLogger("rillet.engine")
-
-
-@dataclass(slots=True, frozen=True)
-class EngineReady:
-    """The child's first message once its engine is built."""
-
-    max_model_len: int
-    weight_format: str
-    stats: EngineStats
 
 
 def child_main(spec, commands: Connection, outputs: Connection, parent_pid: int,
@@ -46,16 +44,16 @@ def child_main(spec, commands: Connection, outputs: Connection, parent_pid: int,
     try:
         engine, weight_format = spec.build()
     except ModelLoadError as error:
-        outputs.send(("load_error", str(error)))
+        outputs.send(EngineStartFailed(str(error)))
         sys.exit(1)
     except Exception as error:
         log.exception("the engine could not be built")
-        outputs.send(("load_error", f"the engine could not be built: {type(error).__name__}: {error}"))
+        outputs.send(EngineStartFailed(f"the engine could not be built: {type(error).__name__}: {error}"))
         sys.exit(1)
     # The model, the engine and every module live as long as the process: out of the collector's sight.
     gc.collect()
     gc.freeze()
-    outputs.send(("ready", EngineReady(engine.max_model_len, weight_format, engine.stats())))
+    outputs.send(EngineReady(engine.max_model_len, weight_format, engine.stats()))
     try:
         run_engine_loop(engine, _PipeIO(commands, outputs, engine))
     except (BrokenPipeError, ConnectionResetError):
@@ -63,7 +61,7 @@ def child_main(spec, commands: Connection, outputs: Connection, parent_pid: int,
     except BaseException:
         log.exception("engine loop failed")
         with contextlib.suppress(OSError):
-            outputs.send(("died", "the engine stopped on an internal error"))
+            outputs.send(EngineDied("the engine stopped on an internal error"))
         sys.exit(1)
 
 
@@ -85,7 +83,7 @@ class _PipeIO:
         self._outputs = outputs
         self._engine = engine
 
-    def receive(self, block: bool) -> tuple | None:
+    def receive(self, block: bool) -> EngineCommand | None:
         if not block and not self._commands.poll():
             return None
         try:
@@ -94,10 +92,10 @@ class _PipeIO:
             return STOP
 
     def publish(self, outputs: list[RequestOutput]) -> None:
-        self._outputs.send(("outputs", outputs, self._engine.stats()))
+        self._outputs.send(EngineOutputs(outputs, self._engine.stats()))
 
     def fail_request(self, request_id: str, error: Exception) -> None:
-        self._outputs.send(("failed", request_id, error))
+        self._outputs.send(RequestFailed(request_id, error))
 
     def commands_handled(self) -> None:
-        self._outputs.send(("stats", self._engine.stats()))
+        self._outputs.send(EngineOutputs([], self._engine.stats()))

@@ -1,14 +1,20 @@
-"""The asyncio side of an engine loop that runs elsewhere (a thread or a child process): each
-request gets an async iterator of its outputs, fed through its own queue, and an abort is sent
-when the consumer stops before the request has finished."""
+"""EngineClient, what the API needs of an engine (rillet.api.app.create_app takes one), and
+LoopClient, the asyncio side of an engine loop that runs elsewhere (a thread or a child process):
+each request gets an async iterator of its outputs, fed through its own queue, and an abort is sent
+when the consumer stops before the request has finished.
+
+The clients: AsyncEngine (the loop on a thread), EngineProcess (in a child process), and the
+cluster's ClusterEngineClient (rillet/cluster/client.py: replicas behind Ray Serve)."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
+from typing import Protocol, runtime_checkable
 
 from rillet.engine.errors import RequestFailedError
+from rillet.engine.messages import AbortRequest, AddRequest, EngineCommand
 from rillet.engine.outputs import RequestOutput
 from rillet.engine.sampling_params import SamplingParams
 from rillet.engine.stats import EngineStats
@@ -16,6 +22,24 @@ from rillet.engine.stats import EngineStats
 
 class EngineDeadError(RuntimeError):
     """The engine loop stopped on an unexpected error; no request can be served."""
+
+
+@runtime_checkable
+class EngineClient(Protocol):
+    """An engine as the API sees it."""
+
+    @property
+    def is_alive(self) -> bool:
+        """Requests can be served now (a dead engine process may be on its way back)."""
+
+    def stats(self) -> EngineStats | None:
+        """The engine's latest figures, for /metrics (None before an engine process is ready)."""
+
+    def generate(self, request_id: str, prompt_token_ids: list[int],
+                 params: SamplingParams) -> AsyncIterator[RequestOutput]:
+        """The request's outputs, one per engine step that has something for it, the last one
+        finished; raises EngineDeadError when no engine can serve it, and the request's own
+        errors (rillet/engine/errors.py). Closing it early aborts the request."""
 
 
 class _OutputStream:
@@ -44,7 +68,7 @@ class _OutputStream:
         return self._waiter
 
 
-class EngineClient:
+class LoopClient(EngineClient):
     """Subclasses send commands to their loop (see rillet/engine/engine_loop.py) and call
     _dispatch, _dispatch_error and _fail_all on the event loop as results come back."""
 
@@ -58,7 +82,7 @@ class EngineClient:
     def stats(self) -> EngineStats:
         raise NotImplementedError
 
-    def _send_command(self, command: tuple) -> None:
+    def _send_command(self, command: EngineCommand) -> None:
         """Hands a command to the loop; raises EngineDeadError when the loop is gone."""
         raise NotImplementedError
 
@@ -70,7 +94,7 @@ class EngineClient:
         items = stream.items
         finished = False
         try:
-            self._send_command(("add", request_id, prompt_token_ids, params))
+            self._send_command(AddRequest(request_id, prompt_token_ids, params))
             while not finished:
                 while not items:
                     await stream.arrival()
@@ -84,7 +108,7 @@ class EngineClient:
             self._streams.pop(request_id, None)
             if not finished:
                 with contextlib.suppress(EngineDeadError):
-                    self._send_command(("abort", request_id))
+                    self._send_command(AbortRequest(request_id))
 
     # -- on the event loop, as results come back -----------------------------------
 

@@ -2,7 +2,7 @@
 
 The same loop runs on a thread beside the event loop (AsyncEngine) or on the main thread of a
 child process (EngineProcess); only how commands arrive and outputs leave differs (LoopIO).
-Commands are tuples: ("add", request_id, prompt_token_ids, params), ("abort", request_id), ("stop",).
+The commands are rillet/engine/messages.py's: AddRequest, AbortRequest, StopEngine.
 """
 from __future__ import annotations
 
@@ -10,19 +10,20 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 from rillet.engine.errors import RequestFailedError, RequestRejectedError
+from rillet.engine.messages import STOP, AbortRequest, AddRequest, EngineCommand, StopEngine
 from rillet.engine.outputs import RequestOutput
 from rillet.model.loader import release_freed_memory
 
 if TYPE_CHECKING:
     from rillet.engine.llm_engine import LLMEngine
 
-STOP = ("stop",)
+__all__ = ["STOP", "LoopIO", "run_engine_loop"]
 
 log = logging.getLogger("rillet.engine")
 
 
 class LoopIO(Protocol):
-    def receive(self, block: bool) -> tuple | None:
+    def receive(self, block: bool) -> EngineCommand | None:
         """The next command; None when none waits and block is False; STOP when the sender is gone."""
 
     def publish(self, outputs: list[RequestOutput]) -> None:
@@ -50,13 +51,13 @@ def run_engine_loop(engine: LLMEngine, io: LoopIO) -> None:
         handled = False
         while (command := io.receive(block)) is not None:
             block, handled = False, True
-            kind = command[0]
-            if kind == "add":
-                _add(engine, io, *command[1:])
-            elif kind == "abort":
-                engine.abort_request(command[1])
-            elif kind == "stop":
-                return
+            match command:
+                case AddRequest():
+                    _add(engine, io, command)
+                case AbortRequest(request_id=request_id):
+                    engine.abort_request(request_id)
+                case StopEngine():
+                    return
         if handled:
             io.commands_handled()
         if engine.has_work and not engine.stalled:
@@ -67,11 +68,11 @@ def run_engine_loop(engine: LLMEngine, io: LoopIO) -> None:
             io.publish(outputs)
 
 
-def _add(engine: LLMEngine, io: LoopIO, request_id: str, prompt_token_ids: list[int], params) -> None:
+def _add(engine: LLMEngine, io: LoopIO, request: AddRequest) -> None:
     try:
-        engine.add_request(request_id, prompt_token_ids, params)
+        engine.add_request(request.request_id, request.prompt_token_ids, request.params)
     except RequestRejectedError as error:
-        io.fail_request(request_id, error)
+        io.fail_request(request.request_id, error)
     except Exception as error:  # one request's data must not stop the engine
-        log.exception("request %s could not be added to the engine", request_id)
-        io.fail_request(request_id, RequestFailedError(f"{type(error).__name__} while adding the request"))
+        log.exception("request %s could not be added to the engine", request.request_id)
+        io.fail_request(request.request_id, RequestFailedError(f"{type(error).__name__} while adding the request"))

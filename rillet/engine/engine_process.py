@@ -35,9 +35,17 @@ from typing import TYPE_CHECKING, Protocol
 
 from rillet.config import DEFAULTS
 from rillet.engine.config import EngineConfig
-from rillet.engine.engine_child import EngineReady, child_main
-from rillet.engine.engine_client import EngineClient, EngineDeadError
-from rillet.engine.engine_loop import STOP
+from rillet.engine.engine_child import child_main
+from rillet.engine.engine_client import EngineDeadError, LoopClient
+from rillet.engine.messages import (
+    STOP,
+    EngineCommand,
+    EngineDied,
+    EngineOutputs,
+    EngineReady,
+    EngineStartFailed,
+    RequestFailed,
+)
 from rillet.engine.stats import EngineStats
 
 if TYPE_CHECKING:  # the engine itself lives in the child process; this one never imports torch
@@ -83,7 +91,7 @@ class RestartPolicy:
     window_seconds: float = DEFAULTS.engine_restart_window
 
 
-class EngineProcess(EngineClient):
+class EngineProcess(LoopClient):
     """launch() and wait_ready() before the event loop runs; then start(), generate(), shutdown()."""
 
     def __init__(self, spec: EngineSpec, log_level: str = "INFO", log_format: str = logging.BASIC_FORMAT,
@@ -152,10 +160,11 @@ class EngineProcess(EngineClient):
             self._process.join()
             raise EngineStartError(f"the engine process exited with code {self._process.exitcode} "
                                    "while loading the model") from None
-        if message[0] != "ready":
+        if not isinstance(message, EngineReady):
             self._process.join()
-            raise EngineStartError(message[1])
-        ready: EngineReady = message[1]
+            raise EngineStartError(message.reason if isinstance(message, EngineStartFailed) else
+                                   f"the engine process sent {type(message).__name__} before it was ready")
+        ready = message
         self._stats = ready.stats
         self._alive = not self._stopping
         return ready
@@ -189,7 +198,7 @@ class EngineProcess(EngineClient):
         if self._launcher is not None:
             self._launcher.shutdown(wait=False)
 
-    def _send_command(self, command: tuple) -> None:
+    def _send_command(self, command: EngineCommand) -> None:
         try:
             self._commands.send(command)
         except OSError:
@@ -221,17 +230,15 @@ class EngineProcess(EngineClient):
                 message = self._outputs.recv()
             except (EOFError, OSError):
                 break
-            kind = message[0]
-            if kind == "outputs":
-                self._stats = message[2]
-                if message[1]:
-                    self._on_loop(self._dispatch, message[1])
-            elif kind == "stats":
-                self._stats = message[1]
-            elif kind == "failed":
-                self._on_loop(self._dispatch_error, message[1], message[2])
-            elif kind == "died":
-                reason = message[1]
+            match message:
+                case EngineOutputs(outputs=outputs, stats=stats):
+                    self._stats = stats
+                    if outputs:
+                        self._on_loop(self._dispatch, outputs)
+                case RequestFailed(request_id=request_id, error=error):
+                    self._on_loop(self._dispatch_error, request_id, error)
+                case EngineDied(reason=died):
+                    reason = died
         return reason
 
     def _restart(self) -> bool:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from rillet.engine.config import EngineConfig
-from rillet.engine.engine_loop import STOP, run_engine_loop
+from rillet.engine.engine_loop import run_engine_loop
 from rillet.engine.errors import RequestFailedError, TooManyChoicesError
 from rillet.engine.llm_engine import LLMEngine
+from rillet.engine.messages import STOP, AddRequest, EngineCommand
 from rillet.engine.sampling_params import SamplingParams
 
 from .helpers import CharTokenizer, make_seq
@@ -17,7 +18,7 @@ from .toy_model import ToyModel
 class ScriptedIO:
     """Hands out the given commands, then STOP when the loop blocks; counts polls that found none."""
 
-    def __init__(self, commands: list[tuple], max_idle_polls: int = 1000) -> None:
+    def __init__(self, commands: list[EngineCommand], max_idle_polls: int = 1000) -> None:
         self.commands = list(commands)
         self.max_idle_polls = max_idle_polls
         self.idle_polls = 0
@@ -71,9 +72,9 @@ def test_refused_and_failing_adds_fail_their_request_and_the_loop_runs_on():
     broken = SamplingParams(temperature=0, max_tokens=2)
     broken.stop = None  # not a list: building the request's stop checker raises TypeError
     io = ScriptedIO([
-        ("add", "wide", [1, 2], SamplingParams(temperature=0, max_tokens=2, n=3)),
-        ("add", "broken", [1, 2], broken),
-        ("add", "fine", [1, 2], SamplingParams(temperature=0, max_tokens=2)),
+        AddRequest("wide", [1, 2], SamplingParams(temperature=0, max_tokens=2, n=3)),
+        AddRequest("broken", [1, 2], broken),
+        AddRequest("fine", [1, 2], SamplingParams(temperature=0, max_tokens=2)),
     ])
     run_engine_loop(engine, io)
     (wide, refused), (broken_id, failed) = io.failures
@@ -86,7 +87,7 @@ def test_refused_and_failing_adds_fail_their_request_and_the_loop_runs_on():
 @pytest.mark.parametrize("prompt_len", [600])
 def test_a_prompt_over_the_context_is_refused(prompt_len):
     engine = make_engine()
-    io = ScriptedIO([("add", "long", list(range(1, prompt_len)), SamplingParams(max_tokens=1))])
+    io = ScriptedIO([AddRequest("long", list(range(1, prompt_len)), SamplingParams(max_tokens=1))])
     run_engine_loop(engine, io)
     assert io.failures[0][0] == "long" and io.failures[0][1].param == "messages"
 
@@ -99,6 +100,6 @@ def test_the_loop_hands_freed_heap_back_each_time_it_goes_idle(monkeypatch):
     trims = []
     monkeypatch.setattr(engine_loop, "release_freed_memory", lambda: trims.append(len(io.published)))
     engine = make_engine()
-    io = ScriptedIO([("add", "a", [1, 2, 3], SamplingParams(temperature=0, max_tokens=5))])
+    io = ScriptedIO([AddRequest("a", [1, 2, 3], SamplingParams(temperature=0, max_tokens=5))])
     run_engine_loop(engine, io)
     assert not engine.has_work and trims == [len(io.published)] and trims[0] >= 5
