@@ -6,14 +6,14 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import hashlib
 import logging
 import os
 import signal
 import sys
 import time
 
-from rillet.config import DEFAULT_MODEL_NAME, ServeConfig
+from rillet import launcher
+from rillet.config import ServeConfig
 
 # The API and the engine are imported where they are used: under multiprocessing's spawn, the
 # engine's child process re-imports the script that started it, and needs none of them.
@@ -55,8 +55,7 @@ def serve(settings: ServeConfig) -> int:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from rillet.api.auth import KeyConfigError, KeyStore
     from rillet.engine.engine_process import EngineStartError
-    from rillet.model import ModelLoadError, default_model_path
-    from rillet.model.loader import file_fingerprint
+    from rillet.model import ModelLoadError
 
     try:
         env_keys = os.environ.get("RILLET_API_KEYS", "").split(",")
@@ -71,40 +70,33 @@ def serve(settings: ServeConfig) -> int:
     except ValueError as error:
         print(f"rillet: error: {error}", file=sys.stderr)
         return 2
-    config = settings.engine_config()
     if settings.replicas is not None:
         from rillet.cluster.launch import serve_cluster
 
-        path = settings.model or default_model_path()
-        name = settings.served_model_name or (DEFAULT_MODEL_NAME if not settings.model else _name_from_path(path))
-        return serve_cluster(settings, keys, config, os.path.abspath(path), name, LOG_FORMAT)
+        path = os.path.abspath(launcher.model_path(settings))
+        return serve_cluster(settings, keys, path, launcher.served_name(settings, path), LOG_FORMAT)
     if settings.ray_address or settings.cpus_per_replica:
         print("rillet: error: --ray-address and --cpus-per-replica go with --replicas", file=sys.stderr)
         return 2
     try:
-        path = settings.model or default_model_path()
-        engine, front, ready = _start_engine(path, settings, config)
+        path = launcher.model_path(settings)
+        engine, front, ready = _start_engine(path, settings)
     except (ModelLoadError, EngineStartError) as error:
         print(f"rillet: error: {error}", file=sys.stderr)
         return 1
-    name = settings.served_model_name or (DEFAULT_MODEL_NAME if not settings.model else _name_from_path(path))
-    fingerprint = "fp_" + hashlib.sha256(
-        f"{file_fingerprint(path)} weights={ready.weight_format} {config.describe()}".encode()).hexdigest()[:12]
     try:
-        return asyncio.run(_serve(engine, front, ready.max_model_len, name, fingerprint, keys, config, settings))
+        return asyncio.run(_serve(engine, front, ready, path, keys, settings))
     finally:
         engine.shutdown()
 
 
-def _start_engine(path: str, settings: ServeConfig, config):
+def _start_engine(path: str, settings: ServeConfig):
     """Starts the engine's child process, which loads the weights, while this process reads the
     tokenizer and chat template; returns once the engine is ready."""
-    from rillet.engine.engine_process import EngineProcess, ModelEngineSpec
     from rillet.model.loader import load_tokenizer_and_template, release_freed_memory
 
     started = time.perf_counter()
-    engine = EngineProcess(ModelEngineSpec(path, settings.weights, config), settings.log_level.upper(), LOG_FORMAT,
-                           settings.restart_policy())
+    engine = launcher.engine_process(settings, path, LOG_FORMAT)
     try:
         engine.launch()
         # After the launch, so that the engine process keeps the priority this one started with.
@@ -119,24 +111,11 @@ def _start_engine(path: str, settings: ServeConfig, config):
     return engine, front, ready
 
 
-async def _serve(engine, front, max_context_len: int, name: str, fingerprint: str, keys, config,
-                 settings: ServeConfig) -> int:
+async def _serve(engine, front, ready, path: str, keys, settings: ServeConfig) -> int:
     from rillet.api import http_server
-    from rillet.api.app import create_app
-    from rillet.api.rate_limit import RateLimiter
-    from rillet.api.request_head import HostCheck
-    from rillet.api.served_model import ServedModel
 
-    served = ServedModel(name=name, tokenizer=front.tokenizer, chat_template=front.chat_template,
-                         max_context_len=max_context_len, max_num_seqs=config.max_num_seqs,
-                         fingerprint=fingerprint, created=int(time.time()))
-    public_paths = frozenset(path for path, public in (("/metrics", settings.public_metrics),
-                                                       ("/openapi.json", settings.public_openapi)) if public)
-    app = create_app(engine, served, keys, RateLimiter(settings.rate_limit_rpm, settings.rate_limit_tpm),
-                     settings.admission_limits(), max_request_bytes=settings.max_request_bytes,
-                     public_paths=public_paths, playground=settings.playground,
-                     cors_origins=settings.cors_origin,
-                     host_check=HostCheck.for_server(settings.host, settings.allowed_host), body_timeout=settings.body_timeout)
+    name = launcher.served_name(settings, path)
+    app = launcher.build_app(engine, settings, keys, front, path, name, ready.max_model_len, ready.weight_format)
     file_limit = http_server.raise_file_limit()
     max_connections = http_server.connection_cap(settings.max_connections, file_limit)
     if max_connections < settings.max_connections:
@@ -197,10 +176,3 @@ def _graceful_server_class():
             super().handle_exit(sig, frame)
 
     return GracefulServer
-
-
-def _name_from_path(path: str) -> str:
-    from pathlib import Path
-
-    stem = Path(path).name
-    return stem[:-5] if stem.endswith(".gguf") else stem

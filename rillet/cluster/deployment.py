@@ -9,19 +9,16 @@ one goes a long way; its Ray Serve proxy runs beside it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
-import time
 from dataclasses import dataclass, field
 
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
-from rillet.api.admission import AdmissionLimits
+from rillet import launcher
 from rillet.api.auth import KeyStore
-from rillet.api.body_limit import DEFAULT_BODY_TIMEOUT
-from rillet.api.request_head import HostCheck
 from rillet.cluster.replica import EngineReplica, ReplicaSettings
+from rillet.config import ServeConfig
 
 APP_NAME = "rillet"
 ENGINE_DEPLOYMENT = "rillet-engine"
@@ -35,22 +32,13 @@ HEALTH_CHECK_TIMEOUT_S = 10.0
 
 @dataclass(slots=True, frozen=True)
 class IngressSettings:
-    served_name: str
-    model_path: str
+    """The ingress builds the single server's app (rillet/launcher.py) from the same settings."""
+
+    serve: ServeConfig
     keys: KeyStore
-    rate_limit_rpm: int | None
-    rate_limit_tpm: int | None
-    admission_limits: AdmissionLimits
-    max_request_bytes: int
-    public_paths: frozenset[str]
-    playground: bool
-    cors_origins: tuple[str, ...]
-    max_num_seqs: int
-    config_description: str
+    model_path: str
+    served_name: str
     router_kwargs: dict = field(default_factory=dict)
-    # The Host names answered (rillet/api/request_head.py); None: any.
-    host_check: HostCheck | None = None
-    body_timeout: float = DEFAULT_BODY_TIMEOUT
 
 
 @serve.ingress()
@@ -76,31 +64,18 @@ def _load_front(path: str):
     return load_tokenizer_and_template(path)
 
 
-def _build_app(engine, settings: IngressSettings, model: dict, front):
-    from rillet.api.app import create_app
-    from rillet.api.rate_limit import RateLimiter
-    from rillet.api.served_model import ServedModel
+def _build_app(engine, ingress: IngressSettings, model: dict, front):
     from rillet.cluster.metrics import ReplicaCollector
-    from rillet.model.loader import file_fingerprint
 
-    fingerprint = "fp_" + hashlib.sha256(
-        f"{file_fingerprint(settings.model_path)} weights={model['weight_format']} "
-        f"{settings.config_description}".encode()).hexdigest()[:12]
-    served = ServedModel(name=settings.served_name, tokenizer=front.tokenizer, chat_template=front.chat_template,
-                         max_context_len=model["max_model_len"], max_num_seqs=settings.max_num_seqs,
-                         fingerprint=fingerprint, created=int(time.time()))
-    return create_app(engine, served, settings.keys, RateLimiter(settings.rate_limit_rpm, settings.rate_limit_tpm),
-                      settings.admission_limits, max_request_bytes=settings.max_request_bytes,
-                      public_paths=settings.public_paths, playground=settings.playground,
-                      cors_origins=settings.cors_origins, collectors=(ReplicaCollector(engine),),
-                      host_check=settings.host_check, body_timeout=settings.body_timeout)
+    return launcher.build_app(engine, ingress.serve, ingress.keys, front, ingress.model_path, ingress.served_name,
+                              model["max_model_len"], model["weight_format"], collectors=(ReplicaCollector(engine),))
 
 
 def build_application(replica_settings: ReplicaSettings, ingress_settings: IngressSettings, num_replicas: int,
                       cpus_per_replica: float, gpus_per_replica: float):
     """The application: the ingress bound to the engine deployment's handle."""
-    config = replica_settings.config
-    queued = ingress_settings.admission_limits.max_queued_requests
+    config = replica_settings.serve.engine_config()
+    queued = ingress_settings.serve.max_queued_requests
     engine = serve.deployment(
         EngineReplica, name=ENGINE_DEPLOYMENT, num_replicas=num_replicas,
         # The ingress bounds what waits (admission); a replica takes all it is sent.

@@ -9,7 +9,6 @@ import signal
 import sys
 import threading
 
-from rillet.api.request_head import HostCheck
 from rillet.cluster.proxy_headers import PROXY_CALLBACK
 from rillet.cluster.replica import ReplicaSettings
 from rillet.config import ServeConfig
@@ -17,8 +16,7 @@ from rillet.config import ServeConfig
 log = logging.getLogger("rillet.cluster")
 
 
-def serve_cluster(settings: ServeConfig, keys, config, model_path: str, served_name: str,
-                  log_format: str) -> int:
+def serve_cluster(settings: ServeConfig, keys, model_path: str, served_name: str, log_format: str) -> int:
     try:
         import ray
         from ray import serve
@@ -27,21 +25,11 @@ def serve_cluster(settings: ServeConfig, keys, config, model_path: str, served_n
         return 1
     from rillet.cluster.deployment import APP_NAME, IngressSettings, build_application
 
+    config = settings.engine_config()
     cpus_per_replica = settings.cpus_per_replica or config.resolved_num_threads()
     gpus_per_replica = 1 if config.device.startswith("cuda") else 0
-    replica_settings = ReplicaSettings(model_path, settings.weights, config,
-                                       settings.restart_policy(),
-                                       settings.log_level.upper(), log_format)
-    public_paths = frozenset(path for path, public in (("/metrics", settings.public_metrics),
-                                                       ("/openapi.json", settings.public_openapi)) if public)
-    ingress_settings = IngressSettings(
-        served_name=served_name, model_path=model_path, keys=keys, rate_limit_rpm=settings.rate_limit_rpm,
-        rate_limit_tpm=settings.rate_limit_tpm,
-        admission_limits=settings.admission_limits(),
-        max_request_bytes=settings.max_request_bytes, public_paths=public_paths, playground=settings.playground,
-        cors_origins=settings.cors_origin, max_num_seqs=config.max_num_seqs,
-        config_description=config.describe(), host_check=HostCheck.for_server(settings.host, settings.allowed_host),
-        body_timeout=settings.body_timeout)
+    replica_settings = ReplicaSettings(settings, model_path, log_format)
+    ingress_settings = IngressSettings(settings, keys, model_path, served_name)
     # Serve's controller, proxy and replicas are started by this job and inherit its environment:
     # the proxy's x-request-id made as a single server's (proxy_headers.py), and each Serve process
     # running its router and user code on its one event loop instead of a thread of their own,

@@ -17,8 +17,8 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from rillet.engine.config import EngineConfig
-from rillet.engine.engine_process import EngineProcess, ModelEngineSpec, RestartPolicy
+from rillet import launcher
+from rillet.config import ServeConfig
 from rillet.engine.outputs import RequestOutput
 from rillet.engine.sampling_params import SamplingParams
 
@@ -27,11 +27,8 @@ log = logging.getLogger("rillet.cluster")
 
 @dataclass(slots=True, frozen=True)
 class ReplicaSettings:
+    serve: ServeConfig
     model_path: str
-    weight_format: str
-    config: EngineConfig
-    restart_policy: RestartPolicy
-    log_level: str = "INFO"
     log_format: str = logging.BASIC_FORMAT
 
 
@@ -42,9 +39,8 @@ class EngineReplica:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         self.settings = settings
         self.gave_up = False
-        self.engine = EngineProcess(ModelEngineSpec(settings.model_path, settings.weight_format, settings.config),
-                                    settings.log_level, settings.log_format, settings.restart_policy,
-                                    on_give_up=self._give_up)
+        self.engine = launcher.engine_process(settings.serve, settings.model_path, settings.log_format)
+        self.engine.on_give_up = self._give_up
         try:
             self.ready = await asyncio.to_thread(self._launch)
         except BaseException:
