@@ -57,8 +57,13 @@ class ClusterEngineClient(EngineClient):
         return EngineStats(**totals)
 
     async def describe(self) -> dict:
-        """Asks one replica what it serves; makes the router, and waits for a replica."""
-        return await self._handle.describe.remote()
+        """Asks one replica what it serves; makes the router, waits for a replica, and tells the
+        router how many blocks a replica's prefix cache keeps (in pages of the model's KV layout)."""
+        model = await self._handle.describe.remote()
+        router = self.router
+        if router is not None:
+            router.index.set_capacity(model["cacheable_blocks"])
+        return model
 
     async def generate(self, request_id: str, prompt_token_ids: list[int],
                        params: SamplingParams) -> AsyncIterator[RequestOutput]:

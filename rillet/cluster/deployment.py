@@ -85,8 +85,8 @@ def build_application(replica_settings: ReplicaSettings, ingress_settings: Ingre
         graceful_shutdown_timeout_s=5,
         request_router_config=RequestRouterConfig(
             request_router_class="rillet.cluster.router.PrefixAffinityRouter",
-            request_router_kwargs={"block_size": config.block_size, "kv_cache_blocks": config.num_blocks,
-                                   **ingress_settings.router_kwargs},
+            # The cache's capacity comes from the replicas (ClusterEngineClient.describe).
+            request_router_kwargs={"block_size": config.block_size, **ingress_settings.router_kwargs},
             request_routing_stats_period_s=ROUTING_STATS_PERIOD_S),
     )
     ingress = serve.deployment(

@@ -96,6 +96,14 @@ class PrefixIndex:
         self._replicas: dict[Hashable, ReplicaBlocks] = {}
         self._lock = threading.Lock()
 
+    def set_capacity(self, capacity_blocks: int) -> None:
+        """What a replica's cache keeps, once a replica has said (rillet.engine.kv_layout's
+        cacheable_blocks: with windowed layers, more blocks than the KV cache's tokens)."""
+        with self._lock:
+            self.capacity_blocks = capacity_blocks
+            for blocks in self._replicas.values():
+                blocks.capacity_blocks = capacity_blocks
+
     def hashes(self, token_ids: Sequence[int]) -> list[int]:
         return block_hashes(token_ids, self.block_size)
 

@@ -68,9 +68,10 @@ class EngineReplica:
             yield error
 
     def describe(self) -> dict:
-        """What the ingress needs to know of the model: its context, its weight format."""
+        """What the ingress needs to know of the model: its context, its weight format, and the
+        blocks its prefix cache can keep (for the router)."""
         return {"max_model_len": self.ready.max_model_len, "weight_format": self.ready.weight_format,
-                "pid": os.getpid()}
+                "cacheable_blocks": self.ready.cacheable_blocks, "pid": os.getpid()}
 
     def check_health(self) -> None:
         """Ray Serve replaces a replica whose check fails."""

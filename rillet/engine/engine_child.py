@@ -53,7 +53,7 @@ def child_main(spec, commands: Connection, outputs: Connection, parent_pid: int,
     # The model, the engine and every module live as long as the process: out of the collector's sight.
     gc.collect()
     gc.freeze()
-    outputs.send(EngineReady(engine.max_model_len, weight_format, engine.stats()))
+    outputs.send(EngineReady(engine.max_model_len, weight_format, engine.stats(), engine.cacheable_blocks))
     try:
         run_engine_loop(engine, _PipeIO(commands, outputs, engine))
     except (BrokenPipeError, ConnectionResetError):

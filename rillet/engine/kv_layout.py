@@ -61,6 +61,14 @@ class KVLayout:
         """Pages in the memory that num_blocks blocks of every layer take."""
         return num_blocks * self.num_layers // self.group_size
 
+    def cacheable_blocks(self, num_pages: int) -> int:
+        """Blocks of a sequence's positions that a pool of num_pages can keep for the prefix cache
+        (the cluster's router pictures a replica's cache with it): each takes a page in every full
+        group, since a hit needs the whole chain there, and a windowed group's pages only near its
+        end (those behind the window go back to the pool first). With no full group, a page in each."""
+        full = sum(1 for w in self.group_windows if w is None)
+        return num_pages // (full or self.num_groups)
+
     def first_needed_block(self, group: int, position: int, block_size: int) -> int:
         """The first block a query at position (and every later one) still reads in the group."""
         window = self.group_windows[group]

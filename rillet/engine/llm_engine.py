@@ -63,6 +63,8 @@ class LLMEngine:
         # A lone sequence must always fit in the KV pool, or preemption could never make room.
         self.max_model_len = self.kv_layout.max_sequence_tokens(num_pages, config.block_size, max_context_len,
                                                                 config.max_num_batched_tokens)
+        # Blocks of positions the prefix cache can keep: more than config.num_blocks with windowed layers.
+        self.cacheable_blocks = self.kv_layout.cacheable_blocks(num_pages)
         self._stop_token_ids = frozenset(tokenizer.stop_token_ids)
         self._requests: dict[str, _Request] = {}
         self._generators: dict[int, torch.Generator] = {}

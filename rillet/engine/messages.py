@@ -57,6 +57,8 @@ class EngineReady:
     max_model_len: int
     weight_format: str
     stats: EngineStats
+    # Blocks of positions its prefix cache can keep (LLMEngine.cacheable_blocks).
+    cacheable_blocks: int
 
 
 @dataclass(slots=True, frozen=True)

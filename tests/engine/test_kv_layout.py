@@ -140,3 +140,11 @@ def test_no_live_block_is_ever_one_a_query_still_reads(window):
                 assert block_id != DEAD_BLOCK, (step, index)
         seq.num_computed_tokens += 1
         bm.register_full_blocks(seq)
+
+
+def test_the_cache_keeps_a_block_per_page_of_its_full_groups():
+    assert KVLayout.single(30).cacheable_blocks(KVLayout.single(30).num_pages(1024)) == 1024
+    gemma = KVLayout.of((512, 512, 512, 512, 512, None) * 3, 18, 32768)  # Gemma 3 270M: one full group of six
+    assert gemma.num_groups == 6 and gemma.cacheable_blocks(gemma.num_pages(1024)) == 6 * 1024
+    windowed = KVLayout.of((4096, 4096, 1024, 1024), 4, 32768)  # no full group: a page in each group
+    assert windowed.cacheable_blocks(windowed.num_pages(1024)) == 1024

@@ -32,7 +32,7 @@ STATS = EngineStats(1, 2, 64, 60, 10, 5, 12, 4, 0)
     AddRequest("r1", [1, 2, 3], SamplingParams(temperature=0.5, max_tokens=7, n=2)),
     AbortRequest("r1"),
     STOP,
-    EngineReady(2048, "quantized-int8x2", STATS),
+    EngineReady(2048, "quantized-int8x2", STATS, 1024),
     EngineStartFailed("no such file"),
     EngineOutputs([RequestOutput("r1", 3, [ChoiceDelta(0, "hi", [5], "stop")], finished=True)], STATS),
     EngineOutputs([], STATS),

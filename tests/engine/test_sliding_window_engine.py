@@ -125,3 +125,33 @@ def test_a_long_sequence_holds_its_window_not_its_length_in_the_local_layers(gem
     pool = engine.block_manager
     # Pages of two layers: one table for every layer would hold 3 x 25 of them.
     assert pool.num_blocks - pool.num_free_blocks <= 25 + 2 * 4 < 3 * 25
+
+
+def test_the_router_counts_a_windowed_model_s_cache_in_its_pages(gemma3, monkeypatch):
+    """The cluster's router pictures a replica's prefix cache (rillet/cluster/prefix_index.py) at
+    the size the engine reports, engine.cacheable_blocks: here three times the blocks of the KV
+    cache's tokens, since a cached block keeps a page of the global group only. Three prompts of
+    135 blocks in all, more than the 128 blocks of 512 tokens: the engine still hits the first
+    whole, and so does the router's picture, where one of 128 blocks had forgotten it."""
+    from rillet.cluster.prefix_index import PrefixIndex
+
+    _, folder = gemma3
+    engine = engine_for(load_model(str(folder), weight_format="float32"), True, monkeypatch)
+    assert engine.config.num_blocks == 128 and engine.block_manager.num_blocks == 384
+    assert engine.cacheable_blocks == 384
+    pictures = {"pages": PrefixIndex(BLOCK_SIZE, engine.cacheable_blocks),
+                "tokens": PrefixIndex(BLOCK_SIZE, engine.config.num_blocks)}
+    prompts = [prompt(seed, 180) for seed in range(3)]
+    one_token = SamplingParams(temperature=0, max_tokens=1)
+    for index, ids in enumerate(prompts):
+        answer = run(engine, {f"p{index}": (ids, one_token)})[f"p{index}"][0]
+        for picture in pictures.values():  # as the router inserts: the prompt when routed, all of it at the end
+            picture.insert("replica", picture.hashes(ids))
+            picture.insert("replica", picture.hashes(ids + answer))
+    hits = engine.block_manager.prefix_cache_hits
+    run(engine, {"again": (prompts[0], one_token)})
+    hit_blocks = engine.block_manager.prefix_cache_hits - hits
+    assert hit_blocks == 179 // BLOCK_SIZE  # all but the last token, which is computed again
+    first = pictures["pages"].hashes(prompts[0])
+    assert pictures["pages"].matches("replica", first)[0] == len(first) >= hit_blocks
+    assert pictures["tokens"].matches("replica", first)[0] == 0
