@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import collections
 import random
 
 import pytest
@@ -65,9 +66,44 @@ def test_preemption_under_a_small_kv_pool_recomputes_correctly():
     assert engine.scheduler.num_preemptions > 0
 
 
-def test_n_choices_share_the_prompt_and_copy_on_write():
+def test_n_choices_share_the_prompt_and_copy_on_write(monkeypatch):
+    """Each request's prompt is computed once; its two other choices fork off it and share every
+    block of it; the next token of each of those two goes into a private copy of the shared last
+    block (where the prompt ends inside one), KV entries and all; the third keeps the original."""
     engine = make_engine()
-    check(engine, random_prompts(3, seed=2), max_tokens=9, n=3)
+    manager, runner = engine.block_manager, engine.runner
+    forks, copies, last_tokens = [], [], {}
+    fork, copy_blocks = manager.fork, runner.copy_blocks
+
+    def watched_fork(parent, child):
+        fork(parent, child)
+        assert child.block_tables == parent.block_tables
+        forks.append((parent.request_id, list(parent.block_tables[0]),
+                      [manager._blocks[block].ref_count for block in parent.block_tables[0]]))
+        computed = parent.num_computed_tokens  # the prompt's tokens in its last block
+        last_tokens[parent.block_tables[0][-1]] = parent.prompt_token_ids[computed // 4 * 4:computed]
+
+    def watched_copy_blocks(pairs):
+        copy_blocks(pairs)
+        (cache,) = runner.kv_caches  # the toy model keeps each position's token id as its key
+        for source, destination in pairs:
+            tokens = last_tokens[source]
+            assert cache[0, destination, :len(tokens), 0, 0].tolist() == tokens
+        copies.extend(pairs)
+
+    monkeypatch.setattr(manager, "fork", watched_fork)
+    monkeypatch.setattr(runner, "copy_blocks", watched_copy_blocks)
+    prompts = random_prompts(3, seed=2)
+    check(engine, prompts, max_tokens=9, n=3)
+    assert collections.Counter(request_id for request_id, _, _ in forks) == {"r0": 2, "r1": 2, "r2": 2}
+    tables = {request_id: table for request_id, table, _ in forks}
+    for request_id, table, ref_counts in forks[1::2]:  # after each request's second fork
+        assert len(table) == -(-len(prompts[int(request_id[1:])]) // 4) and min(ref_counts) >= 3
+    ends_inside_a_block = [tables[f"r{i}"][-1] for i, prompt in enumerate(prompts) if len(prompt) % 4]
+    assert ends_inside_a_block, "no prompt here ends inside a block: nothing to copy"
+    assert sorted(source for source, _ in copies) == sorted(ends_inside_a_block * 2)
+    shared = {block for table in tables.values() for block in table}
+    assert len({destination for _, destination in copies}) == len(copies) and not shared & {d for _, d in copies}
 
 
 def test_prefix_cache_computes_only_new_tokens():
