@@ -274,7 +274,7 @@ async def _serve(engine, front, max_context_len: int, name: str, fingerprint: st
 
     served = ServedModel(name=name, tokenizer=front.tokenizer, chat_template=front.chat_template,
                          max_context_len=max_context_len, max_num_seqs=config.max_num_seqs,
-                         fingerprint=fingerprint, created=int(time.time()))
+                         fingerprint=fingerprint, created=int(time.time()), architecture=front.config.architecture)
     public_paths = frozenset(path for path, public in (("/metrics", args.public_metrics),
                                                        ("/openapi.json", args.public_openapi)) if public)
     app = create_app(engine, served, keys, RateLimiter(args.rate_limit_rpm, args.rate_limit_tpm),

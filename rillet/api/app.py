@@ -1,6 +1,8 @@
 """The FastAPI application: routes, error handlers, and the objects they share."""
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
@@ -32,6 +34,7 @@ def create_app(engine, served: ServedModel, keys: KeyStore | None = None, rate_l
     from a browser (none: no CORS); collectors: more Prometheus collectors for /metrics (a
     cluster's per-replica figures); host_check: the Host names answered (None: any); body_timeout:
     the seconds a request body may take to arrive."""
+    logging.getLogger("rillet.api").info("%s: %s", served.name, served.tool_calling.describe())
     app = FastAPI(title="rillet", description="OpenAI-compatible chat completions", docs_url=None, redoc_url=None)
     app.state.engine = engine
     app.state.served = served

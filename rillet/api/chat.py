@@ -105,8 +105,10 @@ async def _plan(body: ChatCompletionRequest, request: Request) -> Plan:
 
 def _prepare(body: ChatCompletionRequest, served: ServedModel, limits: AdmissionLimits) -> tuple:
     check_supported(body)
-    tools = tool_plan(body)
+    tools = tool_plan(body, served.tool_calling)
     params = sampling_params(body, served.tokenizer.vocab_size, answer_grammar(body, tools))
+    if tools is not None and tools.calls_allowed:
+        params.shown_token_ids = tools.calling.shown_token_ids
     most = limits.seqs_per_request(served.max_num_seqs)
     if params.n > most:
         raise APIError(ErrorKind.INVALID_REQUEST, f"n is {params.n}, but this server runs at most {most} sequences "

@@ -88,7 +88,7 @@ def _build_app(engine, settings: IngressSettings, model: dict, front):
         f"{settings.config_description}".encode()).hexdigest()[:12]
     served = ServedModel(name=settings.served_name, tokenizer=front.tokenizer, chat_template=front.chat_template,
                          max_context_len=model["max_model_len"], max_num_seqs=settings.max_num_seqs,
-                         fingerprint=fingerprint, created=int(time.time()))
+                         fingerprint=fingerprint, created=int(time.time()), architecture=front.config.architecture)
     return create_app(engine, served, settings.keys, RateLimiter(settings.rate_limit_rpm, settings.rate_limit_tpm),
                       settings.admission_limits, max_request_bytes=settings.max_request_bytes,
                       public_paths=settings.public_paths, playground=settings.playground,
