@@ -106,12 +106,6 @@ class EventStreamResponse(StreamingResponse):
             await self.background()
 
 
-async def gather(completion: Completion, outputs: AsyncIterator[RequestOutput]) -> None:
-    async with contextlib.aclosing(outputs):
-        async for output in outputs:
-            completion.apply(output)
-
-
 def whole_response(completion: Completion) -> JSONResponse:
     choices = [{"index": i, "message": completion.message(i),
                 "logprobs": {"content": choice.logprobs, "refusal": None} if completion.logprob_formatter else None,
