@@ -21,6 +21,7 @@ from rillet.api.playground import playground_router
 from rillet.api.prompt import PromptEncoder
 from rillet.api.rate_limit import RateLimiter, RateLimitMiddleware
 from rillet.api.request_head import HostCheck, RequestHeadMiddleware
+from rillet.api.responses import router as responses_router
 from rillet.api.served_model import ServedModel
 
 
@@ -60,6 +61,7 @@ def create_app(engine, served: ServedModel, keys: KeyStore | None = None, rate_l
     app.state.logprob_formatter = LogprobFormatter(served.tokenizer)
     install_error_handlers(app)
     app.include_router(chat_router)
+    app.include_router(responses_router)
     app.include_router(metrics_router(registry))
     if playground:
         app.include_router(playground_router())
