@@ -8,12 +8,11 @@ import time
 import uuid
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
+from rillet.api import pipeline
 from rillet.api.access_log import record_of
 from rillet.api.framing import EventStreamResponse, stream_events, whole_response
 from rillet.api.output import Completion
-from rillet.api.pipeline import DISCONNECTED, check_model, gather_unless_disconnected, plan_request, start_generation
 from rillet.api.schemas import ChatCompletionRequest
 from rillet.api.served_model import ServedModel
 
@@ -23,22 +22,19 @@ router = APIRouter()
 @router.post("/v1/chat/completions")
 async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     served: ServedModel = request.app.state.served
-    record = record_of(request)
-    record.user = body.user
-    check_model(body.model, request)
-    plan = await plan_request(body, request)
+    pipeline.check_model(body.model, body.user, request)
+    plan = await pipeline.plan_request(body, request)
     params = plan.params
     completion = Completion(
         request_id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=served.name,
         fingerprint=served.fingerprint, n=params.n, num_prompt_tokens=len(plan.prompt_token_ids), tools=plan.tools,
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
         logprob_formatter=request.app.state.logprob_formatter if params.logprobs is not None else None)
-    outputs = await start_generation(request, plan, completion)
-    if outputs is DISCONNECTED:
-        return JSONResponse({}, status_code=499)
+    outputs = await pipeline.start_generation(request, plan, completion)
+    if outputs is pipeline.DISCONNECTED:
+        return pipeline.client_gone()
     if body.stream:
-        return EventStreamResponse(stream_events(completion, outputs, record),
-                                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    if await gather_unless_disconnected(request, completion, outputs) is DISCONNECTED:
-        return JSONResponse({}, status_code=499)
+        return EventStreamResponse(stream_events(completion, outputs, record_of(request)))
+    if await pipeline.gather_unless_disconnected(request, completion, outputs) is pipeline.DISCONNECTED:
+        return pipeline.client_gone()
     return whole_response(completion)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rillet.api.logprobs import LogprobFormatter
-from rillet.api.call_reader import ArgumentsPiece, CallReader, CallStarted, ReaderEvent
+from rillet.api.call_reader import CallReader, CallStarted, ReaderEvent
 from rillet.api.tools import ToolPlan
 from rillet.engine.outputs import RequestOutput
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from fastapi import Request
+from fastapi.responses import JSONResponse
 
 from rillet.api.access_log import RequestRecord, record_of
 from rillet.api.admission import AdmissionLimits
@@ -37,6 +38,11 @@ T = TypeVar("T")
 DISCONNECTED = object()
 
 
+def client_gone() -> JSONResponse:
+    """The answer to a client that went away before it: nobody reads it, the access log does."""
+    return JSONResponse({}, status_code=499)
+
+
 @dataclass(slots=True)
 class Plan:
     """A validated request, ready for the engine."""
@@ -45,10 +51,11 @@ class Plan:
     tools: ToolPlan | None
 
 
-def check_model(model: str, request: Request) -> None:
-    """The key may use the model, and the server serves it."""
+def check_model(model: str, user: str | None, request: Request) -> None:
+    """The key may use the model, and the server serves it (both recorded for the access log, with
+    the request's `user`)."""
     record = record_of(request)
-    record.model = model
+    record.model, record.user = model, user
     check_model_allowed(api_key_of(request), model)
     if model != request.app.state.served.name:
         raise APIError(ErrorKind.MODEL_NOT_FOUND, f"the model {model!r} does not exist", "model")

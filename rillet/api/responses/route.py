@@ -6,17 +6,18 @@ responses, so `store: true` and `previous_response_id` are a 400 naming them.
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from rillet.api import pipeline
 from rillet.api.access_log import RequestRecord, record_of
 from rillet.api.errors import APIError, ErrorKind, engine_error
 from rillet.api.framing import EventStreamResponse
 from rillet.api.output import Completion
-from rillet.api.pipeline import DISCONNECTED, check_model, gather_unless_disconnected, plan_request, start_generation
 from rillet.api.responses.convert import chat_request, in_request_terms
 from rillet.api.responses.events import ResponseOutput, event_bytes
 from rillet.api.responses.schemas import RESPONSES_UNSUPPORTED, ResponsesRequest
@@ -29,31 +30,28 @@ router = APIRouter()
 @router.post("/v1/responses")
 async def create_response(body: ResponsesRequest, request: Request):
     served: ServedModel = request.app.state.served
-    record = record_of(request)
-    record.user = body.user
-    check_model(body.model, request)
+    pipeline.check_model(body.model, body.user, request)
     _check_supported(body)
     chat, sources = chat_request(body)
     try:
-        plan = await plan_request(chat, request)
+        plan = await pipeline.plan_request(chat, request)
     except APIError as error:
         raise in_request_terms(error, sources) from None
     response_id = f"resp_{uuid.uuid4().hex}"
-    completion = Completion(request_id=response_id, created=0, model=served.name, fingerprint=served.fingerprint,
+    completion = Completion(request_id=response_id, created=int(time.time()), model=served.name, fingerprint=served.fingerprint,
                             n=1, num_prompt_tokens=len(plan.prompt_token_ids), tools=plan.tools)
     output = ResponseOutput(response_id, served.name, body, completion)
     try:
-        outputs = await start_generation(request, plan, completion)
+        outputs = await pipeline.start_generation(request, plan, completion)
     except APIError as error:
         raise in_request_terms(error, sources) from None
-    if outputs is DISCONNECTED:
-        return JSONResponse({}, status_code=499)
+    if outputs is pipeline.DISCONNECTED:
+        return pipeline.client_gone()
     if body.stream:
-        return EventStreamResponse(_events(output, outputs, record),
-                                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    gathered = await gather_unless_disconnected(request, completion, outputs, on_updates=output.apply)
-    if gathered is DISCONNECTED:
-        return JSONResponse({}, status_code=499)
+        return EventStreamResponse(_events(output, outputs, record_of(request)))
+    gathered = await pipeline.gather_unless_disconnected(request, completion, outputs, on_updates=output.apply)
+    if gathered is pipeline.DISCONNECTED:
+        return pipeline.client_gone()
     output.finished()
     return JSONResponse(output.response())
 

@@ -12,7 +12,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from rillet.api.schemas import MAX_MESSAGES, MAX_TOOLS, MAX_USER_CHARS, FunctionName, default_only
+from rillet.api.schemas import (
+    MAX_MESSAGES,
+    MAX_TOOLS,
+    MAX_USER_CHARS,
+    FunctionName,
+    JsonObjectFormat,
+    JsonSchemaFormat,
+    TextFormat,
+    default_only,
+)
 
 MAX_METADATA_ENTRIES = 16
 MAX_METADATA_KEY_CHARS = 64
@@ -41,7 +50,7 @@ class Refusal(BaseModel):
     refusal: str
 
 
-TextPart = Annotated[InputText | OutputText | Refusal, Field(discriminator="type")]
+TextPart = InputText | OutputText | Refusal
 
 
 def parts_text(content: str | list) -> str:
@@ -98,10 +107,13 @@ def _item_type(item: Any) -> str | None:
 
 # Tags as the errors' paths leave them out (the names of types, capitalized: rillet/api/errors.py).
 InputItem = Annotated[Annotated[MessageItem, Tag("MessageItem")] | Annotated[FunctionCallItem, Tag("FunctionCallItem")]
-                      | Annotated[FunctionCallOutputItem, Tag("FunctionCallOutputItem")], Discriminator(_item_type)]
+                      | Annotated[FunctionCallOutputItem, Tag("FunctionCallOutputItem")], Discriminator(
+    _item_type, custom_error_type="input_item_type",
+    custom_error_message="an input item is a message, a function_call or a function_call_output")]
 
 
 class FunctionTool(BaseModel):
+    """A chat tool's function, flat. `type` comes first, so that another type of tool is refused by it."""
     model_config = ConfigDict(extra="forbid")
     type: Literal["function"]
     name: FunctionName
@@ -116,28 +128,15 @@ class FunctionChoice(BaseModel):
     name: str
 
 
-class TextFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["text"]
-
-
-class JsonObjectFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["json_object"]
-
-
-class JsonSchemaFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+class TextJsonSchemaFormat(JsonSchemaFormat):
+    """Chat's json_schema, flat and with its schema required: {"type": "json_schema", "name", "schema", ...}."""
     type: Literal["json_schema"]
-    name: FunctionName
     schema_: dict[str, Any] = Field(alias="schema")
-    description: str | None = None
-    strict: bool | None = None
 
 
 class TextConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    format: Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")] | None = None
+    format: TextFormat | JsonObjectFormat | TextJsonSchemaFormat | None = None
     verbosity: Annotated[str | None, default_only({"type": "string", "enum": ["medium"]})] = None
 
 
