@@ -78,7 +78,8 @@ def build_app(engine: EngineClient, settings: ServeConfig, keys: KeyStore, front
     config = settings.engine_config()
     served = ServedModel(name=name, tokenizer=front.tokenizer, chat_template=front.chat_template,
                          max_context_len=max_model_len, max_num_seqs=config.max_num_seqs,
-                         fingerprint=fingerprint(path, weight_format, config), created=int(time.time()))
+                         fingerprint=fingerprint(path, weight_format, config), created=int(time.time()),
+                         architecture=front.config.architecture)
     return create_app(engine, served, keys, RateLimiter(settings.rate_limit_rpm, settings.rate_limit_tpm),
                       settings.admission_limits(), max_request_bytes=settings.max_request_bytes,
                       public_paths=public_paths(settings), playground=settings.playground,

@@ -1,6 +1,8 @@
 """The FastAPI application: routes, error handlers, and the objects they share."""
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
@@ -19,6 +21,7 @@ from rillet.api.playground import playground_router
 from rillet.api.prompt import PromptEncoder
 from rillet.api.rate_limit import RateLimiter, RateLimitMiddleware
 from rillet.api.request_head import HostCheck, RequestHeadMiddleware
+from rillet.api.responses import router as responses_router
 from rillet.api.served_model import ServedModel
 
 
@@ -32,6 +35,7 @@ def create_app(engine, served: ServedModel, keys: KeyStore | None = None, rate_l
     from a browser (none: no CORS); collectors: more Prometheus collectors for /metrics (a
     cluster's per-replica figures); host_check: the Host names answered (None: any); body_timeout:
     the seconds a request body may take to arrive."""
+    logging.getLogger("rillet.api").info("%s: %s", served.name, served.tool_calling.describe())
     app = FastAPI(title="rillet", description="OpenAI-compatible chat completions", docs_url=None, redoc_url=None)
     app.state.engine = engine
     app.state.served = served
@@ -57,6 +61,7 @@ def create_app(engine, served: ServedModel, keys: KeyStore | None = None, rate_l
     app.state.logprob_formatter = LogprobFormatter(served.tokenizer)
     install_error_handlers(app)
     app.include_router(chat_router)
+    app.include_router(responses_router)
     app.include_router(metrics_router(registry))
     if playground:
         app.include_router(playground_router())

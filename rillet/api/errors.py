@@ -34,6 +34,8 @@ class ErrorKind(enum.Enum):
     INVALID_UNICODE = ErrorSpec(400, "invalid_request_error", "invalid_unicode")
     UNSUPPORTED_PARAMETER = ErrorSpec(422, "invalid_request_error", "unsupported_parameter")
     CONTEXT_LENGTH_EXCEEDED = ErrorSpec(400, "invalid_request_error", "context_length_exceeded")
+    # store or previous_response_id on /v1/responses: this server keeps no responses.
+    RESPONSE_STATE_UNSUPPORTED = ErrorSpec(400, "invalid_request_error", "stored_responses_unsupported")
     UNSUPPORTED_SCHEMA = ErrorSpec(400, "invalid_request_error", "unsupported_schema")
     INVALID_API_KEY = ErrorSpec(401, "invalid_request_error", "invalid_api_key")
     MODEL_NOT_ALLOWED = ErrorSpec(403, "invalid_request_error", "model_not_allowed")

@@ -84,6 +84,10 @@ class EventStreamResponse(StreamingResponse):
 
     media_type = "text/event-stream"
 
+    def __init__(self, content: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> None:
+        # Nothing between the server and the client may hold the events back.
+        super().__init__(content, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
+
     async def stream_response(self, send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         async for chunk in self.body_iterator:
@@ -104,12 +108,6 @@ class EventStreamResponse(StreamingResponse):
                 raise task.exception()
         if self.background is not None:
             await self.background()
-
-
-async def gather(completion: Completion, outputs: AsyncIterator[RequestOutput]) -> None:
-    async with contextlib.aclosing(outputs):
-        async for output in outputs:
-            completion.apply(output)
 
 
 def whole_response(completion: Completion) -> JSONResponse:

@@ -4,7 +4,7 @@
   (FastAPI lists only 200 and a 422 of its own shape, which this server never sends).
 - The bounds this server was started with: `n` up to the sequences one request may have, the
   token counts up to the context, `model` the name it serves.
-- A streamed completion's 200 as text/event-stream.
+- A streamed completion's (and a streamed response's) 200 as text/event-stream.
 
 The request's own bounds (stop, the parameters accepted only at their defaults) are declared where
 they are enforced, in rillet/api/schemas.py.
@@ -72,17 +72,34 @@ def _complete(schema: dict, served: ServedModel, limits: AdmissionLimits) -> Non
     for path, operations in schema.get("paths", {}).items():
         for operation in operations.values():
             _declare_errors(path, operation["responses"])
-    chat = schema["paths"].get("/v1/chat/completions", {}).get("post")
-    if chat is not None:
-        # Before OpenAPI 3.2 (itemSchema), the schema of an event stream is that of each event.
-        chat["responses"]["200"]["content"]["text/event-stream"] = {"schema": {
-            "type": "object", "required": ["data"], "description": "One server-sent event, when stream is true",
-            "properties": {"data": {"type": "string", "description": "A chat.completion.chunk as JSON, an error "
-                                                                    "as {\"error\": ...}, or [DONE]"}}}}
+    for path, said in _EVENT_STREAMS.items():
+        operation = schema["paths"].get(path, {}).get("post")
+        if operation is not None:
+            # Before OpenAPI 3.2 (itemSchema), the schema of an event stream is that of each event.
+            operation["responses"]["200"]["content"]["text/event-stream"] = {"schema": {
+                "type": "object", "required": ["data"], "description": "One server-sent event, when stream is true",
+                "properties": {"data": {"type": "string", "description": said}}}}
     request = components.get("ChatCompletionRequest")
     if request is not None:
         _declare_bounds(request["properties"], served, limits)
         request["allOf"] = _NEEDS  # the pairs sampling.py's check_supported refuses apart
+    responses_request = components.get("ResponsesRequest")
+    if responses_request is not None:
+        properties = responses_request["properties"]
+        _set_on_integer(properties["max_output_tokens"], maximum=served.max_context_len - 1)
+        properties["model"]["enum"] = [served.name]
+        # store and previous_response_id: only their defaults; anything else is a 400 naming them.
+        properties["store"] = {"anyOf": [{"type": "boolean", "enum": [False]}, {"type": "null"}],
+                               "description": "This server keeps no responses: false or left out"}
+        properties["previous_response_id"] = {"type": "null", "description": "This server keeps no responses"}
+
+
+# What one event of each streamed operation carries.
+_EVENT_STREAMS = {
+    "/v1/chat/completions": 'A chat.completion.chunk as JSON, an error as {"error": ...}, or [DONE]',
+    "/v1/responses": "A typed event as JSON (response.created, response.output_text.delta, ..., response.completed,"
+                     " or error then response.failed), its type also the event's name",
+}
 
 
 def _declare_errors(path: str, responses: dict) -> None:

@@ -1,13 +1,16 @@
 """Shaping the output: the engine's per-choice text deltas become what OpenAI's wire carries, as
 stream deltas (content pieces, tool calls, a legacy function call, then a finish) and, gathered, as
-each choice's message. Tool-call markup is read here (rillet/api/tools.py) and never reaches content.
+each choice's message. Tool-call markup is read here (rillet/api/call_reader.py) and never reaches
+content. The record of a choice (its content, its calls, its finish) is kept apart from the chat
+wire's deltas, so that the Responses API frames the same record as its own events.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from rillet.api.logprobs import LogprobFormatter
-from rillet.api.tools import ArgumentsPiece, CallStarted, ToolCallReader, ToolPlan
+from rillet.api.call_reader import CallReader, CallStarted, ReaderEvent
+from rillet.api.tools import ToolPlan
 from rillet.engine.outputs import RequestOutput
 
 
@@ -20,11 +23,21 @@ class Call:
 
 @dataclass(slots=True)
 class Choice:
-    reader: ToolCallReader | None
+    reader: CallReader | None
     content: list[str] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
     finish_reason: str | None = None
     logprobs: list[dict] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ChoiceUpdate:
+    """What one engine output added to a choice: content pieces (str) and call events, in order, the
+    logprobs entries of its tokens (when asked for), and its finish reason once it ends."""
+    index: int
+    events: list[ReaderEvent]
+    logprobs: list[dict] | None
+    finish_reason: str | None
 
 
 @dataclass(slots=True)
@@ -45,7 +58,7 @@ class Completion:
 
     def __post_init__(self) -> None:
         calls = self.tools is not None and self.tools.calls_allowed
-        self.choices = [Choice(ToolCallReader(self.tools.named) if calls else None) for _ in range(self.n)]
+        self.choices = [Choice(CallReader(self.tools.calling.format) if calls else None) for _ in range(self.n)]
 
     @property
     def legacy_functions(self) -> bool:
@@ -60,27 +73,40 @@ class Completion:
         opening = {"role": "assistant", "content": None if self.choices[0].reader else ""}
         return [{"index": i, "delta": dict(opening), "logprobs": None, "finish_reason": None} for i in range(self.n)]
 
-    def apply(self, output: RequestOutput) -> list[dict]:
-        """Records one engine output; returns its stream choices: pieces, calls, then finishes."""
-        deltas = []
+    def update(self, output: RequestOutput) -> list[ChoiceUpdate]:
+        """Records one engine output; returns what it added to each choice it concerns."""
+        updates = []
         for delta in output.deltas:
             choice = self.choices[delta.index]
             self.num_completion_tokens += len(delta.token_ids)
             logprobs = None
             if delta.logprobs and self.logprob_formatter is not None:
-                entries = [self.logprob_formatter.entry(lp) for lp in delta.logprobs]
-                choice.logprobs.extend(entries)
-                logprobs = {"content": entries, "refusal": None}
-            pieces = self._shape(choice, delta.text)
+                logprobs = [self.logprob_formatter.entry(lp) for lp in delta.logprobs]
+                choice.logprobs.extend(logprobs)
+            events = choice.reader.feed(delta.text) if choice.reader is not None else [delta.text] if delta.text else []
+            if delta.finish_reason is not None and choice.reader is not None:
+                events += choice.reader.finish()
+            for event in events:
+                self._record(choice, event)
+            if delta.finish_reason is not None:
+                choice.finish_reason = self._finish_reason(choice, delta.finish_reason)
+            updates.append(ChoiceUpdate(delta.index, events, logprobs, choice.finish_reason))
+        return updates
+
+    def apply(self, output: RequestOutput) -> list[dict]:
+        """Records one engine output; returns its chat stream choices: pieces, calls, then finishes."""
+        deltas = []
+        for update in self.update(output):
+            logprobs = {"content": update.logprobs, "refusal": None} if update.logprobs else None
+            pieces = [self._delta(event) for event in update.events]
             if logprobs and not pieces:
                 pieces = [{"content": ""}]
             for k, piece in enumerate(pieces):
-                deltas.append({"index": delta.index, "delta": piece, "logprobs": logprobs if k == 0 else None,
+                deltas.append({"index": update.index, "delta": piece, "logprobs": logprobs if k == 0 else None,
                                "finish_reason": None})
-            if delta.finish_reason is not None:
-                choice.finish_reason = self._finish_reason(choice, delta.finish_reason)
-                deltas.append({"index": delta.index, "delta": {}, "logprobs": None,
-                               "finish_reason": choice.finish_reason})
+            if update.finish_reason is not None:
+                deltas.append({"index": update.index, "delta": {}, "logprobs": None,
+                               "finish_reason": update.finish_reason})
         return deltas
 
     def message(self, index: int) -> dict:
@@ -97,21 +123,22 @@ class Completion:
                                      for c in choice.calls]
         return message
 
-    def _shape(self, choice: Choice, text: str) -> list[dict]:
-        """The stream deltas of one piece of a choice's text."""
-        events = choice.reader.feed(text) if choice.reader is not None else ([text] if text else [])
-        pieces = []
-        for event in events:
-            if isinstance(event, str):
-                choice.content.append(event)
-                pieces.append({"content": event})
-            elif isinstance(event, CallStarted):
-                choice.calls.append(Call(event.call_id, event.name))
-                pieces.append(self._call_delta(event.index, {"name": event.name, "arguments": ""}, event.call_id))
-            elif isinstance(event, ArgumentsPiece):
-                choice.calls[event.index].arguments.append(event.text)
-                pieces.append(self._call_delta(event.index, {"arguments": event.text}))
-        return pieces
+    @staticmethod
+    def _record(choice: Choice, event: ReaderEvent) -> None:
+        if isinstance(event, str):
+            choice.content.append(event)
+        elif isinstance(event, CallStarted):
+            choice.calls.append(Call(event.call_id, event.name))
+        else:
+            choice.calls[event.index].arguments.append(event.text)
+
+    def _delta(self, event: ReaderEvent) -> dict:
+        """A content piece or call event as a chat stream delta."""
+        if isinstance(event, str):
+            return {"content": event}
+        if isinstance(event, CallStarted):
+            return self._call_delta(event.index, {"name": event.name, "arguments": ""}, event.call_id)
+        return self._call_delta(event.index, {"arguments": event.text})
 
     def _call_delta(self, index: int, function: dict, call_id: str | None = None) -> dict:
         if self.legacy_functions:

@@ -1,10 +1,11 @@
 """The prompt: the conversation as the model's chat template sees it, rendered and tokenized.
 
 Roles the template has no word for are mapped onto ones it has: `developer` is a system message,
-and where the template knows nothing of tools, a tool's (or a function's) result is a user turn in
-<tool_response> tags, the assistant's calls are written in the call markup, and the tools offered
-are described in the system message (rillet/api/tools.py). A template that uses `tools` gets them,
-and the messages' calls and results, as Hugging Face templates expect them.
+and where the template has no tool calls rillet knows (the generic prompt, rillet/api/call_formats.py),
+a tool's (or a function's) result is a user turn in <tool_response> tags (results in a row share
+one turn), the assistant's calls are written in Hermes markup, and the tools offered are described
+in the system message (rillet/api/tools.py). A template with its own tool calls gets the tools, and
+the messages' calls and results, as Hugging Face templates expect them, with call ids it accepts.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from typing import Any
 from rillet.api.errors import APIError, ErrorKind
 from rillet.api.schemas import ChatCompletionRequest, ChatMessage, FunctionCall
 from rillet.api.served_model import ServedModel
-from rillet.api.tools import ToolPlan, call_markup, generic_tools_prompt, tools_for_template
+from rillet.api.call_formats import ToolCalling
+from rillet.api.tools import ToolPlan, generic_tools_prompt, tools_for_template
 from rillet.model.errors import ChatTemplateError
 from rillet.model.loader import release_freed_memory
 
@@ -27,13 +29,13 @@ def render_prompt(request: ChatCompletionRequest, plan: ToolPlan | None, served:
     """The prompt text: the messages, and the tools where the request lets the model call them."""
     template = served.chat_template
     source = getattr(template, "source", "")
-    native_tools = "tools" in source
-    messages = [_template_message(i, m, native_tools) for i, m in enumerate(request.messages)]
+    calling = served.tool_calling
+    messages = _joined_results([_template_message(i, m, calling) for i, m in enumerate(request.messages)])
     if "developer" not in source:
         messages = [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
     extra: dict[str, Any] = {}
     if plan is not None and plan.calls_allowed:
-        if native_tools:
+        if calling.in_template:
             extra["tools"] = tools_for_template(plan)
         else:
             messages = _with_system_text(messages, generic_tools_prompt(plan))
@@ -78,7 +80,7 @@ class PromptEncoder:
             release_freed_memory()  # the tokenizer's per-token buffers, hundreds of MB for the longest
 
 
-def _template_message(index: int, message: ChatMessage, native_tools: bool) -> dict[str, Any]:
+def _template_message(index: int, message: ChatMessage, calling: ToolCalling) -> dict[str, Any]:
     text = message.text()
     calls = _calls_of(message)
     where = f"messages.{index}"
@@ -93,27 +95,50 @@ def _template_message(index: int, message: ChatMessage, native_tools: bool) -> d
     if calls and message.role != "assistant":
         raise APIError(ErrorKind.INVALID_REQUEST, "only assistant messages carry calls", f"{where}.tool_calls")
     if message.role in ("tool", "function"):
-        if native_tools:
-            entry = {"role": "tool", "content": text, "tool_call_id": message.tool_call_id}
+        if calling.in_template:
+            call_id = calling.format.template_call_id(message.tool_call_id or _LEGACY_CALL_ID)
+            entry = {"role": "tool", "content": text, "tool_call_id": call_id}
             return {**entry, "name": message.name} if message.name else entry
-        return {"role": "user", "content": f"<tool_response>\n{text}\n</tool_response>"}
+        return {"role": "user", "content": f"<tool_response>\n{text}\n</tool_response>", _RESULT: True}
     entry: dict[str, Any] = {"role": message.role, "content": text}
     if message.name is not None:
         entry["name"] = message.name
-    if calls and native_tools:
-        entry["tool_calls"] = [{"id": call_id, "type": "function",
+    if calls and calling.in_template:
+        entry["tool_calls"] = [{"id": calling.format.template_call_id(call_id), "type": "function",
                                 "function": {"name": call.name, "arguments": _arguments_value(call.arguments)}}
                                for call_id, call in calls]
     elif calls:
-        markup = "\n".join(call_markup(call.name, call.arguments) for _, call in calls)
+        markup = calling.format.write([(call.name, call.arguments) for _, call in calls])
         entry["content"] = f"{text}\n{markup}" if text else markup
     return entry
+
+
+# A legacy function call and its result carry no id; they are rendered with this one.
+_LEGACY_CALL_ID = "call_0"
+# Marks a user turn that holds a tool's result, in the generic prompt.
+_RESULT = "_tool_result"
+
+
+def _joined_results(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The generic prompt's tool results in a row as one user turn (as Qwen's template writes them):
+    templates that want user and assistant turns to alternate accept two results after one turn of
+    calls."""
+    joined: list[dict[str, Any]] = []
+    for message in messages:
+        result = message.pop(_RESULT, False)
+        if result and joined and joined[-1].get(_RESULT):
+            joined[-1]["content"] += "\n" + message["content"]
+        else:
+            joined.append({**message, _RESULT: True} if result else message)
+    for message in joined:
+        message.pop(_RESULT, None)
+    return joined
 
 
 def _calls_of(message: ChatMessage) -> list[tuple[str, FunctionCall]]:
     calls = [(call.id, call.function) for call in message.tool_calls or []]
     if message.function_call is not None:
-        calls.append(("call_0", message.function_call))
+        calls.append((_LEGACY_CALL_ID, message.function_call))
     return calls
 
 

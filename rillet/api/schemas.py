@@ -22,7 +22,7 @@ _STOP_SCHEMA = {"anyOf": [
     {"type": "null"}]}
 
 
-def _only(*accepted: dict) -> WithJsonSchema:
+def default_only(*accepted: dict) -> WithJsonSchema:
     """The schema of a documented parameter that rillet accepts only at its default (sampling.py
     refuses the rest with a 422 naming it): its accepted values, or null."""
     return WithJsonSchema({"anyOf": [*accepted, {"type": "null"}],
@@ -155,15 +155,15 @@ class ChatCompletionRequest(BaseModel):
     response_format: ResponseFormat | None = None
     # Documented by OpenAI, validated here, and refused with 422 unless left at their defaults
     # (see UNSUPPORTED_PARAMETERS in rillet/api/sampling.py).
-    service_tier: Annotated[str | None, _only({"type": "string", "enum": ["auto", "default"]})] = None
-    store: Annotated[bool | None, _only({"type": "boolean", "enum": [False]})] = None
-    metadata: Annotated[dict[str, str] | None, _only({"type": "object", "maxProperties": 0})] = None
-    modalities: Annotated[list[str] | None, _only({"type": "array", "items": {"type": "string", "enum": ["text"]},
+    service_tier: Annotated[str | None, default_only({"type": "string", "enum": ["auto", "default"]})] = None
+    store: Annotated[bool | None, default_only({"type": "boolean", "enum": [False]})] = None
+    metadata: Annotated[dict[str, str] | None, default_only({"type": "object", "maxProperties": 0})] = None
+    modalities: Annotated[list[str] | None, default_only({"type": "array", "items": {"type": "string", "enum": ["text"]},
                                                    "minItems": 1, "maxItems": 1})] = None
-    audio: Annotated[dict[str, Any] | None, _only()] = None
-    prediction: Annotated[dict[str, Any] | None, _only()] = None
-    reasoning_effort: Annotated[str | None, _only()] = None
-    web_search_options: Annotated[dict[str, Any] | None, _only()] = None
+    audio: Annotated[dict[str, Any] | None, default_only()] = None
+    prediction: Annotated[dict[str, Any] | None, default_only()] = None
+    reasoning_effort: Annotated[str | None, default_only()] = None
+    web_search_options: Annotated[dict[str, Any] | None, default_only()] = None
 
     @field_validator("stop")
     @classmethod

@@ -1,6 +1,6 @@
 """Each key's share of the engine's sequences: at most `per_key` sequences (a request's n choices
 each) of one key in flight at once, so that one key's requests never take every sequence the
-engine runs and starve the others' (its n is bounded apart, per request: rillet/api/chat.py).
+engine runs and starve the others' (its n is bounded apart, per request: rillet/api/pipeline.py).
 
 A request over its key's share waits, in order with its key's other waiting requests, until its
 key's earlier requests end; it waits in the admission queue, under its bounds and its timeout

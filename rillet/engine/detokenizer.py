@@ -3,6 +3,9 @@
 Byte-level tokenizers split multi-byte characters across tokens; decoding such a prefix
 yields U+FFFD. A piece is therefore only released once its text no longer ends in U+FFFD,
 and the window that is decoded again each time stays a few tokens long.
+
+Special tokens are left out of the text, except those the request asks to see (shown): such a token
+releases what is held before it and then its own text, and the window starts again after it.
 """
 from __future__ import annotations
 
@@ -16,10 +19,11 @@ class Decoder(Protocol):
 
 
 class IncrementalDetokenizer:
-    __slots__ = ("_tokenizer", "_ids", "_prefix_offset", "_read_offset")
+    __slots__ = ("_tokenizer", "_shown", "_ids", "_prefix_offset", "_read_offset")
 
-    def __init__(self, tokenizer: Decoder) -> None:
+    def __init__(self, tokenizer: Decoder, shown_token_ids: frozenset[int] = frozenset()) -> None:
         self._tokenizer = tokenizer
+        self._shown = shown_token_ids
         self._ids: list[int] = []
         # _ids[_prefix_offset:_read_offset] is context already emitted, decoded again so
         # that tokenizers which change a token's text by its neighbour (leading spaces) agree.
@@ -28,6 +32,11 @@ class IncrementalDetokenizer:
 
     def add_token(self, token_id: int) -> str:
         """Appends one token and returns the text it completes ("" while a character is partial)."""
+        if token_id in self._shown:
+            held = self._release(final=True)
+            self._ids.append(token_id)
+            self._prefix_offset = self._read_offset = len(self._ids)
+            return held + self._tokenizer.decode([token_id], skip_special_tokens=False)
         self._ids.append(token_id)
         return self._release(final=False)
 

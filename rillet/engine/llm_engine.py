@@ -329,7 +329,8 @@ class LLMEngine:
         seq = Sequence(
             seq_id=next(self._seq_ids), request_id=request_id, index=index,
             prompt_token_ids=list(prompt), params=params,
-            detokenizer=IncrementalDetokenizer(self.tokenizer), stop_checker=StopChecker(params.stop),
+            detokenizer=IncrementalDetokenizer(self.tokenizer, params.shown_token_ids),
+            stop_checker=StopChecker(params.stop),
             max_total_tokens=max_total_tokens,
         )
         if params.seed is not None:

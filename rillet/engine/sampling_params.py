@@ -24,6 +24,9 @@ class SamplingParams:
     logprobs: int | None = None
     # A grammar every choice must follow (llguidance's Lark dialect; rillet/engine/constraints.py).
     grammar: str | None = None
+    # Special tokens whose text the output shows (they are left out of it otherwise): the markers of a
+    # tool-call format that are one token of the vocabulary, such as Mistral's [TOOL_CALLS].
+    shown_token_ids: frozenset[int] = frozenset()
 
     @property
     def greedy(self) -> bool:

@@ -96,6 +96,9 @@ class Tokenizer:
         self.eos_token = tokens[eos_token_id] if eos_token_id is not None else ""
         self.add_bos_token = add_bos_token
         self.stop_token_ids = stop_token_ids
+        # The vocabulary's added tokens (control and user-defined) by their text: each is matched whole
+        # in a text, and a grammar names it by its id (llguidance takes them for special tokens).
+        self.added_tokens: dict[str, int] = {}
         # Byte-level BPE spells each byte as one printable character; this maps them back.
         self._byte_of_char: dict[str, int] | None = None
         # SentencePiece-style pieces: "\u2581" is a space, "<0xAB>" a byte.
@@ -121,6 +124,7 @@ class Tokenizer:
         bos, eos = file.get("tokenizer.ggml.bos_token_id"), file.get("tokenizer.ggml.eos_token_id")
         tokenizer = cls(backend, tokens, bos, eos, bool(file.get("tokenizer.ggml.add_bos_token", kind == "llama")),
                         _stop_token_ids(file, tokens, types))
+        tokenizer.added_tokens = {token: i for i, token in enumerate(tokens) if types[i] in (_CONTROL, _USER_DEFINED)}
         tokenizer._set_token_spelling("gpt2" if kind == "gpt2" else "sentencepiece")
         return tokenizer
 
@@ -146,6 +150,7 @@ class Tokenizer:
         # Without add_bos_token in the config, the tokenizer.json post-processor says whether bos leads.
         add_bos = settings.get("add_bos_token", bos is not None and backend.encode("").ids[:1] == [bos])
         tokenizer = cls(backend, tokens, bos, eos, bool(add_bos), frozenset(stops))
+        tokenizer.added_tokens = {t.content: i for i, t in backend.get_added_tokens_decoder().items()}
         decoder = json.dumps(json.loads(backend.to_str()).get("decoder"))
         tokenizer._set_token_spelling("gpt2" if '"ByteLevel"' in decoder else
                                       "sentencepiece" if '"ByteFallback"' in decoder or _SPACE in decoder else None)

@@ -13,9 +13,10 @@ def before_call(context, case, kwargs) -> None:
     body = case.body
     if not isinstance(body, dict):
         return
-    for name in ("max_tokens", "max_completion_tokens"):
+    names = ("max_output_tokens",) if "input" in body else ("max_tokens", "max_completion_tokens")
+    for name in names:
         value = body.get(name)
         if type(value) is int and value > MAX_TOKENS:
             body[name] = MAX_TOKENS
-    if "max_tokens" not in body and "max_completion_tokens" not in body:
-        body["max_tokens"] = MAX_TOKENS
+    if not any(name in body for name in names):
+        body[names[0]] = MAX_TOKENS

@@ -23,7 +23,7 @@ EXAMPLES = 100  # fuzzed cases per operation: about 700 requests in all, 8 s on 
 def test_every_api_operation_lists_every_error_status_in_the_openai_envelope(http):
     """It listed 200 and 422 only, and its 422 was FastAPI's shape, which the server never sends."""
     schema = http.get("/openapi.json").json()
-    for path in ("/v1/chat/completions", "/v1/models", "/v1/models/{model_id}"):
+    for path in ("/v1/chat/completions", "/v1/responses", "/v1/models", "/v1/models/{model_id}"):
         for operation in schema["paths"][path].values():
             responses = operation["responses"]
             assert ERROR_STATUSES <= set(responses), (path, sorted(responses))
@@ -50,6 +50,18 @@ def test_the_request_schema_states_the_servers_bounds(http):
     assert properties["modalities"]["anyOf"][0]["items"]["enum"] == ["text"]
     assert properties["audio"]["anyOf"] == [{"type": "null"}]
     assert properties["store"]["anyOf"][0]["enum"] == [False]
+
+
+def test_the_responses_request_schema_states_the_servers_bounds(http):
+    schema = http.get("/openapi.json").json()
+    properties = schema["components"]["schemas"]["ResponsesRequest"]["properties"]
+    assert properties["max_output_tokens"]["anyOf"][0]["maximum"] == 8191
+    assert properties["model"]["enum"] == [MODEL_NAME]
+    # Stored responses: only what this stateless server serves; anything else is a 400 naming the field.
+    assert properties["store"]["anyOf"][0]["enum"] == [False] and properties["previous_response_id"]["type"] == "null"
+    assert properties["truncation"]["anyOf"][0]["enum"] == ["disabled"]
+    streamed = schema["paths"]["/v1/responses"]["post"]["responses"]["200"]["content"]["text/event-stream"]
+    assert "response.completed" in streamed["schema"]["properties"]["data"]["description"]
 
 
 @pytest.mark.parametrize("method, path, allowed", [

@@ -129,12 +129,15 @@ def test_parallel_calls_come_as_separate_indices(http, stream):
 
 
 def test_each_of_n_choices_makes_its_own_calls(http):
-    reply = ask(http, tool_choice="required", n=3, temperature=1.0, seed=3, parallel_tool_calls=False)
+    # No city named, and a high temperature: room for the choices to differ (a city may run to max_tokens).
+    reply = ask(http, tool_choice="required", n=3, temperature=2.0, seed=3, parallel_tool_calls=False,
+                messages=[{"role": "user", "content": "What is the weather like?"}])
     assert [c["index"] for c in reply["choices"]] == [0, 1, 2]
-    for index in range(3):
-        assert reply["choices"][index]["finish_reason"] == "tool_calls"
-        assert_valid_calls(calls_of(reply, index))
-    assert len({json.dumps(calls_of(reply, i)) for i in range(3)}) > 1
+    for index, choice in enumerate(reply["choices"]):
+        assert choice["finish_reason"] in ("tool_calls", "length") and len(choice["message"]["tool_calls"]) == 1
+        if choice["finish_reason"] == "tool_calls":
+            assert_valid_calls(calls_of(reply, index))
+    assert len({c["message"]["tool_calls"][0]["function"]["arguments"] for c in reply["choices"]}) > 1
 
 
 def test_calls_and_their_results_are_carried_back(http):
@@ -213,3 +216,46 @@ def test_a_schema_the_grammar_cannot_enforce_is_400_naming_it(http, field, value
 def test_inconsistent_tool_fields_are_422(http, fields, param):
     response = http.post("/v1/chat/completions", json=chat_body(**fields))
     assert response.status_code == 422 and response.json()["error"]["param"] == param, response.text
+
+
+def langchain_tools() -> list[dict]:
+    """The tools of LangChain's standard integration tests, as LangChain writes them for OpenAI: their
+    parameters name properties but say nothing of other keys."""
+    from langchain_core.tools import tool
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+    from pydantic import BaseModel, Field
+
+    class MagicFunctionSchema(BaseModel):
+        input: int = Field(..., gt=-1000, lt=1000)
+
+    @tool(args_schema=MagicFunctionSchema)
+    def magic_function(_input: int) -> int:
+        """Apply a magic function to an input."""
+        return _input + 2
+
+    @tool
+    def magic_function_no_args() -> int:
+        """Calculate a magic function."""
+        return 5
+
+    return [convert_to_openai_tool(t) for t in (magic_function, magic_function_no_args)]
+
+
+def test_langchain_tool_shapes_get_no_keys_beyond_their_parameters(http):
+    """The issue's case: 27 of 37 calls sampled at temperature 1 carried keys copied from the schema
+    ({"input": 1, "type": "integer", "exclusiveMaximum": 1000, ...}). Generation closes the objects;
+    the schema as sent still validates every answer."""
+    tools = langchain_tools()
+    assert all("additionalProperties" not in t["function"]["parameters"] for t in tools)
+    schemas = {t["function"]["name"]: {**t["function"]["parameters"], "additionalProperties": False} for t in tools}
+    question = [{"role": "user", "content": "What is the value of magic_function(3)?"}]
+    calls = []
+    for seed in (1, 2):
+        reply = ask(http, tools=tools, tool_choice="required", n=10, temperature=1.0, seed=seed, max_tokens=40,
+                    parallel_tool_calls=False, messages=question)
+        for choice in reply["choices"]:
+            assert choice["finish_reason"] == "tool_calls"
+            calls += [(c["function"]["name"], c["function"]["arguments"]) for c in choice["message"]["tool_calls"]]
+    assert len(calls) == 20
+    for name, arguments in calls:
+        jsonschema.validate(json.loads(arguments), schemas[name])  # no key beyond the parameters
