@@ -42,7 +42,8 @@ def option(default: Any, help: str, *, flag: str | None = None, type: Any = None
            repeatable: bool = False) -> Any:
     """A field and its flag: `--name-with-dashes` unless flag names it; a bool is a switch (its flag
     turns it to the other value); repeatable collects every use into a tuple. shown: how the help
-    says the default where its value would not (None for "one per core"); "" leaves it out."""
+    says the default where its value alone would not ("one per core"; "{default}" stands for the
+    value); "" leaves it out."""
     return field(default=default, metadata={
         "help": help, "flag": flag, "type": type, "choices": choices, "metavar": metavar, "shown": shown,
         "group": group, "repeatable": repeatable})
@@ -61,7 +62,7 @@ class ServeConfig:
     # -- the engine (EngineConfig) --
     device: str = option("cpu", "torch device, e.g. cpu or cuda")
     kv_cache_tokens: int = option(16384, "KV cache capacity in tokens, shared by all sequences",
-                                  type=positive_int, shown="16384; the default model needs 23 KiB a token in float16")
+                                  type=positive_int, shown="{default}; the default model needs 23 KiB a token in float16")
     kv_cache_dtype: str = option("float16", "element type of the KV cache: float16 halves its memory; attention "
                                  "still computes in float32", choices=("float16", "float32"))
     max_num_seqs: int = option(64, "sequences decoded at once", type=positive_int)
@@ -107,7 +108,7 @@ class ServeConfig:
                                   metavar="SECONDS", group="limits")
     max_request_bytes: int = option(4 * 1024 * 1024, "largest request body; a larger one is a 413, refused "
                                     "before it is read", type=positive_int, metavar="N", group="limits",
-                                    shown="4194304, 4 MiB")
+                                    shown="{default}, 4 MiB")
     max_seqs_per_request: int | None = option(
         None, "the largest n (choices) of one request; more is a 422", type=positive_int, metavar="N",
         group="limits", shown="a quarter of --max-num-seqs, so that one request leaves room for others")
@@ -122,7 +123,7 @@ class ServeConfig:
                                  "408", type=positive_float, metavar="SECONDS", group="limits")
     max_connections: int = option(1024, "connections held at once; one more is answered with a 503 at once",
                                   type=positive_int, metavar="N", group="limits",
-                                  shown="1024, or fewer where the open-file limit, raised to its hard limit at "
+                                  shown="{default}, or fewer where the open-file limit, raised to its hard limit at "
                                   "start, is lower")
     engine_restarts: int = option(3, "how often a dead engine process is replaced within "
                                   "--engine-restart-window; one more death there exits the server with status 1",
@@ -217,7 +218,6 @@ def add_arguments(parser: argparse.ArgumentParser, choices: dict[str, tuple[str,
 
 
 def _help(default: Any, meta) -> str:
-    shown = meta["shown"]
-    if shown is None:
-        shown = f"{default:g}" if isinstance(default, float) else str(default)
+    value = f"{default:g}" if isinstance(default, float) else str(default)
+    shown = value if meta["shown"] is None else meta["shown"].format(default=value)
     return f"{meta['help']} (default: {shown})" if shown else meta["help"]

@@ -33,7 +33,7 @@ def test_each_flag_s_help_says_its_default():
             expected = f"{f.default:g}" if isinstance(f.default, float) else str(f.default)
             assert helps[f.name].endswith(f"(default: {expected})"), f.name
         elif shown:
-            assert f"(default: {shown})" in helps[f.name], f.name
+            assert f"(default: {shown.format(default=f.default)})" in helps[f.name], f.name
 
 
 def test_the_layers_defaults_are_the_dataclass_s():
