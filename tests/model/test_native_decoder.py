@@ -2,6 +2,7 @@
 Python loop over the same kernels: the same logits bit for bit, in every kind of step."""
 from __future__ import annotations
 
+import ctypes
 import platform
 import shutil
 from types import SimpleNamespace
@@ -14,6 +15,8 @@ from rillet.model.decoder import DecoderModel
 from rillet.model.gguf_file import open_gguf
 from rillet.model.gguf_config import read_config
 from rillet.model.gguf_loader import read_tensors
+from rillet.model import native
+from rillet.model.native import decoder_layers
 from rillet.model.quantized import kernels
 from tests.model.test_forward_parity import BLOCK_SIZE, PROMPTS, PagedSequences, run_step
 from tests.model.tiny_gguf import Q, random_blocks, write_raw_gguf
@@ -126,3 +129,45 @@ def test_a_block_type_without_a_kernel_is_named_in_the_weight_format(tmp_path):
     native = ("Q4_K", "quantized") in kernels()  # else every matrix is float16
     assert loaded.model.weight_format == ("quantized (Q2_K, Q3_K in float16)" if native else "float16")
     assert loaded.model.native_layers is None  # the loop needs every matrix native
+
+
+def test_the_ctypes_classes_lay_out_decoder_layers_c_structs_exactly():
+    lib = native.library("decoder_layers")
+    if lib is None:
+        pytest.skip("no native kernels here")
+    c = decoder_layers.c_layout(lib)
+    assert {"linear_t", "layer_t", "decoder_t", "kv_caches_t", "layer_t.post_mlp_norm"} <= c.keys()
+    assert decoder_layers.layout_differences(lib) == []
+
+
+@torch.inference_mode()
+def test_a_struct_that_differs_from_c_is_found_and_the_python_loop_runs(ours_quantized, monkeypatch, caplog):
+    lib = native.library("decoder_layers")
+    if lib is None:
+        pytest.skip("no native kernels here")
+
+    class LinearMissingAField(ctypes.Structure):  # out_features dropped: the sizes and a field differ
+        _fields_ = [("multiply", ctypes.c_void_p), ("packed", ctypes.c_void_p), ("in_features", ctypes.c_int64)]
+
+    names = {**decoder_layers._C_NAMES}
+    del names[decoder_layers._Linear]
+    monkeypatch.setattr(decoder_layers, "_C_NAMES", {LinearMissingAField: "linear_t", **names})
+    assert decoder_layers.layout_differences(lib) == [
+        "linear_t: ctypes 24, C 32", "linear_t.out_features: ctypes None, C 24"]
+    assert decoder_layers.NativeDecoder.build(ours_quantized.model) is None
+    assert "disagree (linear_t: ctypes 24, C 32" in caplog.text
+
+
+def test_the_attention_limits_come_from_the_kernel_that_enforces_them():
+    limits = native.decode_attention_limits()
+    if limits is None:
+        pytest.skip("no native kernels here")
+    q = torch.zeros(1, limits.heads, 64)
+    context_lens = torch.tensor([1])
+    inside = torch.zeros(2, 1, limits.block_size, limits.heads, 64)
+    beyond = torch.zeros(2, 1, limits.block_size + 1, limits.heads, 64)
+    tables = torch.zeros(1, 1, dtype=torch.int64)
+    assert native.paged_decode_attention(q, inside, tables, context_lens) is not None
+    assert native.paged_decode_attention(q, beyond, tables, context_lens) is None
+    one_head_too_many = torch.zeros(1, limits.heads + 1, 64)
+    assert native.paged_decode_attention(one_head_too_many, inside[:, :, :, :1].contiguous(), tables, context_lens) is None

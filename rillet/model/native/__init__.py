@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -143,6 +144,25 @@ def _decode_attention_function(dtype: torch.dtype):
     function.restype = ctypes.c_int
     function.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR] + [_I64] * 7 + [_F32, _I64]
     return function
+
+
+class AttentionLimits(NamedTuple):
+    """decode_attention.c's fixed buffers: beyond these it declines and PyTorch's attention runs."""
+    heads: int
+    head_dim: int
+    block_size: int
+
+
+@cache
+def decode_attention_limits() -> AttentionLimits | None:
+    """The attention kernel's limits, as its C source declares them; None where it cannot be built here."""
+    lib = library("decode_attention")
+    if lib is None:
+        return None
+    out = (_I64 * 3)()
+    lib.decode_attention_limits.restype = None
+    lib.decode_attention_limits(out)
+    return AttentionLimits(*out)
 
 
 def address(function) -> int | None:

@@ -420,3 +420,10 @@ static inline __attribute__((always_inline)) int attend(
 
 ENTRY_POINT(paged_decode_attention_f32, float, 0)
 ENTRY_POINT(paged_decode_attention_f16, _Float16, 1)
+
+/* The limits above, read by Python (rillet/model/native/__init__.py) rather than copied there. */
+void decode_attention_limits(int64_t *out) {
+    out[0] = MAX_HEADS;
+    out[1] = MAX_HEAD_DIM;
+    out[2] = MAX_BLOCK_SIZE;
+}

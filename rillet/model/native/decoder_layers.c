@@ -1,6 +1,6 @@
 /* Every decoder layer of a step, and the final norm, in one call: the same kernels, in the same
- * order and on the same values as rillet/model/llama.py's forward, so the result is bit for bit
- * the one the Python loop computes. What it saves is the loop itself: at a batch of one token,
+ * order and on the same values as DecoderModel's forward (rillet/model/decoder.py), so the result
+ * is bit for bit the one its Python loop computes. What it saves is the loop itself: at a batch of one token,
  * calling ten kernels a layer from Python took about as long as the kernels.
  *
  * The kernels live in their own libraries, built with their own flags (matmuls without fp
@@ -10,6 +10,7 @@
  * leaves it). out: [T, dim], the final RMSNorm of the stream. Returns 0, or the failing kernel's
  * status (a matmul's allocation, attention's size limits).
  */
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +66,37 @@ typedef struct {
     int half;
     attention_fn attention;
 } kv_caches_t;
+
+/* The structs above as Python's ctypes classes must lay them out (rillet/model/native/decoder_layers.py
+ * compares its classes with this before it builds a decoder): each struct's size under its name, and
+ * each field's offset under struct.field. */
+#define SIZE(type) {#type, sizeof(type)}
+#define FIELD(type, field) {#type "." #field, offsetof(type, field)}
+static const struct {
+    const char *name;
+    int64_t value;
+} layout[] = {
+    SIZE(linear_t), FIELD(linear_t, multiply), FIELD(linear_t, packed), FIELD(linear_t, in_features),
+    FIELD(linear_t, out_features),
+    SIZE(layer_t), FIELD(layer_t, attn_norm), FIELD(layer_t, mlp_norm), FIELD(layer_t, qkv), FIELD(layer_t, o),
+    FIELD(layer_t, gate_up), FIELD(layer_t, down), FIELD(layer_t, window), FIELD(layer_t, rope_index),
+    FIELD(layer_t, qkv_bias), FIELD(layer_t, q_norm), FIELD(layer_t, k_norm), FIELD(layer_t, post_attn_norm),
+    FIELD(layer_t, post_mlp_norm),
+    SIZE(decoder_t), FIELD(decoder_t, num_layers), FIELD(decoder_t, hidden_size), FIELD(decoder_t, intermediate_size),
+    FIELD(decoder_t, num_heads), FIELD(decoder_t, num_kv_heads), FIELD(decoder_t, head_dim), FIELD(decoder_t, eps),
+    FIELD(decoder_t, scale), FIELD(decoder_t, add_rms_norm), FIELD(decoder_t, rope), FIELD(decoder_t, gate),
+    FIELD(decoder_t, write_kv), FIELD(decoder_t, add_bias), FIELD(decoder_t, head_rms_norm),
+    FIELD(decoder_t, final_norm), FIELD(decoder_t, layers),
+    SIZE(kv_caches_t), FIELD(kv_caches_t, layers), FIELD(kv_caches_t, num_blocks), FIELD(kv_caches_t, block_size),
+    FIELD(kv_caches_t, half), FIELD(kv_caches_t, attention),
+};
+
+/* Entry i of the layout: its value, and its name through *name; -1 past the last. */
+int64_t decoder_layout(int64_t i, const char **name) {
+    if (i < 0 || i >= (int64_t)(sizeof layout / sizeof layout[0])) return -1;
+    *name = layout[i].name;
+    return layout[i].value;
+}
 
 /* A matmul_fn for rows stacked from matrices of different block types (q and k in Q4_K, v in Q6_K):
  * packed is int64 [parts, then (kernel, packed, out_features) per part], and each part's outputs go to

@@ -6,6 +6,7 @@ loop over the same kernels does, without that loop's per-kernel cost.
 from __future__ import annotations
 
 import ctypes
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -13,9 +14,10 @@ import torch
 from rillet.model import native
 from rillet.model.attention_metadata import AttentionMetadata
 
+log = logging.getLogger("rillet.native")
 _I64, _F32, _PTR = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
-# decode_attention.c's fixed buffers: beyond these it declines and PyTorch's attention runs.
-MAX_HEADS, MAX_HEAD_DIM, MAX_BLOCK_SIZE = 64, 256, 64
+
+# The structs of decoder_layers.c, mirrored field for field; layout_differences() compares the two.
 
 
 class _Linear(ctypes.Structure):
@@ -43,6 +45,37 @@ class _Caches(ctypes.Structure):
                 ("half", ctypes.c_int), ("attention", _PTR)]
 
 
+# Each class's struct in decoder_layers.c.
+_C_NAMES = {_Linear: "linear_t", _Layer: "layer_t", _Decoder: "decoder_t", _Caches: "kv_caches_t"}
+
+
+def python_layout() -> dict[str, int]:
+    """The ctypes classes' sizes and field offsets, named as decoder_layers.c's decoder_layout names them."""
+    layout = {}
+    for cls, name in _C_NAMES.items():
+        layout[name] = ctypes.sizeof(cls)
+        for field, _ in cls._fields_:
+            layout[f"{name}.{field}"] = getattr(cls, field).offset
+    return layout
+
+
+def c_layout(lib: ctypes.CDLL) -> dict[str, int]:
+    """The C structs' sizes and field offsets, as the compiled decoder_layers.c reports them."""
+    function = lib.decoder_layout
+    function.restype, function.argtypes = _I64, [_I64, ctypes.POINTER(ctypes.c_char_p)]
+    layout, name = {}, ctypes.c_char_p()
+    while (value := function(len(layout), ctypes.byref(name))) >= 0:
+        layout[name.value.decode()] = value
+    return layout
+
+
+def layout_differences(lib: ctypes.CDLL) -> list[str]:
+    """Where the ctypes classes and the C structs disagree (a field added, renamed or retyped on one side)."""
+    ours, theirs = python_layout(), c_layout(lib)
+    return [f"{name}: ctypes {ours.get(name)}, C {theirs.get(name)}"
+            for name in sorted(ours.keys() | theirs.keys()) if ours.get(name) != theirs.get(name)]
+
+
 class NativeDecoder:
     """Built once per model by build(); call it for a step where supports() says so."""
 
@@ -55,12 +88,15 @@ class NativeDecoder:
 
     @classmethod
     def build(cls, model) -> NativeDecoder | None:
-        """For a DecoderModel; None where some piece has no native kernel here, or the architecture
-        has a part the native loop does not run (biases, q/k norms, sandwich norms, GeGLU, a RoPE base
-        per layer: rillet/model/architecture.py)."""
+        """For a DecoderModel; None where some piece has no native kernel here: LayerOps or this
+        library cannot be built, a matrix's format has no kernel, a norm is not float32, or the heads
+        are beyond the attention kernel's limits. Every part an architecture may have
+        (rillet/model/architecture.py: biases, q/k norms, sandwich norms, GeGLU, a RoPE base per
+        layer) runs here."""
         c = model.config
         ops = model.ops.lib
-        if ops is None or c.num_heads > MAX_HEADS or c.head_dim > MAX_HEAD_DIM:
+        limits = native.decode_attention_limits()
+        if ops is None or limits is None or c.num_heads > limits.heads or c.head_dim > limits.head_dim:
             return None
         vectors = [model.norm] + [w for layer in model.layers for w in (
             layer.attn_norm, layer.mlp_norm, *(getattr(layer, name) for name in _OPTIONAL)) if w is not None]
@@ -85,6 +121,10 @@ class NativeDecoder:
         lib = native.library("decoder_layers")
         if lib is None:
             return None
+        if differences := layout_differences(lib):
+            log.error("decoder_layers.c and its ctypes classes disagree (%s): the layers run in Python",
+                      "; ".join(differences))
+            return None
         gate = ops.gelu_mul if c.arch.activation == "gelu_tanh" else ops.silu_mul
         decoder = _Decoder(c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads, c.head_dim,
                            c.rms_norm_eps, c.scale, *(native.address(f) for f in (
@@ -98,7 +138,8 @@ class NativeDecoder:
 
     def supports(self, kv_caches: Sequence[torch.Tensor]) -> bool:
         cache = kv_caches[0]
-        return (cache.device.type == "cpu" and cache.shape[2] <= MAX_BLOCK_SIZE
+        limits = native.decode_attention_limits()
+        return (cache.device.type == "cpu" and limits is not None and cache.shape[2] <= limits.block_size
                 and native.decode_attention_address(cache.dtype) is not None
                 and all(c.is_contiguous() and c.dtype == cache.dtype for c in kv_caches))
 
