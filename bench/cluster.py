@@ -20,13 +20,12 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
-import sys
-import tempfile
 import time
 
 import httpx
+
+from rillet_server import start_rillet  # bench/rillet_server.py
 
 MODEL = "SmolLM2-135M-Instruct"
 SUBJECTS = ["the sea", "a red bicycle", "autumn", "a lighthouse", "bread", "the moon", "a lost key", "rain",
@@ -44,33 +43,19 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def replicas_ready(flags: list[str]):
+    """Ready when /metrics counts the replicas --replicas asked for (any answer without it)."""
+    wanted = flags[flags.index("--replicas") + 1] if "--replicas" in flags else None
+
+    def ready(base_url: str) -> bool:
+        metrics = httpx.get(f"{base_url}/metrics", timeout=2)
+        replicas = [line for line in metrics.text.splitlines() if line.startswith("rillet_replicas ")]
+        return metrics.status_code == 200 and (wanted is None or replicas == [f"rillet_replicas {wanted}.0"])
+    return ready
 
 
 def start(flags: list[str]) -> tuple[subprocess.Popen, str, str]:
-    port = free_port()
-    log = tempfile.NamedTemporaryFile(prefix="rillet-bench-", suffix=".log", delete=False)
-    process = subprocess.Popen([sys.executable, "-m", "rillet", "serve", "--port", str(port), *flags],
-                               stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RILLET_API_KEYS": ""})
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}; see {log.name}")
-        try:
-            metrics = httpx.get(f"{base_url}/metrics", timeout=2)
-            replicas = [line for line in metrics.text.splitlines() if line.startswith("rillet_replicas ")]
-            wanted = flags[flags.index("--replicas") + 1] if "--replicas" in flags else None
-            if metrics.status_code == 200 and (wanted is None or replicas == [f"rillet_replicas {wanted}.0"]):
-                return process, base_url, log.name
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise RuntimeError(f"the server was not ready in 300 s; see {log.name}")
+    return start_rillet(flags, ready=replicas_ready(flags))
 
 
 def stop(process: subprocess.Popen, log: str) -> None:

@@ -22,15 +22,12 @@ import os
 import resource
 import shlex
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 
-import httpx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rillet_server import start_rillet  # bench/rillet_server.py
 from serve import run_level  # bench/serve.py: the load
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -56,33 +53,6 @@ def engine_pid_of(http_pid: int) -> int:
             if b"spawn_main" in file.read():
                 return pid
     raise SystemExit(f"no engine child found under pid {http_pid} (children: {children})")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(args) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    rillet = os.path.join(os.path.dirname(sys.executable), "rillet")
-    with tempfile.NamedTemporaryFile("w", prefix="http_cpu_server_", suffix=".log", delete=False) as log:
-        server = subprocess.Popen([rillet, "serve", "--host", "127.0.0.1", "--port", str(port),
-                                   *shlex.split(args.server_args)], stdout=log, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the server exited with code {server.returncode}; see {log.name}")
-        try:
-            if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
-                return server, base_url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    server.kill()
-    raise SystemExit(f"the server did not start within 300 s; see {log.name}")
 
 
 def measure(args, http_pid: int) -> dict:
@@ -130,7 +100,8 @@ def main() -> None:
             parser.error("--base-url needs --pid (the server's HTTP process)")
         print(json.dumps(measure(args, args.pid)), flush=True)
         return
-    server, args.base_url = start_server(args)
+    server, base_url, _ = start_rillet(shlex.split(args.server_args))
+    args.base_url = f"{base_url}/v1"
     try:
         print(json.dumps(measure(args, server.pid)), flush=True)
     finally:

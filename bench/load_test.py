@@ -14,14 +14,13 @@ import asyncio
 import json
 import os
 import random
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 
 import httpx
+
+from rillet_server import start_rillet  # bench/rillet_server.py
 
 MODEL = "SmolLM2-135M-Instruct"
 TOPICS = ["the sea", "a red bicycle", "autumn", "a lighthouse", "bread", "the moon", "a lost key", "rain"]
@@ -103,32 +102,12 @@ async def run_clients(base_url: str, args) -> tuple[Tally, float]:
         return tally, time.perf_counter() - started
 
 
-def start_server(extra_args: list[str]) -> tuple[subprocess.Popen, str, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tempfile.NamedTemporaryFile(prefix="rillet-load-", suffix=".log", delete=False)
-    process = subprocess.Popen([sys.executable, "-m", "rillet", "serve", "--port", str(port), *extra_args],
-                               stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RILLET_API_KEYS": ""})
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
-                return process, base_url, log.name
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    process.kill()
-    sys.exit(f"the server did not start; see {log.name}")
-
-
 def main() -> int:
     args = parse_args()
     process = None
     base_url = args.base_url
     if base_url is None:
-        process, base_url, log_name = start_server(args.server_args.split())
+        process, base_url, log_name = start_rillet(args.server_args.split())
     try:
         tally, duration = asyncio.run(run_clients(base_url, args))
         idle = wait_for_idle(base_url)

@@ -1,5 +1,5 @@
 """Command line: `rillet serve` runs the OpenAI-compatible server; `rillet chat` talks to one
-(rillet/chat.py)."""
+(rillet/chat/)."""
 from __future__ import annotations
 
 import argparse
@@ -22,7 +22,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rillet.chat import add_arguments as add_chat_arguments
+    from rillet.chat.terminal import add_arguments as add_chat_arguments
     from rillet.config import add_arguments
     from rillet.model.weight_formats import WEIGHT_FORMATS
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["chat"]:  # before anything imports torch or the engine, which a chat does not need
-        from rillet.chat import main as chat
+        from rillet.chat.terminal import main as chat
 
         return chat(argv[1:])
     from rillet.api.access_log import configure_access_log

@@ -39,7 +39,7 @@ def test_each_flag_s_help_says_its_default():
 def test_the_layers_defaults_are_the_dataclass_s():
     from rillet.api import app, body_limit, http_server
     from rillet.api.admission import AdmissionLimits
-    from rillet.chat import DEFAULT_BASE_URL
+    from rillet.chat.terminal import DEFAULT_BASE_URL
     from rillet.engine.config import EngineConfig
     from rillet.engine.engine_process import RestartPolicy
     from rillet.model import loader

@@ -70,7 +70,7 @@ def main(argv: list[str]) -> int:
 
 def connect(args: argparse.Namespace):
     """The client, the model's name, and the server started for this chat (or None)."""
-    from rillet.chat_server import LocalServer, ServerStartError
+    from rillet.chat.local_server import LocalServer, ServerStartError
 
     model_path = args.model if args.model and os.path.exists(args.model) else None
     if model_path is None:
