@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -49,6 +50,11 @@ def main(argv: list[str]) -> int:
                                      epilog=COMMANDS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
+    if sys.stdin.isatty():
+        # Ctrl-C stops an answer. A process started with SIGINT ignored (a shell's background job, some
+        # CI runners) passes that on, and Python then raises no KeyboardInterrupt; a chat reading its
+        # terminal is in the foreground, and the key is its own.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     server = None
     try:
         client, model, server = connect(args)

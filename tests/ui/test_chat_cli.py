@@ -93,15 +93,21 @@ def test_two_turns_stream_and_the_second_remembers_the_first(server, tmp_path):
     assert finish(chat) == 0
 
 
+# At temperature 0 this prompt runs to max_tokens (1,500 tokens, many seconds), so the Ctrl-C lands
+# in the answer however slowly the test reads it.
+LONG_ANSWER = "Write a long poem about the sea, with many short lines."
+# `rillet chat` started with SIGINT ignored, as a shell's background job or some CI runners start it.
+SIGINT_IGNORED = ("import signal, sys, rillet.cli\n"
+                  "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                  "sys.exit(rillet.cli.main(sys.argv[1:]))")
+
+
 def test_ctrl_c_stops_the_answer_and_keeps_the_chat(server, tmp_path):
-    # At temperature 0 this prompt runs to max_tokens (1,500 tokens, many seconds): the Ctrl-C lands in
-    # the answer however slowly the test reads it ("Count from 1 to 300" ends after 122 tokens, about a
-    # second, and on a busy machine the answer was over before the Ctrl-C).
     chat = spawn_chat("--base-url", f"{server.base_url}/v1", "--temperature", "0", "--max-tokens", "1500",
                       "--verbose", tmp_path=tmp_path)
     seen = len(chat_completions(server))
     chat.expect_exact(">>>")
-    chat.send("Write a long poem about the sea, with many short lines.\r")
+    chat.send(LONG_ANSWER + "\r")
     chat.expect_exact("lines.")
     chat.expect(ANSWER_LINE + r"[^\x1b\r\n]+\r\n")  # two lines of the answer, streamed
     chat.sendintr()
@@ -124,6 +130,20 @@ def test_ctrl_c_stops_the_answer_and_keeps_the_chat(server, tmp_path):
     assert going_on["prompt_tokens"] > stopped["prompt_tokens"] + 12
     chat.expect_exact(">>>")
     chat.send("/exit\r")  # a line, which the terminal keeps for the prompt wherever the Ctrl-C landed
+    assert finish(chat) == 0
+
+
+def test_ctrl_c_stops_the_answer_of_a_chat_started_with_sigint_ignored(server, tmp_path):
+    chat = spawn_chat("--base-url", f"{server.base_url}/v1", "--temperature", "0", "--max-tokens", "1500",
+                      tmp_path=tmp_path, python_code=SIGINT_IGNORED)
+    chat.expect_exact(">>>")
+    chat.send(LONG_ANSWER + "\r")
+    chat.expect_exact("lines.")
+    chat.expect(ANSWER_LINE)
+    chat.sendintr()
+    chat.expect_exact("[stopped: the partial answer stays in the conversation]")
+    chat.expect_exact(">>>")
+    chat.send("/exit\r")
     assert finish(chat) == 0
 
 
