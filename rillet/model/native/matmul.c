@@ -17,6 +17,7 @@
  * multiple of the block, out of memory).
  */
 #include <omp.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,11 +45,14 @@ _Static_assert(TILE_ROWS <= 8 && TILE_GROUPS <= 4, "out holds 8 rows of 4 groups
 const char *matmul_isa(void) { return RILLET_ISA_NAME; }
 
 /* INT8X2's activations (matmul_table.h): a block of B floats rounded to q1 with its scale d1, and what
- * that left rounded to q2 with d2; the sums of each per 16 values in b1, b2. */
-static void quantize_block2(const float *x, int B, int8_t *q1, int8_t *q2, float *d1, float *d2, float *b1, float *b2) {
+ * that left rounded to q2 with d2; the sums of each per 16 values in b1, b2; and per 32 values, in c, x's
+ * sum as both roundings hold it (d1 times q1's sum plus d2 times q2's), which a weight's offset multiplies. */
+static void quantize_block2(const float *x, int B, int8_t *q1, int8_t *q2, float *d1, float *d2, float *b1, float *b2,
+                            float *c) {
     float rest[256];
     quantize_part(x, B, q1, d1, b1, rest);
     quantize_part(rest, B, q2, d2, b2, NULL);
+    for (int j = 0; j < B / 32; j++) c[j] = fmaf(*d2, b2[2 * j] + b2[2 * j + 1], *d1 * (b1[2 * j] + b1[2 * j + 1]));
 }
 
 /* Each (type, rows, groups) a copy of its own, unrolled with its sums in registers: T, R and G are
@@ -84,11 +88,11 @@ static void quantize_block2(const float *x, int B, int8_t *q1, int8_t *q2, float
 /* A batch's activations, prepared once per call: float32 rows and their sums per 32 values (FLOAT32),
  * rounded to int8 with their scales and scaled sums per 32 (INT8), rounded twice with the scales per
  * block of the type and each rounding's integer sums per 16 values, held as floats (INT8X2: xq, xd, xb
- * the first, xq2, xd2, xb2 the second). */
+ * the first, xq2, xd2, xb2 the second, and both together per 32 values in xc). */
 typedef struct {
     const float *x, *xsum;
     const int8_t *xq, *xq2;
-    const float *xd, *xs, *xd2, *xb, *xb2;
+    const float *xd, *xs, *xd2, *xb, *xb2, *xc;
 } activations_t;
 
 static void float_direct(int t, int rows, int groups, const activations_t *a, int64_t m, int64_t K,
@@ -117,7 +121,8 @@ static void int8x2_direct(int t, int rows, int groups, const activations_t *a, i
     const int64_t scales = K / block_values(t);
     const int8_t *xq1 = a->xq + m * K, *xq2 = a->xq2 + m * K;
     const float *xd1 = a->xd + m * scales, *xd2 = a->xd2 + m * scales, *xb1 = a->xb + m * (K / 16), *xb2 = a->xb2 + m * (K / 16);
-#define CALL(R, G) int8x2_rows(T, R, G, xq1, xq2, xd1, xd2, xb1, xb2, K, w, group_bytes, out)
+    const float *xc = a->xc + m * (K / 32);
+#define CALL(R, G) int8x2_rows(T, R, G, xq1, xq2, xd1, xd2, xb1, xb2, xc, K, w, group_bytes, out)
 #define CASE(type) { enum { T = type }; BY_ROWS(INT8X2_ROWS, INT8X2_GROUPS, CALL) }
     BY_TYPE(CASE)
 #undef CALL
@@ -227,7 +232,7 @@ static int matmul(int mode, int t, const float *x, int64_t M, int64_t K, const u
     const int64_t groups = (N + GROUP - 1) / GROUP, blocks = K / 32;
     const int64_t group_bytes = K / block_values(t) * block_bytes(mode, t);
     const int64_t B = block_values(t), scales = K / B; /* INT8X2's blocks of activations: the type's */
-    float *xsum = NULL, *xd = NULL, *xs = NULL, *xd2 = NULL, *xb = NULL, *xb2 = NULL;
+    float *xsum = NULL, *xd = NULL, *xs = NULL, *xd2 = NULL, *xb = NULL, *xb2 = NULL, *xc = NULL;
     int8_t *xq = NULL, *xq2 = NULL;
     int missing = 0;
     if (mode == FLOAT32) missing |= (xsum = malloc((size_t)(M * blocks) * sizeof(float))) == NULL;
@@ -241,12 +246,13 @@ static int matmul(int mode, int t, const float *x, int64_t M, int64_t K, const u
         missing |= (xd = malloc((size_t)(M * scales) * sizeof(float))) == NULL;
         missing |= (xd2 = malloc((size_t)(M * scales) * sizeof(float))) == NULL;
         missing |= (xb = malloc((size_t)(M * K / 16) * sizeof(float))) == NULL || (xb2 = malloc((size_t)(M * K / 16) * sizeof(float))) == NULL;
+        missing |= (xc = malloc((size_t)(M * blocks) * sizeof(float))) == NULL;
     }
     if (missing) {
-        free(xsum), free(xq), free(xd), free(xs), free(xq2), free(xd2), free(xb), free(xb2);
+        free(xsum), free(xq), free(xd), free(xs), free(xq2), free(xd2), free(xb), free(xb2), free(xc);
         return -1;
     }
-    const activations_t a = {x, xsum, xq, xq2, xd, xs, xd2, xb, xb2};
+    const activations_t a = {x, xsum, xq, xq2, xd, xs, xd2, xb, xb2, xc};
     /* Integer rows (K bytes, twice for INT8X2) in chunks that stay in L2; FLOAT32 rows few enough to go
      * direct are one chunk. */
     int64_t chunk = mode == INT8 ? CHUNK_BYTES / K / INT8_ROWS * INT8_ROWS
@@ -266,7 +272,8 @@ static int matmul(int mode, int t, const float *x, int64_t M, int64_t K, const u
         if (mode == INT8X2) {
 #pragma omp for schedule(static) nowait
             for (int64_t i = 0; i < M * scales; i++)
-                quantize_block2(x + i * B, (int)B, xq + i * B, xq2 + i * B, xd + i, xd2 + i, xb + i * B / 16, xb2 + i * B / 16);
+                quantize_block2(x + i * B, (int)B, xq + i * B, xq2 + i * B, xd + i, xd2 + i, xb + i * B / 16, xb2 + i * B / 16,
+                                xc + i * B / 32);
         }
 #pragma omp barrier
         if (mode != FLOAT32 || M <= FLOAT_ROWS_LIMIT) {
@@ -277,7 +284,7 @@ static int matmul(int mode, int t, const float *x, int64_t M, int64_t K, const u
 #endif
         }
     }
-    free(xsum), free(xq), free(xd), free(xs), free(xq2), free(xd2), free(xb), free(xb2);
+    free(xsum), free(xq), free(xd), free(xs), free(xq2), free(xd2), free(xb), free(xb2), free(xc);
     return failed ? -1 : 0;
 }
 

@@ -368,12 +368,13 @@ INLINE void add_run8(int type, int rows, __m256i q, const int8_t *xq, int64_t K,
 }
 
 /* INT8X2 mode, rows (1..INT8X2_ROWS) rows of x (both roundings xq1, xq2, their scales per block of the
- * type xd1, xd2, their sums per 16 xb1, xb2) times groups (1..INT8X2_GROUPS) groups, each in two halves
- * of 8 rows; out [rows][groups * 16]. 16-bit sums as int8_rows keeps them, widened per sub-block and
- * scaled by its sc in integers (vpmulld); the block's float steps are the portable C path's lane by lane. */
+ * type xd1, xd2, x's sum per 32 as both hold it xc) times groups (1..INT8X2_GROUPS) groups, each in two
+ * halves of 8 rows; out [rows][groups * 16]. 16-bit sums as int8_rows keeps them, widened per sub-block
+ * and scaled by its sc in integers (vpmulld); the block's float steps are the portable C path's lane by lane. */
 INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const int8_t *xq2, const float *xd1,
-                        const float *xd2, const float *xb1, const float *xb2, int64_t K, const uint8_t *w,
-                        int64_t group_bytes, float *out) {
+                        const float *xd2, const float *xb1, const float *xb2, const float *xc, int64_t K,
+                        const uint8_t *w, int64_t group_bytes, float *out) {
+    (void)xb1, (void)xb2;
     const int B = block_values(type), per_block = B / 32;
     for (int g = 0; g < groups; g++)
         for (int i = 0; i < 2; i++) {
@@ -382,9 +383,8 @@ INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const
             for (int64_t v0 = 0; v0 < K; v0 += B) {
                 const uint8_t *header = w + g * group_bytes + v0 / B * block_bytes(INT8X2, type);
                 __m256i a1[INT8X2_ROWS], a2[INT8X2_ROWS];
-                __m256 offset1[INT8X2_ROWS], offset2[INT8X2_ROWS];
-                for (int r = 0; r < rows; r++)
-                    a1[r] = a2[r] = _mm256_setzero_si256(), offset1[r] = offset2[r] = _mm256_setzero_ps();
+                __m256 offset[INT8X2_ROWS];
+                for (int r = 0; r < rows; r++) a1[r] = a2[r] = _mm256_setzero_si256(), offset[r] = _mm256_setzero_ps();
                 for (int c = 0; c < per_block; c++) {
                     const uint8_t *values = header + header_bytes(INT8X2, type) + c * run_bytes(type);
                     if (i == 0) prefetch_chunk(w + g * group_bytes, 1, group_bytes, v0 / B * block_bytes(INT8X2, type),
@@ -415,28 +415,19 @@ INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const
                         }
                         if (type != Q4_K && type != Q5_K) continue;
                         const __m256 m = u8_floats(load8(header + min_field(GROUP, s) + 8 * i));
-                        for (int r = 0; r < rows; r++) {
-                            const int64_t at = r * (K / 16) + v0 / 16 + 2 * c;
-                            offset1[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(xb1[at] + xb1[at + 1]), offset1[r]);
-                            offset2[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(xb2[at] + xb2[at + 1]), offset2[r]);
-                        }
+                        for (int r = 0; r < rows; r++)
+                            offset[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(xc[r * (K / 32) + v0 / 32 + c]), offset[r]);
                     }
                 }
                 const __m256 d = half8(header + 16 * i);
                 const __m256 m = type == Q4_0 ? _mm256_mul_ps(d, _mm256_set1_ps(-8.0f)) : half8(header + offset_field(GROUP) + 16 * i);
                 for (int r = 0; r < rows; r++) {
-                    const int64_t block = r * (K / B) + v0 / B, at = r * (K / 16) + v0 / 16;
-                    const __m256 dx1 = _mm256_set1_ps(xd1[block]), dx2 = _mm256_set1_ps(xd2[block]);
-                    acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(d, dx1), _mm256_cvtepi32_ps(a1[r]), acc[r]);
-                    acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(d, dx2), _mm256_cvtepi32_ps(a2[r]), acc[r]);
-                    if (block_offset(type)) {
-                        acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(m, dx1), _mm256_set1_ps(xb1[at] + xb1[at + 1]), acc[r]);
-                        acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(m, dx2), _mm256_set1_ps(xb2[at] + xb2[at + 1]), acc[r]);
-                    }
-                    if (type == Q4_K || type == Q5_K) {
-                        acc[r] = _mm256_fnmadd_ps(_mm256_mul_ps(m, dx1), offset1[r], acc[r]);
-                        acc[r] = _mm256_fnmadd_ps(_mm256_mul_ps(m, dx2), offset2[r], acc[r]);
-                    }
+                    const int64_t block = r * (K / B) + v0 / B;
+                    const __m256 sum = _mm256_fmadd_ps(_mm256_set1_ps(xd2[block]), _mm256_cvtepi32_ps(a2[r]),
+                                                       _mm256_mul_ps(_mm256_set1_ps(xd1[block]), _mm256_cvtepi32_ps(a1[r])));
+                    acc[r] = _mm256_fmadd_ps(d, sum, acc[r]);
+                    if (block_offset(type)) acc[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(xc[r * (K / 32) + v0 / 32]), acc[r]);
+                    if (type == Q4_K || type == Q5_K) acc[r] = _mm256_fnmadd_ps(m, offset[r], acc[r]);
                 }
             }
             for (int r = 0; r < rows; r++) _mm256_storeu_ps(out + (r * groups + g) * 16 + 8 * i, acc[r]);

@@ -241,12 +241,12 @@ INLINE void add_run16(int type, int rows, __m512i q, const int8_t *xq, int64_t K
 }
 
 /* INT8X2 mode, rows (1..INT8X2_ROWS) rows of x (both roundings xq1, xq2, their scales per block of the
- * type xd1, xd2, their sums per 16 xb1, xb2) times groups (1..2) groups; out [rows][groups * 16]. Each
- * sub-block's two integer sums are scaled by its sc in integers (vpmulld), the block's float steps are
- * the portable C path's lane by lane. */
+ * type xd1, xd2, their sums per 16 xb1, xb2, x's sum per 32 as both hold it xc) times groups (1..2)
+ * groups; out [rows][groups * 16]. Each sub-block's two integer sums are scaled by its sc in integers
+ * (vpmulld), the block's float steps are the portable C path's lane by lane. */
 INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const int8_t *xq2, const float *xd1,
-                        const float *xd2, const float *xb1, const float *xb2, int64_t K, const uint8_t *w,
-                        int64_t group_bytes, float *out) {
+                        const float *xd2, const float *xb1, const float *xb2, const float *xc, int64_t K,
+                        const uint8_t *w, int64_t group_bytes, float *out) {
     const int B = block_values(type), per_block = B / 32;
     __m512 acc[INT8X2_ROWS][2];
     for (int r = 0; r < rows; r++)
@@ -254,10 +254,9 @@ INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const
     for (int64_t v0 = 0; v0 < K; v0 += B) {
         const uint8_t *header = w + v0 / B * block_bytes(INT8X2, type);
         __m512i a1[2][INT8X2_ROWS], a2[2][INT8X2_ROWS];
-        __m512 offset1[2][INT8X2_ROWS], offset2[2][INT8X2_ROWS];
+        __m512 offset[2][INT8X2_ROWS];
         for (int g = 0; g < groups; g++)
-            for (int r = 0; r < rows; r++)
-                a1[g][r] = a2[g][r] = _mm512_setzero_si512(), offset1[g][r] = offset2[g][r] = _mm512_setzero_ps();
+            for (int r = 0; r < rows; r++) a1[g][r] = a2[g][r] = _mm512_setzero_si512(), offset[g][r] = _mm512_setzero_ps();
         for (int c = 0; c < per_block; c++) {
             const uint8_t *values = header + header_bytes(INT8X2, type) + c * run_bytes(type);
             prefetch_chunk(w, groups, group_bytes, header - w, block_bytes(INT8X2, type), c, per_block);
@@ -296,11 +295,8 @@ INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const
                     }
                     if (type != Q4_K && type != Q5_K) continue;
                     const __m512 m = u8_floats16(load16(group + min_field(GROUP, s)));
-                    for (int r = 0; r < rows; r++) {
-                        const int64_t at = r * (K / 16) + v0 / 16 + 2 * c;
-                        offset1[g][r] = _mm512_fmadd_ps(m, _mm512_set1_ps(xb1[at] + xb1[at + 1]), offset1[g][r]);
-                        offset2[g][r] = _mm512_fmadd_ps(m, _mm512_set1_ps(xb2[at] + xb2[at + 1]), offset2[g][r]);
-                    }
+                    for (int r = 0; r < rows; r++)
+                        offset[g][r] = _mm512_fmadd_ps(m, _mm512_set1_ps(xc[r * (K / 32) + v0 / 32 + c]), offset[g][r]);
                 }
             }
         }
@@ -310,18 +306,12 @@ INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const
             const __m512 m = type == Q4_0 ? _mm512_mul_ps(d, _mm512_set1_ps(-8.0f))
                            : has_offset(type) ? half16(group + offset_field(GROUP)) : d;
             for (int r = 0; r < rows; r++) {
-                const int64_t block = r * (K / B) + v0 / B, at = r * (K / 16) + v0 / 16;
-                const __m512 dx1 = _mm512_set1_ps(xd1[block]), dx2 = _mm512_set1_ps(xd2[block]);
-                acc[r][g] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx1), _mm512_cvtepi32_ps(a1[g][r]), acc[r][g]);
-                acc[r][g] = _mm512_fmadd_ps(_mm512_mul_ps(d, dx2), _mm512_cvtepi32_ps(a2[g][r]), acc[r][g]);
-                if (block_offset(type)) {
-                    acc[r][g] = _mm512_fmadd_ps(_mm512_mul_ps(m, dx1), _mm512_set1_ps(xb1[at] + xb1[at + 1]), acc[r][g]);
-                    acc[r][g] = _mm512_fmadd_ps(_mm512_mul_ps(m, dx2), _mm512_set1_ps(xb2[at] + xb2[at + 1]), acc[r][g]);
-                }
-                if (type == Q4_K || type == Q5_K) {
-                    acc[r][g] = _mm512_fnmadd_ps(_mm512_mul_ps(m, dx1), offset1[g][r], acc[r][g]);
-                    acc[r][g] = _mm512_fnmadd_ps(_mm512_mul_ps(m, dx2), offset2[g][r], acc[r][g]);
-                }
+                const int64_t block = r * (K / B) + v0 / B;
+                const __m512 sum = _mm512_fmadd_ps(_mm512_set1_ps(xd2[block]), _mm512_cvtepi32_ps(a2[g][r]),
+                                                   _mm512_mul_ps(_mm512_set1_ps(xd1[block]), _mm512_cvtepi32_ps(a1[g][r])));
+                acc[r][g] = _mm512_fmadd_ps(d, sum, acc[r][g]);
+                if (block_offset(type)) acc[r][g] = _mm512_fmadd_ps(m, _mm512_set1_ps(xc[r * (K / 32) + v0 / 32]), acc[r][g]);
+                if (type == Q4_K || type == Q5_K) acc[r][g] = _mm512_fnmadd_ps(m, offset[g][r], acc[r][g]);
             }
         }
     }

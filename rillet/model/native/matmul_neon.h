@@ -297,21 +297,20 @@ INLINE void int8_rows(int type, int rows, int groups, const int8_t *xq, const fl
 }
 
 /* INT8X2 mode, rows (1..INT8X2_ROWS) rows of x (both roundings xq1, xq2, their scales per block of the
- * type xd1, xd2, their sums per 16 xb1, xb2) times one group; out [rows][16]. Each sub-block's two
+ * type xd1, xd2, x's sum per 32 as both hold it xc) times one group; out [rows][16]. Each sub-block's two
  * integer sums scaled by its sc in integers, the block's float steps the portable C path's lane by lane. */
 INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const int8_t *xq2, const float *xd1,
-                        const float *xd2, const float *xb1, const float *xb2, int64_t K, const uint8_t *w,
-                        int64_t group_bytes, float *out) {
-    (void)groups; /* INT8X2_GROUPS: 1 */
+                        const float *xd2, const float *xb1, const float *xb2, const float *xc, int64_t K,
+                        const uint8_t *w, int64_t group_bytes, float *out) {
+    (void)groups, (void)xb1, (void)xb2; /* INT8X2_GROUPS: 1 */
     const int B = block_values(type), per_block = B / 32;
     for (int n = 0; n < rows * 16; n += 4) vst1q_f32(out + n, vdupq_n_f32(0.0f));
     for (int64_t v0 = 0; v0 < K; v0 += B) {
         const uint8_t *header = w + v0 / B * block_bytes(INT8X2, type);
         int32x4_t a1[INT8X2_ROWS][4], a2[INT8X2_ROWS][4];
-        float32x4_t offset1[INT8X2_ROWS][4], offset2[INT8X2_ROWS][4];
+        float32x4_t offset[INT8X2_ROWS][4];
         for (int r = 0; r < rows; r++)
-            for (int j = 0; j < 4; j++)
-                a1[r][j] = a2[r][j] = vdupq_n_s32(0), offset1[r][j] = offset2[r][j] = vdupq_n_f32(0.0f);
+            for (int j = 0; j < 4; j++) a1[r][j] = a2[r][j] = vdupq_n_s32(0), offset[r][j] = vdupq_n_f32(0.0f);
         for (int c = 0; c < per_block; c++) {
             const uint8_t *values = header + header_bytes(INT8X2, type) + c * run_bytes(type);
             prefetch_chunk(w, 1, group_bytes, header - w, block_bytes(INT8X2, type), c, per_block);
@@ -342,11 +341,7 @@ INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const
                         a1[r][j] = vmlaq_s32(a1[r][j], s1[r][j], scale), a2[r][j] = vmlaq_s32(a2[r][j], s2[r][j], scale);
                     if (type != Q4_K && type != Q5_K) continue;
                     const float32x4_t m = u8x4_floats(header + min_field(GROUP, s) + 4 * j);
-                    for (int r = 0; r < rows; r++) {
-                        const int64_t at = r * (K / 16) + v0 / 16 + 2 * c;
-                        offset1[r][j] = vfmaq_n_f32(offset1[r][j], m, xb1[at] + xb1[at + 1]);
-                        offset2[r][j] = vfmaq_n_f32(offset2[r][j], m, xb2[at] + xb2[at + 1]);
-                    }
+                    for (int r = 0; r < rows; r++) offset[r][j] = vfmaq_n_f32(offset[r][j], m, xc[r * (K / 32) + v0 / 32 + c]);
                 }
             }
         }
@@ -354,18 +349,12 @@ INLINE void int8x2_rows(int type, int rows, int groups, const int8_t *xq1, const
             const float32x4_t d = half4(header + 8 * j);
             const float32x4_t m = type == Q4_0 ? vmulq_n_f32(d, -8.0f) : half4(header + offset_field(GROUP) + 8 * j);
             for (int r = 0; r < rows; r++) {
-                const int64_t block = r * (K / B) + v0 / B, at = r * (K / 16) + v0 / 16;
+                const int64_t block = r * (K / B) + v0 / B;
                 float *o = out + r * 16 + 4 * j;
-                float32x4_t acc = vfmaq_f32(vld1q_f32(o), vmulq_n_f32(d, xd1[block]), vcvtq_f32_s32(a1[r][j]));
-                acc = vfmaq_f32(acc, vmulq_n_f32(d, xd2[block]), vcvtq_f32_s32(a2[r][j]));
-                if (block_offset(type)) {
-                    acc = vfmaq_n_f32(acc, vmulq_n_f32(m, xd1[block]), xb1[at] + xb1[at + 1]);
-                    acc = vfmaq_n_f32(acc, vmulq_n_f32(m, xd2[block]), xb2[at] + xb2[at + 1]);
-                }
-                if (type == Q4_K || type == Q5_K) {
-                    acc = vfmsq_f32(acc, vmulq_n_f32(m, xd1[block]), offset1[r][j]);
-                    acc = vfmsq_f32(acc, vmulq_n_f32(m, xd2[block]), offset2[r][j]);
-                }
+                const float32x4_t sum = vfmaq_n_f32(vmulq_n_f32(vcvtq_f32_s32(a1[r][j]), xd1[block]), vcvtq_f32_s32(a2[r][j]), xd2[block]);
+                float32x4_t acc = vfmaq_f32(vld1q_f32(o), d, sum);
+                if (block_offset(type)) acc = vfmaq_n_f32(acc, m, xc[r * (K / 32) + v0 / 32]);
+                if (type == Q4_K || type == Q5_K) acc = vfmsq_f32(acc, m, offset[r][j]);
                 vst1q_f32(o, acc);
             }
         }

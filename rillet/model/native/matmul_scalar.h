@@ -138,12 +138,15 @@ static void int8_rows(int t, int rows, int groups, const int8_t *xq, const float
             }
 }
 
-/* rows rows of x (both roundings xq1, xq2 [rows][K], their scales xd1, xd2 [rows][K / block_values] and
- * their sums per 16 values xb1, xb2 [rows][K / 16]) times groups groups of W in INT8X2 mode; out
- * [rows][groups * 16]. */
+/* rows rows of x (both roundings xq1, xq2 [rows][K], their scales xd1, xd2 [rows][K / block_values],
+ * their sums per 16 values xb1, xb2 [rows][K / 16] and x's sum as both hold it per 32 values xc [rows][K /
+ * 32]) times groups groups of W in INT8X2 mode; out [rows][groups * 16]. Per block, each rounding's
+ * integer sum is scaled by its own scale and the two added before d multiplies them; the offsets (a
+ * block's m, or a K type's 6-bit mins) multiply xc. */
 static void int8x2_rows(int t, int rows, int groups, const int8_t *xq1, const int8_t *xq2, const float *xd1,
-                        const float *xd2, const float *xb1, const float *xb2, int64_t K, const uint8_t *w,
-                        int64_t group_bytes, float *out) {
+                        const float *xd2, const float *xb1, const float *xb2, const float *xc, int64_t K,
+                        const uint8_t *w, int64_t group_bytes, float *out) {
+    (void)xb1, (void)xb2;
     const int64_t per_block = block_values(t) / 32;
     for (int r = 0; r < rows; r++)
         for (int g = 0; g < groups; g++)
@@ -152,7 +155,7 @@ static void int8x2_rows(int t, int rows, int groups, const int8_t *xq1, const in
                 for (int64_t v0 = 0; v0 < K; v0 += block_values(t)) {
                     const int64_t block = v0 / block_values(t);
                     int a1 = 0, a2 = 0;
-                    float offset1 = 0.0f, offset2 = 0.0f;
+                    float offset = 0.0f;
                     for (int64_t c = 0; c < per_block; c++) {
                         INT8_RUN(t, w + g * group_bytes, v0 / 32 + c);
                         int sums[2][2] = {{0, 0}, {0, 0}};
@@ -169,29 +172,17 @@ static void int8x2_rows(int t, int rows, int groups, const int8_t *xq1, const in
                             const int sc = t == Q6_K ? (int8_t)header[scale_field(t, GROUP, s) + n]
                                          : has_sub_scales(t) ? header[scale_field(t, GROUP, s) + n] : 1;
                             a1 += sc * j1, a2 += sc * j2;
-                            if (t == Q4_K || t == Q5_K) {
-                                const float m = (float)header[min_field(GROUP, s) + n];
-                                const int64_t at = r * (K / 16) + v0 / 16 + 2 * c;
-                                offset1 = fmaf(m, xb1[at] + xb1[at + 1], offset1);
-                                offset2 = fmaf(m, xb2[at] + xb2[at + 1], offset2);
-                            }
+                            if (t == Q4_K || t == Q5_K)
+                                offset = fmaf((float)header[min_field(GROUP, s) + n], xc[r * (K / 32) + v0 / 32 + c], offset);
                         }
                     }
                     const uint8_t *header = w + g * group_bytes + block * block_bytes(INT8X2, t);
                     const float d = half_to_float(header + 2 * n);
                     const float m = t == Q4_0 ? -8.0f * d : half_to_float(header + offset_field(GROUP) + 2 * n);
                     const float dx1 = xd1[r * (K / block_values(t)) + block], dx2 = xd2[r * (K / block_values(t)) + block];
-                    acc = fmaf(d * dx1, (float)a1, acc);
-                    acc = fmaf(d * dx2, (float)a2, acc);
-                    if (block_offset(t)) {
-                        const int64_t at = r * (K / 16) + v0 / 16;
-                        acc = fmaf(m * dx1, xb1[at] + xb1[at + 1], acc);
-                        acc = fmaf(m * dx2, xb2[at] + xb2[at + 1], acc);
-                    }
-                    if (t == Q4_K || t == Q5_K) {
-                        acc = fmaf(-(m * dx1), offset1, acc);
-                        acc = fmaf(-(m * dx2), offset2, acc);
-                    }
+                    acc = fmaf(d, fmaf(dx2, (float)a2, dx1 * (float)a1), acc);
+                    if (block_offset(t)) acc = fmaf(m, xc[r * (K / 32) + v0 / 32], acc);
+                    if (t == Q4_K || t == Q5_K) acc = fmaf(-m, offset, acc);
                 }
                 out[(r * groups + g) * GROUP + n] = acc;
             }

@@ -21,11 +21,12 @@
  *       dx2 xq2 + e: xq1 as in INT8, then the rest r = x - dx1 xq1 (one fma) rounded the same way to
  *       xq2 (so |e| <= max|r| / 254 <= max|x| / 64516: about 16 bits). Per block of the type, in
  *       integers, Aj = sum over its sub-blocks of sc * sum((q - bias) xqj) (sc = 1 for the types
- *       without sub-block scales), and the output adds (d dx1) A1, then (d dx2) A2, then the offset of
- *       the same rounded x: (m dx1) sum(xq1), then (m dx2) sum(xq2) per 32 values (Q4, Q5_1), or
- *       -(dmin dxj) Bj with Bj = the sum over sub-blocks of m sum(xqj) (Q4_K, Q5_K), exact in float32.
- *       The weight's two terms then see one x, so their errors cancel as in the file's own dequantized
- *       weight. As exact as float16 weights, at the speed of integer dot products.
+ *       without sub-block scales), and the output adds d (dx1 A1 + dx2 A2) (one product, one fma), then
+ *       the offset of the same rounded x, with xc = dx1 sum(xq1) + dx2 sum(xq2) per 32 values (computed
+ *       once per row, with the roundings): m xc (Q4, Q5_1, Q4_0), or -dmin B with B = the sum over
+ *       sub-blocks of m xc (Q4_K, Q5_K). The weight's two terms then see one x, so their errors cancel
+ *       as in the file's own dequantized weight. As exact as float16 weights, at the speed of integer
+ *       dot products.
  *
  * W is packed in groups of G = 16 output rows (N padded with zero rows to a multiple of G); for each
  * group its K / block_values blocks follow one another, each a header then its values. The header holds each field for the G rows side by side:
