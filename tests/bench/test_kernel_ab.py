@@ -1,0 +1,29 @@
+"""bench/kernel_ab.py builds another checkout's kernels from its own sources and times them beside this one's."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "bench" / "kernel_ab.py"
+
+
+def test_a_base_checkout_is_built_apart_and_timed_call_by_call(tmp_path):
+    # The base: this checkout's kernels with a line added, so that its build is a library of its own.
+    native = tmp_path / "rillet" / "model" / "native"
+    shutil.copytree(ROOT / "rillet" / "model" / "native", native, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(native / "matmul.c", "a") as source:
+        source.write("\n/* the base of tests/bench/test_kernel_ab.py */\n")
+    out = subprocess.run([sys.executable, str(SCRIPT), "--base", str(tmp_path), "--types", "Q4_1", "Q6_K",
+                          "--rows", "1", "3", "--shape", "64", "512", "--calls", "4"],
+                         capture_output=True, text=True, check=True, timeout=300)
+    assert "same matmul.c" not in out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(line["type"], line["rows"]) for line in lines] == [("Q4_1", 1), ("Q4_1", 3), ("Q6_K", 1), ("Q6_K", 3)]
+    for line in lines:
+        assert line["max_difference"] == 0  # the same code, built twice
+        assert 0 < line["base_fastest_ms"] <= line["base_ms"] and 0 < line["this_fastest_ms"] <= line["this_ms"]
+        assert line["base_over_this"] > 0
