@@ -14,7 +14,6 @@ outputs (0 where the change keeps every result bit for bit).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib.util
 import json
 import statistics
@@ -41,15 +40,6 @@ def base_native(checkout: Path):
     return module
 
 
-def kernel_function(lib: ctypes.CDLL, name: str):
-    """The entry called name in a build's MATMUL_KERNELS, as a callable."""
-    count = ctypes.c_int64.in_dll(lib, "MATMUL_KERNEL_COUNT").value
-    for entry in (native._Entry * count).in_dll(lib, "MATMUL_KERNELS"):
-        if entry.name.decode() == name:
-            return native._MATMUL_FN(entry.function)
-    raise SystemExit(f"the base's build has no kernel {name}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", type=Path, required=True, help="the other checkout (its repository root)")
@@ -63,7 +53,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    this_lib, base_lib = native.library("matmul"), base_native(args.base.resolve()).library("matmul")
+    base = base_native(args.base.resolve())
+    this_lib, base_lib = native.library("matmul"), base.library("matmul")
     if this_lib is None or base_lib is None:
         raise SystemExit("a build of matmul.c failed")
     if Path(this_lib._name).name == Path(base_lib._name).name:
@@ -73,19 +64,19 @@ def main() -> None:
     for ggml_type in args.types:
         kernel = kernels()[(ggml_type, args.format)]
         packed = random_weight(ggml_type, out_features, in_features, rng).pack(kernel)
-        builds = {"base": kernel_function(base_lib, kernel.name), "this": kernel_function(this_lib, kernel.name)}
+        # Each checkout's own table and call (the same entry by name, from its own library).
+        builds = {"base": (base.block_matmul, base.block_kernels()[kernel.name]), "this": (native.block_matmul, kernel)}
         for rows in args.rows:
             x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(rows))
-            y = {name: torch.empty(rows, out_features) for name in builds}
-            calls = {name: (x.data_ptr(), rows, in_features, packed.data_ptr(), out_features, y[name].data_ptr())
-                     for name in builds}
+            y: dict[str, torch.Tensor] = {}
             seconds: dict[str, list[float]] = {name: [] for name in builds}
-            for name, function in builds.items():
-                function(*calls[name])  # warm
+            for name, (multiply, entry) in builds.items():
+                multiply(x, packed, entry, out_features)  # warm
             for i in range(args.calls):
                 for name in (("base", "this") if i % 2 == 0 else ("this", "base")):
+                    multiply, entry = builds[name]
                     started = time.perf_counter()
-                    builds[name](*calls[name])
+                    y[name] = multiply(x, packed, entry, out_features)
                     seconds[name].append(time.perf_counter() - started)
             medians = {name: statistics.median(times) for name, times in seconds.items()}
             print(json.dumps({"type": ggml_type, "format": args.format, "rows": rows, "shape": args.shape,
