@@ -51,8 +51,8 @@ static inline __attribute__((always_inline)) void load_half_rows(float *restrict
 }
 
 /* scores[t] = scale * (q . k_t) for the n rows of a block (rows row_stride floats apart). */
-static inline __attribute__((always_inline)) void block_scores(const float *q, const float *k, int64_t row_stride,
-                                                             int64_t n, int64_t dim, float scale, float *scores) {
+static __attribute__((noinline)) void block_scores(const float *q, const float *k, int64_t row_stride, int64_t n,
+                                                   int64_t dim, float scale, float *scores) {
 #if defined(__AVX512F__)
     if (dim % 16 == 0) {
         /* Sixteen rows at a time: each row's products in one register (its dim / 16 parts fused in
@@ -115,8 +115,8 @@ static inline __attribute__((always_inline)) void block_scores(const float *q, c
 }
 
 /* a += sum over the block's rows t of weights[t] * v_t. */
-static inline __attribute__((always_inline)) void block_values(float *a, const float *weights, const float *v,
-                                                             int64_t row_stride, int64_t n, int64_t dim) {
+static __attribute__((noinline)) void block_values(float *a, const float *weights, const float *v, int64_t row_stride,
+                                                   int64_t n, int64_t dim) {
 #if defined(__AVX512F__)
     if (dim % 64 == 0) {
         for (int64_t d0 = 0; d0 < dim; d0 += 64) { /* 4 accumulators in registers per pass over the rows */
@@ -180,6 +180,161 @@ static __attribute__((noinline)) void finish_row(float *restrict out, const floa
     for (int64_t d = 0; d < dim; d++) out[d] = total[d] * inv;
 }
 
+/* What every job of one call shares (attend below works it out): the call's arguments and sizes, the
+ * tasks, and how their work is split into jobs. */
+typedef struct {
+    const float *q;
+    const void *cache;
+    const int64_t *block_tables, *context_lens;
+    float *out;
+    int64_t num_heads, groups, token_stride, block_stride, values_offset, element, part, block_size, table_width;
+    float scale;
+    int64_t window;
+    int half, split;
+    const int64_t *task_start, *first_part, *parts, *unit_start, *partial_start;
+    int64_t heads_per_job, jobs_per_unit, lanes, stride;
+    float *partials;
+} plan_t;
+
+/* A thread's buffers: the running sums of a job's rows in this partition and in all its partitions so
+ * far, [row][query head of the job][d], and one block's keys and values of one kv head, converted. */
+typedef struct {
+    float *acc, *running_max, *running_sum, *total, *total_max, *total_sum, *keys, *values;
+} buffers_t;
+
+/* One job: a task's rows, a run of kv heads (with the query heads that share each) and a run of
+ * partitions (see attend). Inlined where attend's parallel region calls it with head_dim a literal,
+ * so that each common head size gets loops of its exact length: inside the region, attend's own
+ * head_dim is a variable (OpenMP passes the region its values through memory). */
+static inline __attribute__((always_inline)) void run_job(const plan_t *plan, const buffers_t *b, int64_t job,
+                                                          const int64_t head_dim) {
+    const float *q = plan->q;
+    const void *cache = plan->cache;
+    const int64_t *block_tables = plan->block_tables, *context_lens = plan->context_lens;
+    float *out = plan->out;
+    const int64_t num_heads = plan->num_heads, groups = plan->groups, token_stride = plan->token_stride;
+    const int64_t block_stride = plan->block_stride, values_offset = plan->values_offset, element = plan->element;
+    const int64_t part = plan->part, block_size = plan->block_size, table_width = plan->table_width;
+    const float scale = plan->scale;
+    const int64_t window = plan->window;
+    const int half = plan->half, split = plan->split;
+    const int64_t *task_start = plan->task_start, *first_part = plan->first_part, *parts = plan->parts;
+    const int64_t *unit_start = plan->unit_start, *partial_start = plan->partial_start;
+    const int64_t heads_per_job = plan->heads_per_job, jobs_per_unit = plan->jobs_per_unit, lanes = plan->lanes;
+    const int64_t stride = plan->stride;
+    float *partials = plan->partials;
+    float *acc = b->acc, *running_max = b->running_max, *running_sum = b->running_sum, *total = b->total;
+    float *total_max = b->total_max, *total_sum = b->total_sum, *keys = b->keys, *values = b->values;
+    float scores[MAX_BLOCK_SIZE + 8];
+    const int64_t unit = job / jobs_per_unit, h0 = job % jobs_per_unit * heads_per_job;
+    int64_t task = unit;
+    if (split) /* the task whose units hold this one */
+        for (task = 0; unit_start[task + 1] <= unit; task++) {}
+    const int64_t first = task_start[task], rows = task_start[task + 1] - first;
+    const int64_t k0 = split ? unit - unit_start[task] : 0, k1 = split ? k0 + 1 : parts[task];
+    const int one_part = k1 - k0 == 1 && !split; /* then the partition's results are the row's */
+    int64_t longest = 0, earliest = INT64_MAX;
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t i = 0; i < lanes && !one_part; i++) {
+            total_max[r * lanes + i] = NEG_HUGE;
+            total_sum[r * lanes + i] = 0.0f;
+            for (int64_t d = 0; d < head_dim; d++) total[(r * lanes + i) * head_dim + d] = 0.0f;
+        }
+        longest = context_lens[first + r] > longest ? context_lens[first + r] : longest;
+        const int64_t from = window > 0 && context_lens[first + r] > window ? context_lens[first + r] - window : 0;
+        earliest = from < earliest ? from : earliest;
+    }
+    const int64_t *table = block_tables + first * table_width;
+    for (int64_t k = k0; k < k1; k++) {
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t i = 0; i < lanes; i++) {
+                running_max[r * lanes + i] = NEG_HUGE;
+                running_sum[r * lanes + i] = 0.0f;
+                for (int64_t d = 0; d < head_dim; d++) acc[(r * lanes + i) * head_dim + d] = 0.0f;
+            }
+        const int64_t part_begin = (first_part[task] + k) * part;
+        const int64_t begin = earliest > part_begin ? earliest / block_size * block_size : part_begin;
+        const int64_t end = part_begin + part < longest ? part_begin + part : longest;
+        /* The job's last token: the next block is prefetched only within the job's own work. */
+        const int64_t job_end = (first_part[task] + k1) * part < longest ? (first_part[task] + k1) * part : longest;
+        for (int64_t start = begin; start < end; start += block_size) {
+            const int64_t block = table[start / block_size];
+            const int64_t n = longest - start < block_size ? longest - start : block_size;
+            /* The next block's keys and values are asked for a head at a time, row by row as this block's
+             * are read: in one burst per block they stalled the reads (a sixth slower at batch 64). */
+            const int64_t after = start + block_size;
+            const int64_t next_block = after < job_end ? table[after / block_size] : -1;
+            const int64_t next_n = longest - after < block_size ? longest - after : block_size;
+            for (int64_t h = h0; h < h0 + heads_per_job; h++) {
+                const int64_t offset = block * block_stride + h * head_dim;
+                if (next_block >= 0 && !half) {
+                    const char *next = (const char *)cache + (next_block * block_stride + h * head_dim) * element;
+                    for (int64_t t = 0; t < next_n; t++)
+                        for (int64_t line = 0; line < head_dim * element; line += 64) {
+                            __builtin_prefetch(next + t * token_stride * element + line);
+                            __builtin_prefetch(next + (values_offset + t * token_stride) * element + line);
+                        }
+                }
+                /* Rows of keys and values: float32 read in place, float16 converted first. */
+                const float *kb = (const float *)cache + offset, *vb = kb + values_offset;
+                int64_t row_stride = token_stride;
+                if (half) {
+                    const _Float16 *hk = (const _Float16 *)cache + offset;
+                    const _Float16 *next = (const _Float16 *)cache + (next_block < 0 ? 0 : next_block) * block_stride + h * head_dim;
+                    const int64_t next_rows = next_block < 0 ? 0 : next_n;
+                    load_half_rows(keys, hk, n, token_stride, head_dim, next, next_rows);
+                    load_half_rows(values, hk + values_offset, n, token_stride, head_dim, next + values_offset, next_rows);
+                    kb = keys, vb = values, row_stride = head_dim;
+                }
+                for (int64_t r = 0; r < rows; r++) {
+                    const int64_t len = context_lens[first + r];
+                    const int64_t from = window > 0 && len > window ? len - window : 0; /* the row's first visible token */
+                    if (start >= len || start + block_size <= from) continue;
+                    const int64_t skip = from > start ? from - start : 0;
+                    const int64_t rn = (len - start < block_size ? len - start : block_size) - skip;
+                    const float *kr = kb + skip * row_stride, *vr = vb + skip * row_stride;
+                    const float *qs = q + ((first + r) * num_heads + h * groups) * head_dim;
+                    for (int64_t i = 0; i < groups; i++) {
+                        const int64_t lane = r * lanes + (h - h0) * groups + i;
+                        float block_max = running_max[lane];
+                        block_scores(qs + i * head_dim, kr, row_stride, rn, head_dim, scale, scores);
+                        for (int64_t t = 0; t < rn; t++) block_max = scores[t] > block_max ? scores[t] : block_max;
+                        const float correction = expf(running_max[lane] - block_max);
+                        float sum = running_sum[lane] * correction;
+                        float *a = acc + lane * head_dim;
+                        for (int64_t d = 0; d < head_dim; d++) a[d] *= correction;
+                        for (int64_t t = 0; t < rn; t++) scores[t] = expf(scores[t] - block_max);
+                        for (int64_t t = 0; t < rn; t++) sum += scores[t];
+                        block_values(a, scores, vr, row_stride, rn, head_dim);
+                        running_max[lane] = block_max;
+                        running_sum[lane] = sum;
+                    }
+                }
+            }
+        }
+        /* The partition's results: folded into the rows' totals here, or kept for the fold below. */
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t i = 0; i < lanes; i++) {
+                const int64_t lane = r * lanes + i;
+                if (split) {
+                    float *p = partials + partial_start[task] +
+                               ((r * parts[task] + k) * num_heads + h0 * groups + i) * stride;
+                    memcpy(p, acc + lane * head_dim, head_dim * sizeof(float));
+                    p[head_dim] = running_max[lane], p[head_dim + 1] = running_sum[lane];
+                } else if (!one_part) {
+                    fold_partition(total + lane * head_dim, total_max + lane, total_sum + lane,
+                                   acc + lane * head_dim, running_max[lane], running_sum[lane], head_dim);
+                }
+            }
+    }
+    if (!split)
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t i = 0; i < lanes; i++)
+                finish_row(out + ((first + r) * num_heads + h0 * groups + i) * head_dim,
+                           (one_part ? acc : total) + (r * lanes + i) * head_dim,
+                           (one_part ? running_sum : total_sum)[r * lanes + i], head_dim);
+}
+
 static inline __attribute__((always_inline)) int attend(
     const float *q, const void *cache, const int64_t *block_tables, const int64_t *context_lens, float *out,
     int64_t num_seqs, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, int64_t num_blocks,
@@ -241,12 +396,14 @@ static inline __attribute__((always_inline)) int attend(
         free(task_start);
         return -1;
     }
+    const plan_t plan = {q, cache, block_tables, context_lens, out, num_heads, groups, token_stride, block_stride,
+                         values_offset, element, part, block_size, table_width, scale, window, half, split, task_start,
+                         first_part, parts, unit_start, partial_start, heads_per_job, jobs_per_unit, lanes, stride,
+                         partials};
     int failed = 0;
 #pragma omp parallel
     {
-        /* Each thread's buffers: the running sums of a job's rows in this partition and in all its
-         * partitions so far, [row][query head of the job][d], and one block's keys and values of
-         * one kv head, converted. */
+        /* Each thread's buffers (buffers_t). */
         float *acc = malloc(sizeof(float) * ROWS_PER_TASK * lanes * head_dim);
         float *running_max = malloc(sizeof(float) * ROWS_PER_TASK * lanes);
         float *running_sum = malloc(sizeof(float) * ROWS_PER_TASK * lanes);
@@ -254,7 +411,7 @@ static inline __attribute__((always_inline)) int attend(
         float *total_max = malloc(sizeof(float) * ROWS_PER_TASK * lanes);
         float *total_sum = malloc(sizeof(float) * ROWS_PER_TASK * lanes);
         float *keys = malloc(sizeof(float) * block_size * head_dim), *values = malloc(sizeof(float) * block_size * head_dim);
-        float scores[MAX_BLOCK_SIZE + 8];
+        const buffers_t buffers = {acc, running_max, running_sum, total, total_max, total_sum, keys, values};
         const int ok = acc != NULL && running_max != NULL && running_sum != NULL && total != NULL && total_max != NULL &&
                        total_sum != NULL && keys != NULL && values != NULL;
         if (!ok) {
@@ -265,113 +422,10 @@ static inline __attribute__((always_inline)) int attend(
 #pragma omp for schedule(dynamic, 1)
         for (int64_t job = 0; job < jobs; job++) {
             if (!ok) continue;
-            const int64_t unit = job / jobs_per_unit, h0 = job % jobs_per_unit * heads_per_job;
-            int64_t task = unit;
-            if (split) /* the task whose units hold this one */
-                for (task = 0; unit_start[task + 1] <= unit; task++) {}
-            const int64_t first = task_start[task], rows = task_start[task + 1] - first;
-            const int64_t k0 = split ? unit - unit_start[task] : 0, k1 = split ? k0 + 1 : parts[task];
-            const int one_part = k1 - k0 == 1 && !split; /* then the partition's results are the row's */
-            int64_t longest = 0, earliest = INT64_MAX;
-            for (int64_t r = 0; r < rows; r++) {
-                for (int64_t i = 0; i < lanes && !one_part; i++) {
-                    total_max[r * lanes + i] = NEG_HUGE;
-                    total_sum[r * lanes + i] = 0.0f;
-                    for (int64_t d = 0; d < head_dim; d++) total[(r * lanes + i) * head_dim + d] = 0.0f;
-                }
-                longest = context_lens[first + r] > longest ? context_lens[first + r] : longest;
-                const int64_t from = window > 0 && context_lens[first + r] > window ? context_lens[first + r] - window : 0;
-                earliest = from < earliest ? from : earliest;
-            }
-            const int64_t *table = block_tables + first * table_width;
-            for (int64_t k = k0; k < k1; k++) {
-                for (int64_t r = 0; r < rows; r++)
-                    for (int64_t i = 0; i < lanes; i++) {
-                        running_max[r * lanes + i] = NEG_HUGE;
-                        running_sum[r * lanes + i] = 0.0f;
-                        for (int64_t d = 0; d < head_dim; d++) acc[(r * lanes + i) * head_dim + d] = 0.0f;
-                    }
-                const int64_t part_begin = (first_part[task] + k) * part;
-                const int64_t begin = earliest > part_begin ? earliest / block_size * block_size : part_begin;
-                const int64_t end = part_begin + part < longest ? part_begin + part : longest;
-                /* The job's last token: the next block is prefetched only within the job's own work. */
-                const int64_t job_end = (first_part[task] + k1) * part < longest ? (first_part[task] + k1) * part : longest;
-                for (int64_t start = begin; start < end; start += block_size) {
-                    const int64_t block = table[start / block_size];
-                    const int64_t n = longest - start < block_size ? longest - start : block_size;
-                    /* The next block's keys and values are asked for a head at a time, row by row as this block's
-                     * are read: in one burst per block they stalled the reads (a sixth slower at batch 64). */
-                    const int64_t after = start + block_size;
-                    const int64_t next_block = after < job_end ? table[after / block_size] : -1;
-                    const int64_t next_n = longest - after < block_size ? longest - after : block_size;
-                    for (int64_t h = h0; h < h0 + heads_per_job; h++) {
-                        const int64_t offset = block * block_stride + h * head_dim;
-                        if (next_block >= 0 && !half) {
-                            const char *next = (const char *)cache + (next_block * block_stride + h * head_dim) * element;
-                            for (int64_t t = 0; t < next_n; t++)
-                                for (int64_t line = 0; line < head_dim * element; line += 64) {
-                                    __builtin_prefetch(next + t * token_stride * element + line);
-                                    __builtin_prefetch(next + (values_offset + t * token_stride) * element + line);
-                                }
-                        }
-                        /* Rows of keys and values: float32 read in place, float16 converted first. */
-                        const float *kb = (const float *)cache + offset, *vb = kb + values_offset;
-                        int64_t row_stride = token_stride;
-                        if (half) {
-                            const _Float16 *hk = (const _Float16 *)cache + offset;
-                            const _Float16 *next = (const _Float16 *)cache + (next_block < 0 ? 0 : next_block) * block_stride + h * head_dim;
-                            const int64_t next_rows = next_block < 0 ? 0 : next_n;
-                            load_half_rows(keys, hk, n, token_stride, head_dim, next, next_rows);
-                            load_half_rows(values, hk + values_offset, n, token_stride, head_dim, next + values_offset, next_rows);
-                            kb = keys, vb = values, row_stride = head_dim;
-                        }
-                        for (int64_t r = 0; r < rows; r++) {
-                            const int64_t len = context_lens[first + r];
-                            const int64_t from = window > 0 && len > window ? len - window : 0; /* the row's first visible token */
-                            if (start >= len || start + block_size <= from) continue;
-                            const int64_t skip = from > start ? from - start : 0;
-                            const int64_t rn = (len - start < block_size ? len - start : block_size) - skip;
-                            const float *kr = kb + skip * row_stride, *vr = vb + skip * row_stride;
-                            const float *qs = q + ((first + r) * num_heads + h * groups) * head_dim;
-                            for (int64_t i = 0; i < groups; i++) {
-                                const int64_t lane = r * lanes + (h - h0) * groups + i;
-                                float block_max = running_max[lane];
-                                block_scores(qs + i * head_dim, kr, row_stride, rn, head_dim, scale, scores);
-                                for (int64_t t = 0; t < rn; t++) block_max = scores[t] > block_max ? scores[t] : block_max;
-                                const float correction = expf(running_max[lane] - block_max);
-                                float sum = running_sum[lane] * correction;
-                                float *a = acc + lane * head_dim;
-                                for (int64_t d = 0; d < head_dim; d++) a[d] *= correction;
-                                for (int64_t t = 0; t < rn; t++) scores[t] = expf(scores[t] - block_max);
-                                for (int64_t t = 0; t < rn; t++) sum += scores[t];
-                                block_values(a, scores, vr, row_stride, rn, head_dim);
-                                running_max[lane] = block_max;
-                                running_sum[lane] = sum;
-                            }
-                        }
-                    }
-                }
-                /* The partition's results: folded into the rows' totals here, or kept for the fold below. */
-                for (int64_t r = 0; r < rows; r++)
-                    for (int64_t i = 0; i < lanes; i++) {
-                        const int64_t lane = r * lanes + i;
-                        if (split) {
-                            float *p = partials + partial_start[task] +
-                                       ((r * parts[task] + k) * num_heads + h0 * groups + i) * stride;
-                            memcpy(p, acc + lane * head_dim, head_dim * sizeof(float));
-                            p[head_dim] = running_max[lane], p[head_dim + 1] = running_sum[lane];
-                        } else if (!one_part) {
-                            fold_partition(total + lane * head_dim, total_max + lane, total_sum + lane,
-                                           acc + lane * head_dim, running_max[lane], running_sum[lane], head_dim);
-                        }
-                    }
-            }
-            if (!split)
-                for (int64_t r = 0; r < rows; r++)
-                    for (int64_t i = 0; i < lanes; i++)
-                        finish_row(out + ((first + r) * num_heads + h0 * groups + i) * head_dim,
-                                   (one_part ? acc : total) + (r * lanes + i) * head_dim,
-                                   (one_part ? running_sum : total_sum)[r * lanes + i], head_dim);
+            if (head_dim == 64) run_job(&plan, &buffers, job, 64);
+            else if (head_dim == 128) run_job(&plan, &buffers, job, 128);
+            else if (head_dim == 256) run_job(&plan, &buffers, job, 256);
+            else run_job(&plan, &buffers, job, head_dim);
         }
         if (split) {
             /* Each row and query head: its partitions folded in order, as one job would have. */
