@@ -151,6 +151,66 @@ static __attribute__((noinline)) void block_values(float *a, const float *weight
         for (int64_t d = 0; d < dim; d++) a[d] += weights[t] * v[t * row_stride + d];
 }
 
+#if defined(__AVX512F__)
+/* e^x in each lane, within about 2 ulp for x in [-87.3, 88.7] (x below: about 1e-38, not 0; above:
+ * e^88.7): x = n ln 2 + r with |r| <= ln 2 / 2, e^r by Cephes' degree-6 polynomial, 2^n by vscalefps. */
+static inline __m512 exp16(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.33654f)), _mm512_set1_ps(88.72283f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x); /* ln 2 in two parts */
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+#endif
+
+/* The online softmax's step for one block's n scores of a row: its running max and sum brought up to
+ * date, its values so far (acc, dim floats) scaled by the change of max, and the scores turned into
+ * their weights, in place. */
+static __attribute__((noinline)) void softmax_step(float *scores, int64_t n, float *restrict acc, int64_t dim,
+                                                   float *running_max, float *running_sum) {
+#if defined(__AVX512F__)
+    if (dim % 16 == 0) { /* sixteen scores a register: no call per exponential, no scalar loops */
+        __m512 most = _mm512_set1_ps(*running_max);
+        for (int64_t t = 0; t < n; t += 16) {
+            const __mmask16 valid = n - t >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - t)) - 1);
+            most = _mm512_mask_max_ps(most, valid, most, _mm512_maskz_loadu_ps(valid, scores + t));
+        }
+        const float block_max = _mm512_reduce_max_ps(most);
+        const __m512 shift = _mm512_set1_ps(block_max);
+        __m512 sums = _mm512_setzero_ps();
+        for (int64_t t = 0; t < n; t += 16) {
+            const __mmask16 valid = n - t >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - t)) - 1);
+            const __m512 weights = _mm512_maskz_mov_ps(valid, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(valid, scores + t), shift)));
+            _mm512_mask_storeu_ps(scores + t, valid, weights);
+            sums = _mm512_add_ps(sums, weights);
+        }
+        const float correction = _mm512_cvtss_f32(exp16(_mm512_set1_ps(*running_max - block_max)));
+        const __m512 c = _mm512_set1_ps(correction);
+        for (int64_t d = 0; d < dim; d += 16) _mm512_storeu_ps(acc + d, _mm512_mul_ps(c, _mm512_loadu_ps(acc + d)));
+        *running_sum = *running_sum * correction + _mm512_reduce_add_ps(sums);
+        *running_max = block_max;
+        return;
+    }
+#endif
+    float block_max = *running_max;
+    for (int64_t t = 0; t < n; t++) block_max = scores[t] > block_max ? scores[t] : block_max;
+    const float correction = expf(*running_max - block_max);
+    float sum = *running_sum * correction;
+    for (int64_t d = 0; d < dim; d++) acc[d] *= correction;
+    for (int64_t t = 0; t < n; t++) scores[t] = expf(scores[t] - block_max);
+    for (int64_t t = 0; t < n; t++) sum += scores[t];
+    *running_max = block_max;
+    *running_sum = sum;
+}
+
 /* A row's context is taken in partitions of PART_TOKENS tokens (whole blocks), fixed by token
  * position: within a partition, an online softmax over its blocks; across partitions, fold_partition
  * in order. Where rows are few, a row's partitions run as separate jobs and are folded afterwards;
@@ -296,18 +356,9 @@ static inline __attribute__((always_inline)) void run_job(const plan_t *plan, co
                     const float *qs = q + ((first + r) * num_heads + h * groups) * head_dim;
                     for (int64_t i = 0; i < groups; i++) {
                         const int64_t lane = r * lanes + (h - h0) * groups + i;
-                        float block_max = running_max[lane];
                         block_scores(qs + i * head_dim, kr, row_stride, rn, head_dim, scale, scores);
-                        for (int64_t t = 0; t < rn; t++) block_max = scores[t] > block_max ? scores[t] : block_max;
-                        const float correction = expf(running_max[lane] - block_max);
-                        float sum = running_sum[lane] * correction;
-                        float *a = acc + lane * head_dim;
-                        for (int64_t d = 0; d < head_dim; d++) a[d] *= correction;
-                        for (int64_t t = 0; t < rn; t++) scores[t] = expf(scores[t] - block_max);
-                        for (int64_t t = 0; t < rn; t++) sum += scores[t];
-                        block_values(a, scores, vr, row_stride, rn, head_dim);
-                        running_max[lane] = block_max;
-                        running_sum[lane] = sum;
+                        softmax_step(scores, rn, acc + lane * head_dim, head_dim, running_max + lane, running_sum + lane);
+                        block_values(acc + lane * head_dim, scores, vr, row_stride, rn, head_dim);
                     }
                 }
             }
