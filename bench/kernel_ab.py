@@ -10,6 +10,13 @@ x in turn, so any drift falls on both alike. The packed layout must be the same 
 (block_packing.py): this one packs. Prints one JSON object per (type, rows): the median and the fastest
 call of each, base / this (above 1: this checkout is faster), and the largest difference between their
 outputs (0 where the change keeps every result bit for bit).
+
+    python bench/kernel_ab.py --base /tmp/before --attention     (decode_attention.c instead of matmul.c)
+
+With --attention it times the paged attention kernel (decode_attention.c) the same way, over a float16
+cache of random keys and values, on the cases in ATTENTION_CASES: a decode row and a batch of them, and
+a prefill chunk's rows (one block table, each row a token further), with SmolLM2-135M's heads (9 query
+heads on 3 KV heads) and a 1.7B model's (32 on 32), head size 64.
 """
 from __future__ import annotations
 
@@ -40,6 +47,71 @@ def base_native(checkout: Path):
     return module
 
 
+# name: (rows, query heads, KV heads, head size, context tokens, whether the rows are one prefill chunk)
+ATTENTION_CASES = {
+    "decode, 1 row, 9/3 heads, 1,000 tokens": (1, 9, 3, 64, 1000, False),
+    "decode, 1 row, 32/32 heads, 1,000 tokens": (1, 32, 32, 64, 1000, False),
+    "decode, 64 rows, 9/3 heads, 200 tokens": (64, 9, 3, 64, 200, False),
+    "prefill, 256 rows, 32/32 heads, 1,000 tokens": (256, 32, 32, 64, 1000, True),
+    "prefill, 256 rows, 9/3 heads, 1,000 tokens": (256, 9, 3, 64, 1000, True),
+}
+BLOCK_SIZE = 16
+
+
+def attention_inputs(rows: int, heads: int, kv_heads: int, dim: int, context: int, prefill: bool):
+    """q, a float16 cache with its blocks shuffled, block tables and context lengths: decode rows each
+    with a context of its own, or a prefill chunk's rows on one table, the last `rows` tokens of it."""
+    generator = torch.Generator().manual_seed(rows * context)
+    width, tables_count = -(-context // BLOCK_SIZE), 1 if prefill else rows
+    num_blocks = tables_count * width + 1
+    cache = torch.randn(2, num_blocks, BLOCK_SIZE, kv_heads, dim, generator=generator).half()
+    tables = (torch.randperm(num_blocks - 1, generator=generator) + 1).view(tables_count, width)
+    if prefill:
+        tables, lens = tables.expand(rows, width).contiguous(), torch.arange(context - rows + 1, context + 1)
+    else:
+        lens = torch.full((rows,), context)
+    return torch.randn(rows, heads, dim, generator=generator), cache, tables, lens
+
+
+def alternated(builds: dict, calls: int) -> tuple[dict, dict]:
+    """Each build called `calls` times, the two in turn (the first of each pair alternating); their
+    times in seconds, and each one's last result."""
+    results, seconds = {}, {name: [] for name in builds}
+    for name, call in builds.items():
+        call()  # warm
+    for i in range(calls):
+        for name in (("base", "this") if i % 2 == 0 else ("this", "base")):
+            started = time.perf_counter()
+            results[name] = builds[name]()
+            seconds[name].append(time.perf_counter() - started)
+    return seconds, results
+
+
+def timing(seconds: dict, results: dict, calls: int) -> dict:
+    medians = {name: statistics.median(times) for name, times in seconds.items()}
+    return {"threads": torch.get_num_threads(), "calls": calls,
+            "base_ms": round(medians["base"] * 1e3, 3), "base_fastest_ms": round(min(seconds["base"]) * 1e3, 3),
+            "this_ms": round(medians["this"] * 1e3, 3), "this_fastest_ms": round(min(seconds["this"]) * 1e3, 3),
+            "base_over_this": round(medians["base"] / medians["this"], 3),
+            "max_difference": float(f"{(results['base'] - results['this']).abs().max().item():.3g}")}
+
+
+def attention_ab(base, calls: int) -> None:
+    this_lib, base_lib = native.library("decode_attention"), base.library("decode_attention")
+    if this_lib is None or base_lib is None:
+        raise SystemExit("a build of decode_attention.c failed")
+    if Path(this_lib._name).name == Path(base_lib._name).name:
+        print("warning: both checkouts build the same decode_attention.c", file=sys.stderr)
+    for name, case in ATTENTION_CASES.items():
+        q, cache, tables, lens = attention_inputs(*case)
+        builds = {"base": lambda: base.paged_decode_attention(q, cache, tables, lens),
+                  "this": lambda: native.paged_decode_attention(q, cache, tables, lens)}
+        seconds, results = alternated(builds, calls)
+        if any(result is None for result in results.values()):
+            raise SystemExit(f"{name}: a build's kernel declined")
+        print(json.dumps({"attention": name, **timing(seconds, results, calls)}), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", type=Path, required=True, help="the other checkout (its repository root)")
@@ -50,10 +122,14 @@ def main() -> None:
                         help="the matrix (default: a 1.7B model's gate and up projections)")
     parser.add_argument("--calls", type=int, default=40, help="calls of each build per (type, rows)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--attention", action="store_true", help="time decode_attention.c instead of matmul.c")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     base = base_native(args.base.resolve())
+    if args.attention:
+        attention_ab(base, args.calls)
+        return
     this_lib, base_lib = native.library("matmul"), base.library("matmul")
     if this_lib is None or base_lib is None:
         raise SystemExit("a build of matmul.c failed")
@@ -68,24 +144,11 @@ def main() -> None:
         builds = {"base": (base.block_matmul, base.block_kernels()[kernel.name]), "this": (native.block_matmul, kernel)}
         for rows in args.rows:
             x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(rows))
-            y: dict[str, torch.Tensor] = {}
-            seconds: dict[str, list[float]] = {name: [] for name in builds}
-            for name, (multiply, entry) in builds.items():
-                multiply(x, packed, entry, out_features)  # warm
-            for i in range(args.calls):
-                for name in (("base", "this") if i % 2 == 0 else ("this", "base")):
-                    multiply, entry = builds[name]
-                    started = time.perf_counter()
-                    y[name] = multiply(x, packed, entry, out_features)
-                    seconds[name].append(time.perf_counter() - started)
-            medians = {name: statistics.median(times) for name, times in seconds.items()}
+            calls = {name: (lambda multiply=multiply, entry=entry: multiply(x, packed, entry, out_features))
+                     for name, (multiply, entry) in builds.items()}
+            seconds, results = alternated(calls, args.calls)
             print(json.dumps({"type": ggml_type, "format": args.format, "rows": rows, "shape": args.shape,
-                              "threads": torch.get_num_threads(), "calls": args.calls,
-                              "base_ms": round(medians["base"] * 1e3, 3), "base_fastest_ms": round(min(seconds["base"]) * 1e3, 3),
-                              "this_ms": round(medians["this"] * 1e3, 3), "this_fastest_ms": round(min(seconds["this"]) * 1e3, 3),
-                              "base_over_this": round(medians["base"] / medians["this"], 3),
-                              "max_difference": float(f"{(y['base'] - y['this']).abs().max().item():.3g}")}), flush=True)
-
+                              **timing(seconds, results, args.calls)}), flush=True)
 
 if __name__ == "__main__":
     main()

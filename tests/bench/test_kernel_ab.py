@@ -11,12 +11,17 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "kernel_ab.py"
 
 
-def test_a_base_checkout_is_built_apart_and_timed_call_by_call(tmp_path):
-    # The base: this checkout's kernels with a line added, so that its build is a library of its own.
+def base_checkout(tmp_path: Path, source: str) -> Path:
+    """This checkout's kernels with a line added to one source, so that its build is a library of its own."""
     native = tmp_path / "rillet" / "model" / "native"
     shutil.copytree(ROOT / "rillet" / "model" / "native", native, ignore=shutil.ignore_patterns("__pycache__"))
-    with open(native / "matmul.c", "a") as source:
-        source.write("\n/* the base of tests/bench/test_kernel_ab.py */\n")
+    with open(native / source, "a") as file:
+        file.write("\n/* the base of tests/bench/test_kernel_ab.py */\n")
+    return tmp_path
+
+
+def test_a_base_checkout_is_built_apart_and_timed_call_by_call(tmp_path):
+    base_checkout(tmp_path, "matmul.c")
     out = subprocess.run([sys.executable, str(SCRIPT), "--base", str(tmp_path), "--types", "Q4_1", "Q6_K",
                           "--rows", "1", "3", "--shape", "64", "512", "--calls", "4"],
                          capture_output=True, text=True, check=True, timeout=300)
@@ -27,3 +32,15 @@ def test_a_base_checkout_is_built_apart_and_timed_call_by_call(tmp_path):
         assert line["max_difference"] == 0  # the same code, built twice
         assert 0 < line["base_fastest_ms"] <= line["base_ms"] and 0 < line["this_fastest_ms"] <= line["this_ms"]
         assert line["base_over_this"] > 0
+
+
+def test_the_attention_kernels_are_timed_the_same_way(tmp_path):
+    base_checkout(tmp_path, "decode_attention.c")
+    out = subprocess.run([sys.executable, str(SCRIPT), "--base", str(tmp_path), "--attention", "--calls", "2"],
+                         capture_output=True, text=True, check=True, timeout=300)
+    assert "same decode_attention.c" not in out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(lines) == 5 and len({line["attention"] for line in lines}) == 5
+    for line in lines:
+        assert line["max_difference"] == 0  # the same code, built twice
+        assert 0 < line["base_fastest_ms"] <= line["base_ms"] and 0 < line["this_fastest_ms"] <= line["this_ms"]
