@@ -60,3 +60,19 @@ def test_the_machines_best_instruction_set_is_chosen_and_rillet_isa_may_lower_it
         assert result.stdout.split() == expected.split()
         if wanted == "no-such-isa":
             assert "RILLET_ISA=no-such-isa is not one this CPU runs" in result.stderr
+
+
+@pytest.mark.parametrize("isa", VECTOR_ISAS)
+@pytest.mark.parametrize("ggml_type", ["Q4_0", "Q4_1", "Q8_0", "Q5_0"])
+def test_blocks_of_32_rounded_eight_at_a_time_and_one_by_one_give_the_scalar_result(ggml_type, isa):
+    # 96 inputs: three blocks of 32 a row, so that a batch's blocks are eights and some left over, which
+    # int8x2 rounds one at a time (matmul.c's quantize_blocks2_8 and quantize_block2).
+    kernel, reference_kernel = kernels(isa)[(ggml_type, "quantized-int8x2")], kernels("scalar")[(ggml_type, "quantized-int8x2")]
+    packed = quantized(ggml_type, 40, 96).pack(kernel)
+    generator = torch.Generator().manual_seed(3)
+    for rows in (1, 2, 3, 5, 8, 11):
+        x = torch.randn(rows, 96, generator=generator) * torch.logspace(-3, 2, 96)
+        x[0, 32:64] = 0  # a block of zeros: its scale is 0
+        got = native.block_matmul(x, packed, kernel, 40)
+        assert torch.equal(got, native.block_matmul(x, packed, reference_kernel, 40)), rows
+        assert torch.equal(native.block_matmul(x[-1:], packed, kernel, 40), got[-1:])

@@ -55,6 +55,18 @@ static void quantize_block2(const float *x, int B, int8_t *q1, int8_t *q2, float
     for (int j = 0; j < B / 32; j++) c[j] = fmaf(*d2, b2[2 * j] + b2[2 * j + 1], *d1 * (b1[2 * j] + b1[2 * j + 1]));
 }
 
+#ifdef QUANTIZE_PARTS8
+/* quantize_block2 for eight blocks of 32 values one after another, with the same results (each
+ * quantities' array as for one block, eight of them in a row). */
+static void quantize_blocks2_8(const float *x, int8_t *q1, int8_t *q2, float *d1, float *d2, float *b1, float *b2,
+                               float *c) {
+    float rest[256];
+    quantize_parts8(x, q1, d1, b1, rest);
+    quantize_parts8(rest, q2, d2, b2, NULL);
+    for (int j = 0; j < 8; j++) c[j] = fmaf(d2[j], b2[2 * j] + b2[2 * j + 1], d1[j] * (b1[2 * j] + b1[2 * j + 1]));
+}
+#endif
+
 /* Each (type, rows, groups) a copy of its own, unrolled with its sums in registers: T, R and G are
  * constants in each. MAX_GROUPS(R) bounds the groups a call of R rows takes. */
 #define BY_TYPE(CASE)                                                                                      \
@@ -270,10 +282,25 @@ static int matmul(int mode, int t, const float *x, int64_t M, int64_t K, const u
             for (int64_t i = 0; i < M * blocks; i++) quantize_block(x + i * 32, xq + i * 32, xd + i, xs + i);
         }
         if (mode == INT8X2) {
+            /* Blocks of 32 (Q4_0, Q4_1, Q8_0...) eight at a time where the ISA can, then any left one by one. */
+            int64_t eights = 0;
+#ifdef QUANTIZE_PARTS8
+            if (B == 32) eights = M * scales / 8;
+#endif
+            const int64_t left = M * scales - 8 * eights;
 #pragma omp for schedule(static) nowait
-            for (int64_t i = 0; i < M * scales; i++)
-                quantize_block2(x + i * B, (int)B, xq + i * B, xq2 + i * B, xd + i, xd2 + i, xb + i * B / 16, xb2 + i * B / 16,
-                                xc + i * B / 32);
+            for (int64_t j = 0; j < eights + left; j++) {
+                const int64_t i = j < eights ? 8 * j : 8 * eights + (j - eights);
+#ifdef QUANTIZE_PARTS8
+                if (j < eights) {
+                    quantize_blocks2_8(x + i * B, xq + i * B, xq2 + i * B, xd + i, xd2 + i, xb + i * B / 16,
+                                       xb2 + i * B / 16, xc + i * B / 32);
+                    continue;
+                }
+#endif
+                quantize_block2(x + i * B, (int)B, xq + i * B, xq2 + i * B, xd + i, xd2 + i, xb + i * B / 16,
+                                xb2 + i * B / 16, xc + i * B / 32);
+            }
         }
 #pragma omp barrier
         if (mode != FLOAT32 || M <= FLOAT_ROWS_LIMIT) {

@@ -53,18 +53,17 @@ static void quantize_block(const float *x, int8_t *q, float *dx, float *sx) {
     *sx = d * (float)_mm_cvtsi128_si32(t);
 }
 
-/* INT8X2 mode: B floats rounded to int8 q with its scale d, the sums of q per 16 values (as floats) in
- * sums, and (where rest is not NULL) what is left, rest = x - d q in one fma: the portable C's steps,
- * 8 values at a time. */
-static void quantize_part(const float *x, int B, int8_t *q, float *d, float *sums, float *rest) {
+/* |x|'s largest value over B floats, as a vector of 8 maxima to reduce. */
+INLINE __m256 abs_max8(const float *x, int B) {
     __m256 a = _mm256_setzero_ps();
     const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int k = 0; k < B; k += 8) a = _mm256_max_ps(a, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + k)));
-    __m128 h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-    const float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
-    const __m256 inv = _mm256_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f), scale = _mm256_set1_ps(amax / 127.0f);
-    *d = amax / 127.0f;
+    return a;
+}
+
+/* quantize_part's rounding, given inv = 127 / amax (0 where amax is 0) and d = amax / 127. */
+INLINE void round_part(const float *x, int B, float inv_, float d, int8_t *q, float *sums, float *rest) {
+    const __m256 inv = _mm256_set1_ps(inv_), scale = _mm256_set1_ps(d);
     const int mode = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     for (int k = 0; k < B; k += 32) {
         __m256i i[4];
@@ -82,6 +81,43 @@ static void quantize_part(const float *x, int B, int8_t *q, float *d, float *sum
             sums[k / 16 + half] = (float)_mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1)));
         }
     }
+}
+
+/* INT8X2 mode: B floats rounded to int8 q with its scale d, the sums of q per 16 values (as floats) in
+ * sums, and (where rest is not NULL) what is left, rest = x - d q in one fma: the portable C's steps,
+ * 8 values at a time. */
+static void quantize_part(const float *x, int B, int8_t *q, float *d, float *sums, float *rest) {
+    const __m256 a = abs_max8(x, B);
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    const float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+    *d = amax / 127.0f;
+    round_part(x, B, amax != 0.0f ? 127.0f / amax : 0.0f, *d, q, sums, rest);
+}
+
+/* quantize_part for eight blocks of 32 values one after another (x, q, rest: 8 x 32; d: 8; sums: 16),
+ * with the same results: the eight maxima reduced side by side and divided in one register, so that a
+ * division's latency, and the chain from a block's maximum to its rounding, are not paid per block. */
+#define QUANTIZE_PARTS8
+static void quantize_parts8(const float *x, int8_t *q, float *d, float *sums, float *rest) {
+    __m256 m[8];
+    for (int b = 0; b < 8; b++) m[b] = abs_max8(x + 32 * b, 32);
+    /* Lane b of the result: block b's maximum (max is exact in any order). */
+    __m256 p[4], r[2];
+    for (int b = 0; b < 4; b++)
+        p[b] = _mm256_max_ps(_mm256_unpacklo_ps(m[2 * b], m[2 * b + 1]), _mm256_unpackhi_ps(m[2 * b], m[2 * b + 1]));
+    for (int b = 0; b < 2; b++) {
+        const __m256d u = _mm256_castps_pd(p[2 * b]), v = _mm256_castps_pd(p[2 * b + 1]);
+        r[b] = _mm256_max_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(u, v)), _mm256_castpd_ps(_mm256_unpackhi_pd(u, v)));
+    }
+    /* r[0] lanes: blocks 0-3 (low half) and 0-3 (high half), r[1] the same for 4-7. */
+    const __m256 amax = _mm256_max_ps(_mm256_permute2f128_ps(r[0], r[1], 0x20), _mm256_permute2f128_ps(r[0], r[1], 0x31));
+    const __m256 nonzero = _mm256_cmp_ps(amax, _mm256_setzero_ps(), _CMP_NEQ_OQ);
+    float inv[8];
+    _mm256_storeu_ps(inv, _mm256_and_ps(nonzero, _mm256_div_ps(_mm256_set1_ps(127.0f), amax)));
+    _mm256_storeu_ps(d, _mm256_div_ps(amax, _mm256_set1_ps(127.0f)));
+    for (int b = 0; b < 8; b++)
+        round_part(x + 32 * b, 32, inv[b], d[b], q + 32 * b, sums + 2 * b, rest == NULL ? NULL : rest + 32 * b);
 }
 
 /* a and b of sub-block s for rows n0..n0 + 7 of a group of G rows, from its block header h. */
