@@ -28,7 +28,8 @@ def decode_step(num_seqs: int, num_heads: int, num_kv_heads: int, head_dim: int,
 
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("num_seqs, num_heads, num_kv_heads, head_dim, block_size",
-                         [(1, 9, 3, 64, 16), (7, 4, 4, 32, 8), (33, 8, 1, 128, 16), (5, 6, 2, 64, 32), (3, 2, 1, 20, 4)])
+                         [(1, 9, 3, 64, 16), (7, 4, 4, 32, 8), (33, 8, 1, 128, 16), (5, 6, 2, 64, 32), (3, 2, 1, 20, 4),
+                          (6, 4, 4, 64, 16)])  # the last: float16 rows read in place on AVX-512
 def test_kernel_matches_pytorch_attention(monkeypatch, kv_dtype, num_seqs, num_heads, num_kv_heads, head_dim,
                                           block_size):
     q, cache, meta = decode_step(num_seqs, num_heads, num_kv_heads, head_dim, block_size, seed=num_seqs)
@@ -57,12 +58,14 @@ def test_loading_the_kernels_leaves_subnormal_floats_alone():
 
 
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("width, rows, first_len, kv_heads, heads", [(6, 40, 50, 3, 9), (40, 20, 590, 1, 4)])
+@pytest.mark.parametrize("width, rows, first_len, kv_heads, heads", [(6, 40, 50, 3, 9), (40, 20, 590, 1, 4),
+                                                                     (8, 20, 100, 4, 4)])
 def test_rows_of_one_prefill_chunk_match_each_row_alone(monkeypatch, kv_dtype, width, rows, first_len, kv_heads, heads):
     # The tokens of one prefill chunk share its block table: the kernel takes them in tasks of up to
     # 16 rows. Each row must come out exactly as when it is computed alone, and match PyTorch. At
     # 590 tokens, with one kv head, each task's partitions of the context (and each row's alone)
-    # run as jobs of their own.
+    # run as jobs of their own. With one query head a kv head, a float16 row alone is read in place
+    # (AVX-512), the chunk's rows from a converted copy.
     generator = torch.Generator().manual_seed(7)
     block_size = 16
     cache = torch.randn(2, width + 1, block_size, kv_heads, 64, generator=generator).to(kv_dtype)

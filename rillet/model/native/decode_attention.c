@@ -50,9 +50,25 @@ static inline __attribute__((always_inline)) void load_half_rows(float *restrict
     }
 }
 
-/* scores[t] = scale * (q . k_t) for the n rows of a block (rows row_stride floats apart). */
-static __attribute__((noinline)) void block_scores(const float *q, const float *k, int64_t row_stride, int64_t n,
-                                                   int64_t dim, float scale, float *scores) {
+#if defined(__AVX512F__)
+/* Sixteen values of a row of keys or values from element i: float32, or float16 converted (exactly). */
+static inline __attribute__((always_inline)) __m512 load_row16(const void *row, int64_t i, int half) {
+    return half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const _Float16 *)row + i)))
+                : _mm512_loadu_ps((const float *)row + i);
+}
+/* Where AVX-512 reads float16 rows in place (READS_HALF_ROWS), instead of from a converted copy. */
+#define READS_HALF_ROWS(dim) ((dim) % 64 == 0)
+#else
+#define READS_HALF_ROWS(dim) 0
+#endif
+
+/* scores[t] = scale * (q . k_t) for the n rows of a block (rows row_stride elements apart): float32, or
+ * float16 (half, only where READS_HALF_ROWS). */
+static inline __attribute__((always_inline)) void block_scores_of(const float *q, const void *keys, int half,
+                                                                   int64_t row_stride, int64_t n, int64_t dim,
+                                                                   float scale, float *scores) {
+    const float *k = (const float *)keys;
+    (void)half; /* float16 rows come only where READS_HALF_ROWS, to the AVX-512 loop below */
 #if defined(__AVX512F__)
     if (dim % 16 == 0) {
         /* Sixteen rows at a time: each row's products in one register (its dim / 16 parts fused in
@@ -61,10 +77,11 @@ static __attribute__((noinline)) void block_scores(const float *q, const float *
          * again and its scores are never used. */
         for (int64_t t = 0; t < n; t += 16) {
             __m512 p[16];
+#pragma GCC unroll 16 /* all sixteen sums in registers */
             for (int u = 0; u < 16; u++) {
-                const float *row = k + (t + u < n ? t + u : n - 1) * row_stride;
-                p[u] = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(row));
-                for (int64_t d = 16; d < dim; d += 16) p[u] = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(row + d), p[u]);
+                const int64_t at = (t + u < n ? t + u : n - 1) * row_stride;
+                p[u] = _mm512_mul_ps(_mm512_loadu_ps(q), load_row16(keys, at, half));
+                for (int64_t d = 16; d < dim; d += 16) p[u] = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), load_row16(keys, at + d, half), p[u]);
             }
             /* Pairs of rows: lanes added in twos, then fours, eights and sixteens; each level halves
              * the registers and keeps every row's partial sums apart. */
@@ -114,9 +131,11 @@ static __attribute__((noinline)) void block_scores(const float *q, const float *
     }
 }
 
-/* a += sum over the block's rows t of weights[t] * v_t. */
-static __attribute__((noinline)) void block_values(float *a, const float *weights, const float *v, int64_t row_stride,
-                                                   int64_t n, int64_t dim) {
+/* a += sum over the block's rows t of weights[t] * v_t (rows as in block_scores). */
+static inline __attribute__((always_inline)) void block_values_of(float *a, const float *weights, const void *values,
+                                                                   int half, int64_t row_stride, int64_t n, int64_t dim) {
+    const float *v = (const float *)values;
+    (void)half;
 #if defined(__AVX512F__)
     if (dim % 64 == 0) {
         for (int64_t d0 = 0; d0 < dim; d0 += 64) { /* 4 accumulators in registers per pass over the rows */
@@ -124,8 +143,8 @@ static __attribute__((noinline)) void block_values(float *a, const float *weight
             for (int j = 0; j < 4; j++) acc[j] = _mm512_loadu_ps(a + d0 + 16 * j);
             for (int64_t t = 0; t < n; t++) {
                 const __m512 w = _mm512_set1_ps(weights[t]);
-                const float *row = v + t * row_stride + d0;
-                for (int j = 0; j < 4; j++) acc[j] = _mm512_fmadd_ps(w, _mm512_loadu_ps(row + 16 * j), acc[j]);
+                for (int j = 0; j < 4; j++)
+                    acc[j] = _mm512_fmadd_ps(w, load_row16(values, t * row_stride + d0 + 16 * j, half), acc[j]);
             }
             for (int j = 0; j < 4; j++) _mm512_storeu_ps(a + d0 + 16 * j, acc[j]);
         }
@@ -149,6 +168,53 @@ static __attribute__((noinline)) void block_values(float *a, const float *weight
 #endif
     for (int64_t t = 0; t < n; t++)
         for (int64_t d = 0; d < dim; d++) a[d] += weights[t] * v[t * row_stride + d];
+}
+
+/* block_scores_of and block_values_of as functions of their own, one per common head size and kind of
+ * row: called from attend's parallel region, inlined among its many live values, their sums did not
+ * stay in registers (each FMA a load, an FMA and a store). block_scores and block_values choose one;
+ * inlined where head_dim and half are literals, they choose at compile time. */
+#define BLOCK_KERNELS(D, HALF, NAME)                                                                          \
+    static __attribute__((noinline)) void block_scores_##NAME(const float *q, const void *k, int64_t row_stride, \
+                                                              int64_t n, float scale, float *scores) {        \
+        block_scores_of(q, k, HALF, row_stride, n, D, scale, scores);                                        \
+    }                                                                                                         \
+    static __attribute__((noinline)) void block_values_##NAME(float *a, const float *w, const void *v,       \
+                                                              int64_t row_stride, int64_t n) {               \
+        block_values_of(a, w, v, HALF, row_stride, n, D);                                                     \
+    }
+BLOCK_KERNELS(64, 0, 64)
+BLOCK_KERNELS(64, 1, 64_half)
+BLOCK_KERNELS(128, 0, 128)
+BLOCK_KERNELS(128, 1, 128_half)
+BLOCK_KERNELS(256, 0, 256)
+BLOCK_KERNELS(256, 1, 256_half)
+
+static __attribute__((noinline)) void block_scores_any(const float *q, const void *k, int half, int64_t row_stride,
+                                                       int64_t n, int64_t dim, float scale, float *scores) {
+    block_scores_of(q, k, half, row_stride, n, dim, scale, scores);
+}
+
+static __attribute__((noinline)) void block_values_any(float *a, const float *w, const void *v, int half,
+                                                       int64_t row_stride, int64_t n, int64_t dim) {
+    block_values_of(a, w, v, half, row_stride, n, dim);
+}
+
+static inline __attribute__((always_inline)) void block_scores(const float *q, const void *k, int half,
+                                                               int64_t row_stride, int64_t n, int64_t dim,
+                                                               float scale, float *scores) {
+    if (dim == 64) (half ? block_scores_64_half : block_scores_64)(q, k, row_stride, n, scale, scores);
+    else if (dim == 128) (half ? block_scores_128_half : block_scores_128)(q, k, row_stride, n, scale, scores);
+    else if (dim == 256) (half ? block_scores_256_half : block_scores_256)(q, k, row_stride, n, scale, scores);
+    else block_scores_any(q, k, half, row_stride, n, dim, scale, scores);
+}
+
+static inline __attribute__((always_inline)) void block_values(float *a, const float *w, const void *v, int half,
+                                                               int64_t row_stride, int64_t n, int64_t dim) {
+    if (dim == 64) (half ? block_values_64_half : block_values_64)(a, w, v, row_stride, n);
+    else if (dim == 128) (half ? block_values_128_half : block_values_128)(a, w, v, row_stride, n);
+    else if (dim == 256) (half ? block_values_256_half : block_values_256)(a, w, v, row_stride, n);
+    else block_values_any(a, w, v, half, row_stride, n, dim);
 }
 
 #if defined(__AVX512F__)
@@ -335,10 +401,26 @@ static inline __attribute__((always_inline)) void run_job(const plan_t *plan, co
                             __builtin_prefetch(next + (values_offset + t * token_stride) * element + line);
                         }
                 }
-                /* Rows of keys and values: float32 read in place, float16 converted first. */
-                const float *kb = (const float *)cache + offset, *vb = kb + values_offset;
+                /* Rows of keys and values: float32 read in place. float16 converted first, once for the
+                 * task's rows and query heads; but read in place (converted as each is loaded) by a lone
+                 * row with one query head per kv head, where READS_HALF_ROWS: for it a converted copy is
+                 * read once, and writing it cost as much as the arithmetic (1.4x faster in place, on a
+                 * 1.7B model's 32 heads; with 3 query heads a kv head, converting thrice was no faster). */
+                const void *kb = (const float *)cache + offset, *vb = (const float *)kb + values_offset;
                 int64_t row_stride = token_stride;
-                if (half) {
+                const int in_place = half && rows == 1 && groups == 1 && READS_HALF_ROWS(head_dim);
+                if (in_place) {
+                    const _Float16 *hk = (const _Float16 *)cache + offset;
+                    kb = hk, vb = hk + values_offset;
+                    if (next_block >= 0) /* the next block's rows of this head, asked for as load_half_rows does */
+                        for (int64_t t = 0; t < next_n; t++)
+                            for (int64_t line = 0; line < head_dim * 2; line += 64) {
+                                const char *next = (const char *)((const _Float16 *)cache + next_block * block_stride +
+                                                                  h * head_dim + t * token_stride) + line;
+                                __builtin_prefetch(next);
+                                __builtin_prefetch(next + values_offset * 2);
+                            }
+                } else if (half) {
                     const _Float16 *hk = (const _Float16 *)cache + offset;
                     const _Float16 *next = (const _Float16 *)cache + (next_block < 0 ? 0 : next_block) * block_stride + h * head_dim;
                     const int64_t next_rows = next_block < 0 ? 0 : next_n;
@@ -352,13 +434,15 @@ static inline __attribute__((always_inline)) void run_job(const plan_t *plan, co
                     if (start >= len || start + block_size <= from) continue;
                     const int64_t skip = from > start ? from - start : 0;
                     const int64_t rn = (len - start < block_size ? len - start : block_size) - skip;
-                    const float *kr = kb + skip * row_stride, *vr = vb + skip * row_stride;
+                    const int64_t element_bytes = in_place ? 2 : 4;
+                    const void *kr = (const char *)kb + skip * row_stride * element_bytes;
+                    const void *vr = (const char *)vb + skip * row_stride * element_bytes;
                     const float *qs = q + ((first + r) * num_heads + h * groups) * head_dim;
                     for (int64_t i = 0; i < groups; i++) {
                         const int64_t lane = r * lanes + (h - h0) * groups + i;
-                        block_scores(qs + i * head_dim, kr, row_stride, rn, head_dim, scale, scores);
+                        block_scores(qs + i * head_dim, kr, in_place, row_stride, rn, head_dim, scale, scores);
                         softmax_step(scores, rn, acc + lane * head_dim, head_dim, running_max + lane, running_sum + lane);
-                        block_values(acc + lane * head_dim, scores, vr, row_stride, rn, head_dim);
+                        block_values(acc + lane * head_dim, scores, vr, in_place, row_stride, rn, head_dim);
                     }
                 }
             }
