@@ -56,7 +56,15 @@ static inline __attribute__((always_inline)) __m512 load_row16(const void *row, 
     return half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const _Float16 *)row + i)))
                 : _mm512_loadu_ps((const float *)row + i);
 }
-/* Where AVX-512 reads float16 rows in place (READS_HALF_ROWS), instead of from a converted copy. */
+#endif
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+/* Eight values of a row of keys or values from element i, as load_row16. */
+static inline __attribute__((always_inline)) __m256 load_row8(const void *row, int64_t i, int half) {
+    return half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const _Float16 *)row + i)))
+                : _mm256_loadu_ps((const float *)row + i);
+}
+/* Where float16 rows may be read in place, instead of from a converted copy: the head sizes whose rows
+ * block_scores and block_values take in whole registers (AVX-512, or AVX2 with F16C). */
 #define READS_HALF_ROWS(dim) ((dim) % 64 == 0)
 #else
 #define READS_HALF_ROWS(dim) 0
@@ -68,7 +76,7 @@ static inline __attribute__((always_inline)) void block_scores_of(const float *q
                                                                    int64_t row_stride, int64_t n, int64_t dim,
                                                                    float scale, float *scores) {
     const float *k = (const float *)keys;
-    (void)half; /* float16 rows come only where READS_HALF_ROWS, to the AVX-512 loop below */
+    (void)half; /* float16 rows come only where READS_HALF_ROWS, to the vector loops below */
 #if defined(__AVX512F__)
     if (dim % 16 == 0) {
         /* Sixteen rows at a time: each row's products in one register (its dim / 16 parts fused in
@@ -101,19 +109,20 @@ static inline __attribute__((always_inline)) void block_scores_of(const float *q
         return;
     }
 #endif
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
     if (dim % 8 == 0) {
         /* Eight rows at a time, as eight independent fma chains; then one tree of horizontal adds
          * gives their eight dot products in one vector. Past the last row, the last row is read
          * again and its scores are never used. */
         for (int64_t t = 0; t < n; t += 8) {
-            const float *rows[8];
-            for (int u = 0; u < 8; u++) rows[u] = k + (t + u < n ? t + u : n - 1) * row_stride;
+            int64_t rows[8];
+            for (int u = 0; u < 8; u++) rows[u] = (t + u < n ? t + u : n - 1) * row_stride;
             __m256 p[8];
             for (int u = 0; u < 8; u++) p[u] = _mm256_setzero_ps();
             for (int64_t d = 0; d < dim; d += 8) {
                 const __m256 qd = _mm256_loadu_ps(q + d);
-                for (int u = 0; u < 8; u++) p[u] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(rows[u] + d), p[u]);
+#pragma GCC unroll 8
+                for (int u = 0; u < 8; u++) p[u] = _mm256_fmadd_ps(qd, load_row8(keys, rows[u] + d, half), p[u]);
             }
             const __m256 h01 = _mm256_hadd_ps(p[0], p[1]), h23 = _mm256_hadd_ps(p[2], p[3]);
             const __m256 h45 = _mm256_hadd_ps(p[4], p[5]), h67 = _mm256_hadd_ps(p[6], p[7]);
@@ -151,17 +160,28 @@ static inline __attribute__((always_inline)) void block_values_of(float *a, cons
         return;
     }
 #endif
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
     if (dim % 64 == 0) {
         for (int64_t d0 = 0; d0 < dim; d0 += 64) { /* 8 accumulators in registers per pass over the rows */
-            __m256 acc[8];
-            for (int j = 0; j < 8; j++) acc[j] = _mm256_loadu_ps(a + d0 + 8 * j);
+            /* named, not an array: as an array GCC copied them through the stack at every call */
+            __m256 a0 = _mm256_loadu_ps(a + d0), a1 = _mm256_loadu_ps(a + d0 + 8), a2 = _mm256_loadu_ps(a + d0 + 16);
+            __m256 a3 = _mm256_loadu_ps(a + d0 + 24), a4 = _mm256_loadu_ps(a + d0 + 32), a5 = _mm256_loadu_ps(a + d0 + 40);
+            __m256 a6 = _mm256_loadu_ps(a + d0 + 48), a7 = _mm256_loadu_ps(a + d0 + 56);
             for (int64_t t = 0; t < n; t++) {
                 const __m256 w = _mm256_broadcast_ss(weights + t);
-                const float *row = v + t * row_stride + d0;
-                for (int j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(row + 8 * j), acc[j]);
+                const int64_t at = t * row_stride + d0;
+                a0 = _mm256_fmadd_ps(w, load_row8(values, at, half), a0);
+                a1 = _mm256_fmadd_ps(w, load_row8(values, at + 8, half), a1);
+                a2 = _mm256_fmadd_ps(w, load_row8(values, at + 16, half), a2);
+                a3 = _mm256_fmadd_ps(w, load_row8(values, at + 24, half), a3);
+                a4 = _mm256_fmadd_ps(w, load_row8(values, at + 32, half), a4);
+                a5 = _mm256_fmadd_ps(w, load_row8(values, at + 40, half), a5);
+                a6 = _mm256_fmadd_ps(w, load_row8(values, at + 48, half), a6);
+                a7 = _mm256_fmadd_ps(w, load_row8(values, at + 56, half), a7);
             }
-            for (int j = 0; j < 8; j++) _mm256_storeu_ps(a + d0 + 8 * j, acc[j]);
+            _mm256_storeu_ps(a + d0, a0), _mm256_storeu_ps(a + d0 + 8, a1), _mm256_storeu_ps(a + d0 + 16, a2);
+            _mm256_storeu_ps(a + d0 + 24, a3), _mm256_storeu_ps(a + d0 + 32, a4), _mm256_storeu_ps(a + d0 + 40, a5);
+            _mm256_storeu_ps(a + d0 + 48, a6), _mm256_storeu_ps(a + d0 + 56, a7);
         }
         return;
     }
