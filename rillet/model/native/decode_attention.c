@@ -25,6 +25,7 @@
 #define MAX_BLOCK_SIZE 64
 #define NEG_HUGE (-1e30f)
 #define ROWS_PER_TASK 16
+#define GROUP_SCORES_STRIDE (MAX_BLOCK_SIZE + 16)
 
 #if defined(__F16C__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -238,6 +239,64 @@ static inline __attribute__((always_inline)) void block_values(float *a, const f
 }
 
 #if defined(__AVX512F__)
+/* block_values for the G query heads of one kv head at once, its float16 rows of values read in place
+ * (each converted once for the G heads): a + h * dim += sum over t of weights[h * stride + t] * v_t, for
+ * h < G. Each head's sums are block_values' steps in block_values' order, so the results are its own. */
+static inline __attribute__((always_inline)) void group_values_of(float *a, const float *weights, int64_t stride, int G,
+                                                                  const _Float16 *v, int64_t row_stride, int64_t n,
+                                                                  int64_t dim) {
+    for (int64_t d0 = 0; d0 < dim; d0 += 64) {
+        __m512 acc[4][4];
+        for (int h = 0; h < G; h++)
+            for (int j = 0; j < 4; j++) acc[h][j] = _mm512_loadu_ps(a + h * dim + d0 + 16 * j);
+        for (int64_t t = 0; t < n; t++) {
+            __m512 row[4];
+            for (int j = 0; j < 4; j++) row[j] = load_row16(v, t * row_stride + d0 + 16 * j, 1);
+            for (int h = 0; h < G; h++) {
+                const __m512 w = _mm512_set1_ps(weights[h * stride + t]);
+                for (int j = 0; j < 4; j++) acc[h][j] = _mm512_fmadd_ps(w, row[j], acc[h][j]);
+            }
+        }
+        for (int h = 0; h < G; h++)
+            for (int j = 0; j < 4; j++) _mm512_storeu_ps(a + h * dim + d0 + 16 * j, acc[h][j]);
+    }
+}
+
+#define GROUP_VALUES(D, G)                                                                                    \
+    static __attribute__((noinline)) void group_values_##D##_##G(float *a, const float *weights, int64_t stride, \
+                                                                 const _Float16 *v, int64_t row_stride, int64_t n) { \
+        group_values_of(a, weights, stride, G, v, row_stride, n, D);                                          \
+    }
+GROUP_VALUES(64, 2)
+GROUP_VALUES(64, 3)
+GROUP_VALUES(64, 4)
+GROUP_VALUES(128, 2)
+GROUP_VALUES(128, 3)
+GROUP_VALUES(128, 4)
+GROUP_VALUES(256, 2)
+GROUP_VALUES(256, 3)
+GROUP_VALUES(256, 4)
+/* Where group_values runs: the head sizes and query heads a kv head it has a copy for. */
+#define GROUPS_VALUES_IN_PLACE(dim, groups) (((dim) == 64 || (dim) == 128 || (dim) == 256) && (groups) >= 2 && (groups) <= 4)
+
+static inline __attribute__((always_inline)) void group_values(float *a, const float *weights, int64_t stride, int G,
+                                                               const _Float16 *v, int64_t row_stride, int64_t n,
+                                                               int64_t dim) {
+#define CASE(D)                                                                                               \
+    if (dim == D) {                                                                                           \
+        if (G == 2) group_values_##D##_2(a, weights, stride, v, row_stride, n);                               \
+        else if (G == 3) group_values_##D##_3(a, weights, stride, v, row_stride, n);                          \
+        else group_values_##D##_4(a, weights, stride, v, row_stride, n);                                      \
+        return;                                                                                               \
+    }
+    CASE(64) CASE(128) CASE(256)
+#undef CASE
+}
+#else
+#define GROUPS_VALUES_IN_PLACE(dim, groups) 0
+#endif
+
+#if defined(__AVX512F__)
 /* e^x in each lane, within about 2 ulp for x in [-87.3, 88.7] (x below: about 1e-38, not 0; above:
  * e^88.7): x = n ln 2 + r with |r| <= ln 2 / 2, e^r by Cephes' degree-6 polynomial, 2^n by vscalefps. */
 static inline __m512 exp16(__m512 x) {
@@ -377,6 +436,9 @@ static inline __attribute__((always_inline)) void run_job(const plan_t *plan, co
     float *acc = b->acc, *running_max = b->running_max, *running_sum = b->running_sum, *total = b->total;
     float *total_max = b->total_max, *total_sum = b->total_sum, *keys = b->keys, *values = b->values;
     float scores[MAX_BLOCK_SIZE + 8];
+#if defined(__AVX512F__)
+    float group_scores[4 * GROUP_SCORES_STRIDE]; /* each query head's scores, for group_values */
+#endif
     const int64_t unit = job / jobs_per_unit, h0 = job % jobs_per_unit * heads_per_job;
     int64_t task = unit;
     if (split) /* the task whose units hold this one */
@@ -434,7 +496,19 @@ static inline __attribute__((always_inline)) void run_job(const plan_t *plan, co
                 const void *kb = (const float *)cache + offset, *vb = (const float *)kb + values_offset;
                 int64_t row_stride = token_stride;
                 const int in_place = half && rows == 1 && groups == 1 && READS_HALF_ROWS(head_dim);
-                if (in_place) {
+                /* A lone row whose kv head serves 2 to 4 query heads (AVX-512): keys converted as below,
+                 * values read in place once for all of them (group_values). */
+                const int values_in_place = half && rows == 1 && GROUPS_VALUES_IN_PLACE(head_dim, groups);
+                if (values_in_place) {
+                    const _Float16 *hk = (const _Float16 *)cache + offset;
+                    const _Float16 *next = (const _Float16 *)cache + (next_block < 0 ? 0 : next_block) * block_stride + h * head_dim;
+                    const int64_t next_rows = next_block < 0 ? 0 : next_n;
+                    load_half_rows(keys, hk, n, token_stride, head_dim, next, next_rows);
+                    for (int64_t t = 0; t < next_rows; t++) /* the next block's values, as load_half_rows asks for rows */
+                        for (int64_t line = 0; line < head_dim * 2; line += 64)
+                            __builtin_prefetch((const char *)(next + values_offset + t * token_stride) + line);
+                    kb = keys, vb = hk + values_offset, row_stride = head_dim;
+                } else if (in_place) {
                     const _Float16 *hk = (const _Float16 *)cache + offset;
                     kb = hk, vb = hk + values_offset;
                     if (next_block >= 0) /* the next block's rows of this head, asked for as load_half_rows does */
@@ -463,6 +537,21 @@ static inline __attribute__((always_inline)) void run_job(const plan_t *plan, co
                     const void *kr = (const char *)kb + skip * row_stride * element_bytes;
                     const void *vr = (const char *)vb + skip * row_stride * element_bytes;
                     const float *qs = q + ((first + r) * num_heads + h * groups) * head_dim;
+#if defined(__AVX512F__)
+                    if (values_in_place) {
+                        const int64_t lane = r * lanes + (h - h0) * groups; /* the group's first */
+                        for (int64_t i = 0; i < groups; i++) {
+                            float *weights = group_scores + i * GROUP_SCORES_STRIDE;
+                            block_scores(qs + i * head_dim, (const float *)kb + skip * head_dim, 0, head_dim, rn, head_dim,
+                                         scale, weights);
+                            softmax_step(weights, rn, acc + (lane + i) * head_dim, head_dim, running_max + lane + i,
+                                         running_sum + lane + i);
+                        }
+                        group_values(acc + lane * head_dim, group_scores, GROUP_SCORES_STRIDE, (int)groups,
+                                     (const _Float16 *)vb + skip * token_stride, token_stride, rn, head_dim);
+                        continue;
+                    }
+#endif
                     for (int64_t i = 0; i < groups; i++) {
                         const int64_t lane = r * lanes + (h - h0) * groups + i;
                         block_scores(qs + i * head_dim, kr, in_place, row_stride, rn, head_dim, scale, scores);
