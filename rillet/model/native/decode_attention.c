@@ -703,7 +703,8 @@ static inline __attribute__((always_inline)) int attend(
     return failed ? -1 : 0;
 }
 
-/* Entry points: the common head sizes get loops the compiler unrolls for their exact length. */
+/* Entry points, one per cache type, each with a copy of attend per common head size (inside attend's
+ * parallel region the size is a variable again: run_job is where it is made a literal). */
 #define ENTRY_POINT(NAME, KV_TYPE, HALF)                                                                      \
     int NAME(const float *q, const KV_TYPE *cache, const int64_t *block_tables, const int64_t *context_lens, \
              float *out, int64_t num_seqs, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,        \
