@@ -47,12 +47,17 @@ const char *matmul_isa(void) { return RILLET_ISA_NAME; }
 /* INT8X2's activations (matmul_table.h): a block of B floats rounded to q1 with its scale d1, and what
  * that left rounded to q2 with d2; the sums of each per 16 values in b1, b2; and per 32 values, in c, x's
  * sum as both roundings hold it (d1 times q1's sum plus d2 times q2's), which a weight's offset multiplies. */
+/* x's sum over 32 values as both roundings hold it, from each rounding's scale and its two sums per 16. */
+static inline float x_sum32(float d1, float d2, const float *b1, const float *b2) {
+    return fmaf(d2, b2[0] + b2[1], d1 * (b1[0] + b1[1]));
+}
+
 static void quantize_block2(const float *x, int B, int8_t *q1, int8_t *q2, float *d1, float *d2, float *b1, float *b2,
                             float *c) {
     float rest[256];
     quantize_part(x, B, q1, d1, b1, rest);
     quantize_part(rest, B, q2, d2, b2, NULL);
-    for (int j = 0; j < B / 32; j++) c[j] = fmaf(*d2, b2[2 * j] + b2[2 * j + 1], *d1 * (b1[2 * j] + b1[2 * j + 1]));
+    for (int j = 0; j < B / 32; j++) c[j] = x_sum32(*d1, *d2, b1 + 2 * j, b2 + 2 * j);
 }
 
 #ifdef QUANTIZE_PARTS8
@@ -63,7 +68,7 @@ static void quantize_blocks2_8(const float *x, int8_t *q1, int8_t *q2, float *d1
     float rest[256];
     quantize_parts8(x, q1, d1, b1, rest);
     quantize_parts8(rest, q2, d2, b2, NULL);
-    for (int j = 0; j < 8; j++) c[j] = fmaf(d2[j], b2[2 * j] + b2[2 * j + 1], d1[j] * (b1[2 * j] + b1[2 * j + 1]));
+    for (int j = 0; j < 8; j++) c[j] = x_sum32(d1[j], d2[j], b1 + 2 * j, b2 + 2 * j);
 }
 #endif
 
@@ -283,24 +288,20 @@ static int matmul(int mode, int t, const float *x, int64_t M, int64_t K, const u
         }
         if (mode == INT8X2) {
             /* Blocks of 32 (Q4_0, Q4_1, Q8_0...) eight at a time where the ISA can, then any left one by one. */
-            int64_t eights = 0;
+            int64_t done = 0;
 #ifdef QUANTIZE_PARTS8
-            if (B == 32) eights = M * scales / 8;
-#endif
-            const int64_t left = M * scales - 8 * eights;
+            if (B == 32) {
+                done = M * scales / 8 * 8;
 #pragma omp for schedule(static) nowait
-            for (int64_t j = 0; j < eights + left; j++) {
-                const int64_t i = j < eights ? 8 * j : 8 * eights + (j - eights);
-#ifdef QUANTIZE_PARTS8
-                if (j < eights) {
+                for (int64_t i = 0; i < done; i += 8)
                     quantize_blocks2_8(x + i * B, xq + i * B, xq2 + i * B, xd + i, xd2 + i, xb + i * B / 16,
                                        xb2 + i * B / 16, xc + i * B / 32);
-                    continue;
-                }
-#endif
-                quantize_block2(x + i * B, (int)B, xq + i * B, xq2 + i * B, xd + i, xd2 + i, xb + i * B / 16,
-                                xb2 + i * B / 16, xc + i * B / 32);
             }
+#endif
+#pragma omp for schedule(static) nowait
+            for (int64_t i = done; i < M * scales; i++)
+                quantize_block2(x + i * B, (int)B, xq + i * B, xq2 + i * B, xd + i, xd2 + i, xb + i * B / 16, xb2 + i * B / 16,
+                                xc + i * B / 32);
         }
 #pragma omp barrier
         if (mode != FLOAT32 || M <= FLOAT_ROWS_LIMIT) {
