@@ -31,13 +31,19 @@
 #include <immintrin.h>
 #endif
 
-/* One block's float16 rows of one kv head, converted to float32 in a dense buffer. */
+/* Asks for row t of the next block (dim float16 values), the row a later call reads for this head. */
+static inline __attribute__((always_inline)) void prefetch_half_row(const _Float16 *next, int64_t t, int64_t stride,
+                                                                    int64_t dim) {
+    for (int64_t line = 0; line < dim * 2; line += 64) __builtin_prefetch((const char *)(next + t * stride) + line);
+}
+
+/* One block's float16 rows of one kv head, converted to float32 in a dense buffer; each row's
+ * counterpart in the next block (next_rows of them) asked for as it goes. */
 static inline __attribute__((always_inline)) void load_half_rows(float *restrict dst, const _Float16 *src, int64_t rows, int64_t stride,
                                   int64_t dim, const _Float16 *next, int64_t next_rows) {
     for (int64_t t = 0; t < rows; t++) {
         const _Float16 *row = src + t * stride;
-        if (t < next_rows) /* the same row of the next block, read by the next call for this head */
-            for (int64_t line = 0; line < dim * 2; line += 64) __builtin_prefetch((const char *)(next + t * stride) + line);
+        if (t < next_rows) prefetch_half_row(next, t, stride, dim);
         int64_t d = 0;
 #if defined(__AVX512F__)
         for (; d + 16 <= dim; d += 16)
@@ -504,21 +510,18 @@ static inline __attribute__((always_inline)) void run_job(const plan_t *plan, co
                     const _Float16 *next = (const _Float16 *)cache + (next_block < 0 ? 0 : next_block) * block_stride + h * head_dim;
                     const int64_t next_rows = next_block < 0 ? 0 : next_n;
                     load_half_rows(keys, hk, n, token_stride, head_dim, next, next_rows);
-                    for (int64_t t = 0; t < next_rows; t++) /* the next block's values, as load_half_rows asks for rows */
-                        for (int64_t line = 0; line < head_dim * 2; line += 64)
-                            __builtin_prefetch((const char *)(next + values_offset + t * token_stride) + line);
+                    for (int64_t t = 0; t < next_rows; t++) prefetch_half_row(next + values_offset, t, token_stride, head_dim);
                     kb = keys, vb = hk + values_offset, row_stride = head_dim;
                 } else if (in_place) {
                     const _Float16 *hk = (const _Float16 *)cache + offset;
                     kb = hk, vb = hk + values_offset;
-                    if (next_block >= 0) /* the next block's rows of this head, asked for as load_half_rows does */
-                        for (int64_t t = 0; t < next_n; t++)
-                            for (int64_t line = 0; line < head_dim * 2; line += 64) {
-                                const char *next = (const char *)((const _Float16 *)cache + next_block * block_stride +
-                                                                  h * head_dim + t * token_stride) + line;
-                                __builtin_prefetch(next);
-                                __builtin_prefetch(next + values_offset * 2);
-                            }
+                    if (next_block >= 0) { /* the next block's rows of this head, as load_half_rows asks for them */
+                        const _Float16 *next = (const _Float16 *)cache + next_block * block_stride + h * head_dim;
+                        for (int64_t t = 0; t < next_n; t++) {
+                            prefetch_half_row(next, t, token_stride, head_dim);
+                            prefetch_half_row(next + values_offset, t, token_stride, head_dim);
+                        }
+                    }
                 } else if (half) {
                     const _Float16 *hk = (const _Float16 *)cache + offset;
                     const _Float16 *next = (const _Float16 *)cache + (next_block < 0 ? 0 : next_block) * block_stride + h * head_dim;
