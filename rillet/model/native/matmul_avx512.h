@@ -7,15 +7,19 @@
 
 #include "matmul_avx2.h"
 
+/* One group a pass, whatever the rows: each thread then reads its run of groups as one stream from
+ * start to end, which the hardware prefetcher follows. Two or four groups side by side (fewer loads of x)
+ * looked faster with the weights in L3 but were as many streams from memory: a decode step's matrices
+ * read from memory at one row (bench/kernel_ab.py --step) went 1.2-1.4x faster with one (Zen 4). */
 #define FLOAT_ROWS 8          /* rows a pass of float_rows takes */
 #define FLOAT_ROWS_LIMIT 32   /* batches up to this many rows read the packed blocks (measured: as fast as tiles at 64) */
-#define FLOAT_GROUPS(rows) ((rows) <= 2 ? 4 : (rows) <= 4 ? 2 : 1) /* groups side by side: sums in registers */
+#define FLOAT_GROUPS(rows) 1
 #define TILE_ROWS 6           /* rows of x per register tile */
 #define TILE_GROUPS 2         /* groups per register tile: 6 rows x 32 outputs, 24 registers of sums */
 #define INT8_ROWS 4
-#define INT8_GROUPS(rows) 2
+#define INT8_GROUPS(rows) 1
 #define INT8X2_ROWS 4 /* 1.05-1.3x over 2 rows at 8 and 64 rows on Zen 4 (Q4_K the least); 6 rows spill */
-#define INT8X2_GROUPS(rows) ((rows) == 1 ? 2 : 1)
+#define INT8X2_GROUPS(rows) 1
 
 static inline __m512 half16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
 static inline __m512 u8_floats16(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
