@@ -13,6 +13,13 @@ outputs (0 where the change keeps every result bit for bit).
 
     python bench/kernel_ab.py --base /tmp/before --attention     (decode_attention.c instead of matmul.c)
 
+    python bench/kernel_ab.py --base /tmp/before --step --rows 1     (a decode step's matrices, from memory)
+
+A call repeated on one matrix finds its weights in the caches, which hides how a kernel reads memory. With
+--step each build multiplies every matrix of a decode step in the forward's order (each layer's, then the
+output head: --model, default the default model, in --format), so that each matrix comes from memory as in
+the engine; the two builds alternate sweep by sweep, --calls sweeps each. Prints one object per rows.
+
 With --attention it times the paged attention kernel (decode_attention.c) the same way, over a float16
 cache of random keys and values, on the cases in ATTENTION_CASES: a decode row and a batch of them, and
 a prefill chunk's rows (one block table, each row a token further), with SmolLM2-135M's heads (9 query
@@ -32,7 +39,8 @@ import numpy as np
 import torch
 
 from block_kernels import TYPES, random_weight
-from rillet.model import native
+from engine_step import LAYER_MATRICES
+from rillet.model import default_model_path, load_model, native
 from rillet.model.quantized import kernels
 
 
@@ -112,6 +120,46 @@ def attention_ab(base, calls: int) -> None:
         print(json.dumps({"attention": name, **timing(seconds, results, calls)}), flush=True)
 
 
+def step_matrices(model) -> list[tuple[str, torch.Tensor, int, int]]:
+    """The matrices of a decode step in the order the forward multiplies them, each part of a stacked one
+    on its own: (kernel name, packed blocks, in_features, out_features). Linear has no public view of its
+    parts and blocks: its private fields are read here."""
+    matrices = []
+    for linear in [getattr(layer, name) for layer in model.layers for name in LAYER_MATRICES] + [model.lm_head]:
+        for part in linear._parts or [linear]:
+            if part._blocks is not None:
+                matrices.append((part._kernel.name, part._blocks, part.in_features, part.out_features))
+    return matrices
+
+
+def step_ab(base, model_path: str | None, weight_format: str, rows_list: list[int], sweeps: int) -> None:
+    loaded = load_model(model_path or default_model_path(), weight_format=weight_format)
+    matrices = step_matrices(loaded.model)
+    if not matrices:
+        raise SystemExit(f"no matrix of this model has a block kernel in {weight_format}")
+    tables = {"base": (base, base.block_kernels()), "this": (native, native.block_kernels())}
+    weight_bytes = sum(packed.numel() * packed.element_size() for _, packed, _, _ in matrices)
+    for rows in rows_list:
+        generator = torch.Generator().manual_seed(rows)
+        xs = {k: torch.randn(rows, k, generator=generator) for k in sorted({k for _, _, k, _ in matrices})}
+        outs = {name: [torch.empty(rows, n) for _, _, _, n in matrices] for name in tables}
+        calls = {name: [(module._callable(table[kernel].address), xs[k].data_ptr(), k, packed.data_ptr(), n, y.data_ptr())
+                        for (kernel, packed, k, n), y in zip(matrices, outs[name])]
+                 for name, (module, table) in tables.items()}
+
+        def sweep(name: str) -> None:
+            for function, x, k, packed, n, y in calls[name]:
+                if function(x, rows, k, packed, n, y) != 0:
+                    raise SystemExit(f"a {name} kernel failed")
+
+        seconds, _ = alternated({name: lambda name=name: sweep(name) for name in tables}, sweeps)
+        results = {name: torch.cat([y.flatten() for y in ys]) for name, ys in outs.items()}
+        result = timing(seconds, results, sweeps)
+        print(json.dumps({"step": Path(model_path).name if model_path else "default model", "format": weight_format,
+                          "rows": rows, "matrices": len(matrices), "weight_mb": round(weight_bytes / 1e6, 1),
+                          **result, "this_gb_per_s": round(weight_bytes / result["this_ms"] / 1e6, 1)}), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", type=Path, required=True, help="the other checkout (its repository root)")
@@ -123,12 +171,17 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=40, help="calls of each build per (type, rows)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--attention", action="store_true", help="time decode_attention.c instead of matmul.c")
+    parser.add_argument("--step", action="store_true", help="time a decode step's matrices, from memory (--model)")
+    parser.add_argument("--model", default=None, help="with --step: a GGUF file (default: the default model)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     base = base_native(args.base.resolve())
     if args.attention:
         attention_ab(base, args.calls)
+        return
+    if args.step:
+        step_ab(base, args.model, args.format, args.rows, args.calls)
         return
     this_lib, base_lib = native.library("matmul"), base.library("matmul")
     if this_lib is None or base_lib is None:

@@ -44,3 +44,17 @@ def test_the_attention_kernels_are_timed_the_same_way(tmp_path):
     for line in lines:
         assert line["max_difference"] == 0  # the same code, built twice
         assert 0 < line["base_fastest_ms"] <= line["base_ms"] and 0 < line["this_fastest_ms"] <= line["this_ms"]
+
+
+def test_a_decode_steps_matrices_are_timed_sweep_by_sweep(tmp_path):
+    base_checkout(tmp_path, "matmul.c")
+    out = subprocess.run([sys.executable, str(SCRIPT), "--base", str(tmp_path), "--step", "--rows", "1", "2",
+                          "--calls", "2"], capture_output=True, text=True, check=True, timeout=300)
+    assert "same matmul.c" not in out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [line["rows"] for line in lines] == [1, 2]
+    for line in lines:
+        # SmolLM2-135M: 30 layers of 4 matrices and the head, about 96 MB of packed blocks
+        assert line["matrices"] == 121 and 50 < line["weight_mb"] < 200
+        assert line["max_difference"] == 0  # the same code, built twice
+        assert 0 < line["this_fastest_ms"] <= line["this_ms"] and line["this_gb_per_s"] > 0
