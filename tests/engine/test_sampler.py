@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rillet.engine.constraints import TokenMasks
-from rillet.engine.sampler import Sampler
+from rillet.engine.sampler import Sampler, argmax
 from rillet.engine.sampling_params import SamplingParams
 
 sampler = Sampler(torch.device("cpu"))
@@ -27,6 +27,13 @@ def frequencies(logits: list[float], params: SamplingParams, draws: int = 4000) 
 
 def test_temperature_zero_is_argmax():
     assert sample([[0.1, 3.0, 2.9], [5.0, 1.0, 0.0]], [SamplingParams(temperature=0)] * 2) == [1, 0]
+
+
+def test_argmax_is_torchs_ties_to_the_first_included():
+    rows = torch.randn(8, 49152, generator=torch.Generator().manual_seed(0))
+    rows[3, 100] = rows[3, 7000] = rows[3].max() + 1  # a tie: the first index wins, as in torch.argmax
+    assert argmax(rows) == rows.argmax(dim=-1).tolist() and argmax(rows)[3] == 100
+    assert argmax(rows[::2, ::3]) == rows[::2, ::3].argmax(dim=-1).tolist()  # strided rows too
 
 
 @pytest.mark.parametrize("temperature", [1e-300, 5e-324, 1e-6])
