@@ -85,6 +85,7 @@ class NativeDecoder:
         self._rope_bases = rope_bases  # the order of the RoPE tables a layer's rope_index points into
         self._keep_alive = keep_alive  # the tensors and arrays the struct points into
         self._caches: tuple[tuple[int, ...], _Caches, list[torch.Tensor]] | None = None
+        self._supported: list[torch.Tensor] | None = None  # the list of caches last found supported
 
     @classmethod
     def build(cls, model) -> NativeDecoder | None:
@@ -137,11 +138,16 @@ class NativeDecoder:
         return cls(function, decoder, rope_bases, keep_alive)
 
     def supports(self, kv_caches: Sequence[torch.Tensor]) -> bool:
+        if kv_caches is self._supported:  # the engine passes the same list of caches every step
+            return True
         cache = kv_caches[0]
         limits = native.decode_attention_limits()
-        return (cache.device.type == "cpu" and limits is not None and cache.shape[2] <= limits.block_size
-                and native.decode_attention_address(cache.dtype) is not None
-                and all(c.is_contiguous() and c.dtype == cache.dtype for c in kv_caches))
+        supported = (cache.device.type == "cpu" and limits is not None and cache.shape[2] <= limits.block_size
+                     and native.decode_attention_address(cache.dtype) is not None
+                     and all(c.is_contiguous() and c.dtype == cache.dtype for c in kv_caches))
+        if supported and isinstance(kv_caches, list):
+            self._supported = kv_caches  # held, so that no other list can take its identity
+        return supported
 
     def __call__(self, hidden: torch.Tensor, rope: dict[float, tuple[torch.Tensor, torch.Tensor]],
                  kv_caches: Sequence[torch.Tensor], meta: AttentionMetadata) -> torch.Tensor:
