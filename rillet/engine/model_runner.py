@@ -72,8 +72,9 @@ class ModelRunner:
             hidden = self._forward(scheduled, input_ids, positions, query_start, context_lens, slot_mappings)
         if not sampling_rows:
             return [], None
-        rows = torch.tensor(sampling_rows, dtype=torch.long, device=self.device)
-        return sampling_seqs, self.model.compute_logits(hidden.index_select(0, rows))
+        if len(sampling_rows) < hidden.shape[0]:  # else every row samples (decode): all of hidden, in order
+            hidden = hidden.index_select(0, torch.tensor(sampling_rows, dtype=torch.long, device=self.device))
+        return sampling_seqs, self.model.compute_logits(hidden)
 
     def _forward(self, scheduled: list[tuple[Sequence, int]], input_ids: list[int], positions: list[int],
                  query_start: list[int], context_lens: list[int], slot_mappings: list[list[int]]) -> torch.Tensor:
