@@ -6,6 +6,7 @@ import dataclasses
 import pickle
 
 from rillet.engine.outputs import ChoiceDelta, RequestOutput, TokenLogprob
+from rillet.engine.stats import EngineStats
 
 
 def test_outputs_survive_pickling_with_every_field_set():
@@ -19,3 +20,10 @@ def test_outputs_survive_pickling_with_every_field_set():
         for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
             copy = pickle.loads(pickle.dumps(obj, protocol=protocol))
             assert copy == obj and type(copy) is type(obj)
+
+
+def test_engine_stats_survive_pickling_with_every_field_set():
+    stats = EngineStats(*range(1, len(dataclasses.fields(EngineStats)) + 1))  # each field its own value
+    for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        copy = pickle.loads(pickle.dumps(stats, protocol=protocol))
+        assert copy == stats and type(copy) is EngineStats
