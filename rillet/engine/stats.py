@@ -18,6 +18,4 @@ class EngineStats:
     num_preemptions: int
 
     def __reduce__(self):  # pickled once per step with its outputs: as rillet/engine/outputs.py's classes
-        return EngineStats, (self.num_running_seqs, self.num_waiting_seqs, self.num_kv_blocks, self.num_free_kv_blocks,
-                             self.num_computed_prompt_tokens, self.num_generated_tokens, self.prefix_cache_queried_tokens,
-                             self.prefix_cache_hit_tokens, self.num_preemptions)
+        return EngineStats, tuple(getattr(self, name) for name in EngineStats.__slots__)  # the fields, in order
