@@ -85,10 +85,12 @@ def test_rows_of_one_prefill_chunk_match_each_row_alone(monkeypatch, kv_dtype, w
 
 
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
-def test_a_decode_row_in_a_large_batch_matches_it_alone(kv_dtype):
-    # Many rows: one job takes every kv head of a row; a row alone: one job per kv head, so that it
-    # spreads over the threads. The row's result is the same either way, bit for bit.
-    q, cache, meta = decode_step(48, 9, 3, 64, 16, seed=11)
+@pytest.mark.parametrize("heads, kv_heads", [(9, 3), (32, 8), (16, 16)])
+def test_a_decode_row_in_a_large_batch_matches_it_alone(kv_dtype, heads, kv_heads):
+    # Many rows: one job takes every kv head of a row; a row alone: a job per run of kv heads (one
+    # head, or a few side by side), so that it spreads over the threads. The row's result is the
+    # same either way, bit for bit.
+    q, cache, meta = decode_step(48, heads, kv_heads, 64, 16, seed=11)
     cache = cache.to(kv_dtype)
     decodes = meta.decode_batch()
     together = native.paged_decode_attention(q, cache, decodes.block_tables, decodes.context_lens)
@@ -99,7 +101,9 @@ def test_a_decode_row_in_a_large_batch_matches_it_alone(kv_dtype):
 
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("window", [None, 300])
-def test_a_long_row_split_over_the_threads_matches_it_in_a_large_batch(monkeypatch, kv_dtype, window):
+@pytest.mark.parametrize("heads, kv_heads", [(9, 3), (32, 8)])
+def test_a_long_row_split_over_the_threads_matches_it_in_a_large_batch(monkeypatch, kv_dtype, window, heads,
+                                                                        kv_heads):
     # A long context is taken in partitions of 256 tokens. A row alone runs each partition as a
     # job of its own and folds them afterwards; in a batch of 48, one job runs them one after
     # another. The row's result is the same either way, bit for bit, and matches PyTorch.
@@ -109,9 +113,9 @@ def test_a_long_row_split_over_the_threads_matches_it_in_a_large_batch(monkeypat
     context_lens[:4] = torch.tensor([700, 256, 257, 1000])  # several partitions, and the edges of one
     width = int(-(-context_lens.max() // block_size))
     num_blocks = rows * width + 1
-    cache = torch.randn(2, num_blocks, block_size, 3, 64, generator=generator).to(kv_dtype)
+    cache = torch.randn(2, num_blocks, block_size, kv_heads, 64, generator=generator).to(kv_dtype)
     tables = (torch.randperm(num_blocks - 1, generator=generator) + 1).view(rows, width)
-    q = torch.randn(rows, 9, 64, generator=generator)
+    q = torch.randn(rows, heads, 64, generator=generator)
     together = native.paged_decode_attention(q, cache, tables, context_lens, window=window)
     alone = torch.cat([native.paged_decode_attention(q[i:i + 1], cache, tables[i:i + 1], context_lens[i:i + 1],
                                                      window=window) for i in range(4)])
