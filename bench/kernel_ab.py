@@ -23,7 +23,10 @@ the engine; the two builds alternate sweep by sweep, --calls sweeps each. Prints
 With --attention it times the paged attention kernel (decode_attention.c) the same way, over a float16
 cache of random keys and values, on the cases in ATTENTION_CASES: a decode row and a batch of them, and
 a prefill chunk's rows (one block table, each row a token further), with SmolLM2-135M's heads (9 query
-heads on 3 KV heads) and a 1.7B model's (32 on 32), head size 64.
+heads on 3 KV heads) and a 1.7B model's (32 on 32), head size 64. Repeated calls find the keys and
+values in the caches; --cold writes 64 MB before each call, so that they come from memory, as in a step:
+
+    python bench/kernel_ab.py --base /tmp/before --attention --cold
 """
 from __future__ import annotations
 
@@ -81,14 +84,16 @@ def attention_inputs(rows: int, heads: int, kv_heads: int, dim: int, context: in
     return torch.randn(rows, heads, dim, generator=generator), cache, tables, lens
 
 
-def alternated(builds: dict, calls: int) -> tuple[dict, dict]:
+def alternated(builds: dict, calls: int, before=None) -> tuple[dict, dict]:
     """Each build called `calls` times, the two in turn (the first of each pair alternating); their
-    times in seconds, and each one's last result."""
+    times in seconds, and each one's last result. before(), if given, runs untimed before each call."""
     results, seconds = {}, {name: [] for name in builds}
     for name, call in builds.items():
         call()  # warm
     for i in range(calls):
         for name in (("base", "this") if i % 2 == 0 else ("this", "base")):
+            if before is not None:
+                before()
             started = time.perf_counter()
             results[name] = builds[name]()
             seconds[name].append(time.perf_counter() - started)
@@ -104,20 +109,24 @@ def timing(seconds: dict, results: dict, calls: int) -> dict:
             "max_difference": float(f"{(results['base'] - results['this']).abs().max().item():.3g}")}
 
 
-def attention_ab(base, calls: int) -> None:
+def attention_ab(base, calls: int, cold: bool = False) -> None:
     this_lib, base_lib = native.library("decode_attention"), base.library("decode_attention")
     if this_lib is None or base_lib is None:
         raise SystemExit("a build of decode_attention.c failed")
     if Path(this_lib._name).name == Path(base_lib._name).name:
         print("warning: both checkouts build the same decode_attention.c", file=sys.stderr)
+    # Cold: 64 MB written before each call (more than the caches hold), so that the keys and values
+    # come from memory, as in a step, where a layer's weights pass through the caches between two
+    # reads of its cache.
+    evict = torch.zeros(64 << 20, dtype=torch.uint8) if cold else None
     for name, case in ATTENTION_CASES.items():
         q, cache, tables, lens = attention_inputs(*case)
         builds = {"base": lambda: base.paged_decode_attention(q, cache, tables, lens),
                   "this": lambda: native.paged_decode_attention(q, cache, tables, lens)}
-        seconds, results = alternated(builds, calls)
+        seconds, results = alternated(builds, calls, before=None if evict is None else lambda: evict.add_(1))
         if any(result is None for result in results.values()):
             raise SystemExit(f"{name}: a build's kernel declined")
-        print(json.dumps({"attention": name, **timing(seconds, results, calls)}), flush=True)
+        print(json.dumps({"attention": name, "cold": cold, **timing(seconds, results, calls)}), flush=True)
 
 
 def step_matrices(model) -> list[tuple[str, torch.Tensor, int, int]]:
@@ -171,6 +180,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=40, help="calls of each build per (type, rows)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--attention", action="store_true", help="time decode_attention.c instead of matmul.c")
+    parser.add_argument("--cold", action="store_true",
+                        help="with --attention: the caches overwritten before each call (the cache from memory)")
     parser.add_argument("--step", action="store_true", help="time a decode step's matrices, from memory (--model)")
     parser.add_argument("--model", default=None, help="with --step: a GGUF file (default: the default model)")
     args = parser.parse_args()
@@ -178,7 +189,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     base = base_native(args.base.resolve())
     if args.attention:
-        attention_ab(base, args.calls)
+        attention_ab(base, args.calls, args.cold)
         return
     if args.step:
         step_ab(base, args.model, args.format, args.rows, args.calls)

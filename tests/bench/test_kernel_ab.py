@@ -46,6 +46,17 @@ def test_the_attention_kernels_are_timed_the_same_way(tmp_path):
         assert 0 < line["base_fastest_ms"] <= line["base_ms"] and 0 < line["this_fastest_ms"] <= line["this_ms"]
 
 
+def test_cold_attention_calls_are_timed_with_the_caches_overwritten(tmp_path):
+    base_checkout(tmp_path, "decode_attention.c")
+    out = subprocess.run([sys.executable, str(SCRIPT), "--base", str(tmp_path), "--attention", "--cold", "--calls", "2"],
+                         capture_output=True, text=True, check=True, timeout=300)
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(lines) == 5 and all(line["cold"] for line in lines)
+    for line in lines:
+        assert line["max_difference"] == 0
+        assert 0 < line["base_fastest_ms"] <= line["base_ms"] and 0 < line["this_fastest_ms"] <= line["this_ms"]
+
+
 def test_a_decode_steps_matrices_are_timed_sweep_by_sweep(tmp_path):
     base_checkout(tmp_path, "matmul.c")
     out = subprocess.run([sys.executable, str(SCRIPT), "--base", str(tmp_path), "--step", "--rows", "1", "2",

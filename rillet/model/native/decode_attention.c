@@ -26,6 +26,7 @@
 #define NEG_HUGE (-1e30f)
 #define ROWS_PER_TASK 16
 #define JOBS_PER_THREAD 2 /* where tasks are few: jobs a thread takes at least, of runs of kv heads */
+#define AHEAD_RUN_BYTES 1024 /* a job's heads, a token, from which it reads ahead in lying order */
 #define GROUP_SCORES_STRIDE (MAX_BLOCK_SIZE + 16)
 
 #if defined(__F16C__) || defined(__AVX2__)
@@ -485,14 +486,15 @@ static inline __attribute__((always_inline)) void run_job(const plan_t *plan, co
             const int64_t after = start + block_size;
             int64_t next_block = after < job_end ? table[after / block_size] : -1;
             const int64_t next_n = longest - after < block_size ? longest - after : block_size;
-            /* A job of several heads asks for the next block's lines in the order they lie (each token's
-             * run of the job's heads), a share of them before each head; a job of one head, for its rows
-             * as it reads (below). In lying order, a 1.7B model's lone row read a cold cache 1.4-1.7x
-             * faster at 600-1,000 tokens, and 8 and 64 rows 1.3-1.6x, than head by head. */
+            /* A job whose heads lie in runs of AHEAD_RUN_BYTES or more a token asks for the next block's
+             * lines in the order they lie (token by token, each token's run), a share of them before
+             * each head; other jobs, head by head as they read (below). In lying order, a 1.7B model's
+             * lone row (32 kv heads, 4 KB a token) read a cold cache 1.4-1.8x faster at 600-1,000 tokens,
+             * and 8 and 64 rows 1.3-1.6x; 64 rows of SmolLM2-135M's 3 heads (384 bytes) 0.90-0.94x. */
             const int64_t run_lines = (heads_per_job * head_dim * element + 63) / 64; /* per token */
             const char *ahead = NULL;
             int64_t ahead_lines = 0;
-            if (next_block >= 0 && heads_per_job > 1) {
+            if (next_block >= 0 && heads_per_job > 1 && heads_per_job * head_dim * element >= AHEAD_RUN_BYTES) {
                 ahead = (const char *)cache + (next_block * block_stride + h0 * head_dim) * element;
                 ahead_lines = next_n * run_lines;
                 next_block = -1;
