@@ -369,6 +369,64 @@ static SOFTMAX_STEP_INLINE void softmax_step(float *scores, int64_t n, float *re
     *running_sum = sum;
 }
 
+#if defined(__AVX512F__)
+/* softmax_step for the G query heads of one kv head at once: their scores stride floats apart, their
+ * values so far dim apart, their maxes and sums side by side. Each head's steps are softmax_step's, in
+ * its order, so its results are the same bit for bit; only the heads' chains of dependent steps (a max,
+ * then exponentials, then a sum) interleave, where one head at a time left the core waiting on each. */
+static inline __attribute__((always_inline)) void group_softmax_of(float *scores, int64_t stride, int G, int64_t n,
+                                                                   float *restrict acc, int64_t dim,
+                                                                   float *running_max, float *running_sum) {
+    __m512 most[4], sums[4];
+    float block_max[4], correction[4];
+    for (int h = 0; h < G; h++) most[h] = _mm512_set1_ps(running_max[h]), sums[h] = _mm512_setzero_ps();
+    for (int64_t t = 0; t < n; t += 16) {
+        const __mmask16 valid = n - t >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - t)) - 1);
+        for (int h = 0; h < G; h++)
+            most[h] = _mm512_mask_max_ps(most[h], valid, most[h], _mm512_maskz_loadu_ps(valid, scores + h * stride + t));
+    }
+    for (int h = 0; h < G; h++) block_max[h] = _mm512_reduce_max_ps(most[h]);
+    for (int64_t t = 0; t < n; t += 16) {
+        const __mmask16 valid = n - t >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - t)) - 1);
+        for (int h = 0; h < G; h++) {
+            float *row = scores + h * stride + t;
+            const __m512 weights = _mm512_maskz_mov_ps(
+                valid, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(valid, row), _mm512_set1_ps(block_max[h]))));
+            _mm512_mask_storeu_ps(row, valid, weights);
+            sums[h] = _mm512_add_ps(sums[h], weights);
+        }
+    }
+    for (int h = 0; h < G; h++) correction[h] = _mm512_cvtss_f32(exp16(_mm512_set1_ps(running_max[h] - block_max[h])));
+    for (int h = 0; h < G; h++) {
+        const __m512 c = _mm512_set1_ps(correction[h]);
+        for (int64_t d = 0; d < dim; d += 16)
+            _mm512_storeu_ps(acc + h * dim + d, _mm512_mul_ps(c, _mm512_loadu_ps(acc + h * dim + d)));
+    }
+    for (int h = 0; h < G; h++) {
+        running_sum[h] = running_sum[h] * correction[h] + _mm512_reduce_add_ps(sums[h]);
+        running_max[h] = block_max[h];
+    }
+}
+
+#define GROUP_SOFTMAX(G)                                                                                      \
+    static __attribute__((noinline)) void group_softmax_##G(float *scores, int64_t stride, int64_t n, float *acc, \
+                                                            int64_t dim, float *running_max, float *running_sum) { \
+        group_softmax_of(scores, stride, G, n, acc, dim, running_max, running_sum);                           \
+    }
+GROUP_SOFTMAX(2)
+GROUP_SOFTMAX(3)
+GROUP_SOFTMAX(4)
+
+/* group_softmax_of for G of 2 to 4 (where group_values runs), dim a multiple of 16. */
+static inline __attribute__((always_inline)) void group_softmax(float *scores, int64_t stride, int G, int64_t n,
+                                                                float *acc, int64_t dim, float *running_max,
+                                                                float *running_sum) {
+    if (G == 2) group_softmax_2(scores, stride, n, acc, dim, running_max, running_sum);
+    else if (G == 3) group_softmax_3(scores, stride, n, acc, dim, running_max, running_sum);
+    else group_softmax_4(scores, stride, n, acc, dim, running_max, running_sum);
+}
+#endif
+
 /* A row's context is taken in partitions of PART_TOKENS tokens (whole blocks), fixed by token
  * position: within a partition, an online softmax over its blocks; across partitions, fold_partition
  * in order. Where rows are few, a row's partitions run as separate jobs and are folded afterwards;
@@ -564,13 +622,11 @@ static inline __attribute__((always_inline)) void run_job(const plan_t *plan, co
 #if defined(__AVX512F__)
                     if (values_in_place) {
                         const int64_t lane = r * lanes + (h - h0) * groups; /* the group's first */
-                        for (int64_t i = 0; i < groups; i++) {
-                            float *weights = group_scores + i * GROUP_SCORES_STRIDE;
+                        for (int64_t i = 0; i < groups; i++)
                             block_scores(qs + i * head_dim, (const float *)kb + skip * head_dim, 0, head_dim, rn, head_dim,
-                                         scale, weights);
-                            softmax_step(weights, rn, acc + (lane + i) * head_dim, head_dim, running_max + lane + i,
-                                         running_sum + lane + i);
-                        }
+                                         scale, group_scores + i * GROUP_SCORES_STRIDE);
+                        group_softmax(group_scores, GROUP_SCORES_STRIDE, (int)groups, rn, acc + lane * head_dim, head_dim,
+                                      running_max + lane, running_sum + lane);
                         group_values(acc + lane * head_dim, group_scores, GROUP_SCORES_STRIDE, (int)groups,
                                      (const _Float16 *)vb + skip * token_stride, token_stride, rn, head_dim);
                         continue;
