@@ -324,56 +324,12 @@ static inline __m512 exp16(__m512 x) {
 }
 #endif
 
-/* The online softmax's step for one block's n scores of a row: its running max and sum brought up to
- * date, its values so far (acc, dim floats) scaled by the change of max, and the scores turned into
- * their weights, in place. */
 #if defined(__AVX512F__)
-#define SOFTMAX_STEP_INLINE __attribute__((noinline))
-#else /* the scalar step, inlined where it is called, as it was written there before (measured: 5% faster on AVX2) */
-#define SOFTMAX_STEP_INLINE inline __attribute__((always_inline))
-#endif
-static SOFTMAX_STEP_INLINE void softmax_step(float *scores, int64_t n, float *restrict acc, int64_t dim,
-                                             float *running_max, float *running_sum) {
-#if defined(__AVX512F__)
-    if (dim % 16 == 0) { /* sixteen scores a register: no call per exponential, no scalar loops */
-        __m512 most = _mm512_set1_ps(*running_max);
-        for (int64_t t = 0; t < n; t += 16) {
-            const __mmask16 valid = n - t >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - t)) - 1);
-            most = _mm512_mask_max_ps(most, valid, most, _mm512_maskz_loadu_ps(valid, scores + t));
-        }
-        const float block_max = _mm512_reduce_max_ps(most);
-        const __m512 shift = _mm512_set1_ps(block_max);
-        __m512 sums = _mm512_setzero_ps();
-        for (int64_t t = 0; t < n; t += 16) {
-            const __mmask16 valid = n - t >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - t)) - 1);
-            const __m512 weights = _mm512_maskz_mov_ps(valid, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(valid, scores + t), shift)));
-            _mm512_mask_storeu_ps(scores + t, valid, weights);
-            sums = _mm512_add_ps(sums, weights);
-        }
-        const float correction = _mm512_cvtss_f32(exp16(_mm512_set1_ps(*running_max - block_max)));
-        const __m512 c = _mm512_set1_ps(correction);
-        for (int64_t d = 0; d < dim; d += 16) _mm512_storeu_ps(acc + d, _mm512_mul_ps(c, _mm512_loadu_ps(acc + d)));
-        *running_sum = *running_sum * correction + _mm512_reduce_add_ps(sums);
-        *running_max = block_max;
-        return;
-    }
-#endif
-    float block_max = *running_max;
-    for (int64_t t = 0; t < n; t++) block_max = scores[t] > block_max ? scores[t] : block_max;
-    const float correction = expf(*running_max - block_max);
-    float sum = *running_sum * correction;
-    for (int64_t d = 0; d < dim; d++) acc[d] *= correction;
-    for (int64_t t = 0; t < n; t++) scores[t] = expf(scores[t] - block_max);
-    for (int64_t t = 0; t < n; t++) sum += scores[t];
-    *running_max = block_max;
-    *running_sum = sum;
-}
-
-#if defined(__AVX512F__)
-/* softmax_step for the G query heads of one kv head at once: their scores stride floats apart, their
- * values so far dim apart, their maxes and sums side by side. Each head's steps are softmax_step's, in
- * its order, so its results are the same bit for bit; only the heads' chains of dependent steps (a max,
- * then exponentials, then a sum) interleave, where one head at a time left the core waiting on each. */
+/* softmax_step (below) on AVX-512, for G (1 to 4) query heads of one kv head at once: their scores
+ * stride floats apart, their values so far dim apart (dim a multiple of 16), their maxes and sums side
+ * by side. A head's operations and their order are the same whatever G, so are its results, bit for
+ * bit; with G > 1 the heads' chains of dependent steps (a max, then exponentials, then a sum)
+ * interleave, where one head at a time left the core waiting on each. */
 static inline __attribute__((always_inline)) void group_softmax_of(float *scores, int64_t stride, int G, int64_t n,
                                                                    float *restrict acc, int64_t dim,
                                                                    float *running_max, float *running_sum) {
@@ -407,7 +363,36 @@ static inline __attribute__((always_inline)) void group_softmax_of(float *scores
         running_max[h] = block_max[h];
     }
 }
+#endif
 
+/* The online softmax's step for one block's n scores of a row: its running max and sum brought up to
+ * date, its values so far (acc, dim floats) scaled by the change of max, and the scores turned into
+ * their weights, in place. */
+#if defined(__AVX512F__)
+#define SOFTMAX_STEP_INLINE __attribute__((noinline))
+#else /* the scalar step, inlined where it is called, as it was written there before (measured: 5% faster on AVX2) */
+#define SOFTMAX_STEP_INLINE inline __attribute__((always_inline))
+#endif
+static SOFTMAX_STEP_INLINE void softmax_step(float *scores, int64_t n, float *restrict acc, int64_t dim,
+                                             float *running_max, float *running_sum) {
+#if defined(__AVX512F__)
+    if (dim % 16 == 0) { /* sixteen scores a register: no call per exponential, no scalar loops */
+        group_softmax_of(scores, 0, 1, n, acc, dim, running_max, running_sum);
+        return;
+    }
+#endif
+    float block_max = *running_max;
+    for (int64_t t = 0; t < n; t++) block_max = scores[t] > block_max ? scores[t] : block_max;
+    const float correction = expf(*running_max - block_max);
+    float sum = *running_sum * correction;
+    for (int64_t d = 0; d < dim; d++) acc[d] *= correction;
+    for (int64_t t = 0; t < n; t++) scores[t] = expf(scores[t] - block_max);
+    for (int64_t t = 0; t < n; t++) sum += scores[t];
+    *running_max = block_max;
+    *running_sum = sum;
+}
+
+#if defined(__AVX512F__)
 #define GROUP_SOFTMAX(G)                                                                                      \
     static __attribute__((noinline)) void group_softmax_##G(float *scores, int64_t stride, int64_t n, float *acc, \
                                                             int64_t dim, float *running_max, float *running_sum) { \
