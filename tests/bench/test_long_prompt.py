@@ -41,6 +41,7 @@ class OneRequestPerConnection(BaseHTTPRequestHandler):
 
 
 def test_each_request_opens_a_connection_of_its_own():
+    OneRequestPerConnection.answered = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), OneRequestPerConnection)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
